@@ -1,0 +1,48 @@
+"""The `repirl` command. The one place that sees both sides: sub-commands come from trainer/ and server/, imported
+lazily so `repirl --help` stays fast and `server/` never imports `trainer/` (or the reverse)."""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+import typer
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded at run time
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+app = typer.Typer(
+    name="repirl",
+    help="Train process reward models with rePIRL and serve them next to a policy.\n\n"
+    "Typical flow: `repirl bootstrap` (tiny demo policy + PRM), `repirl train --config configs/demo.yaml`, "
+    "`repirl eval`, `repirl serve`.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+
+# (module, function) pairs; a module that is not there yet (a later issue) simply adds no command.
+_COMMANDS = {
+    "bootstrap": ("trainer.bootstrap_cli", "bootstrap"),
+    "train": ("trainer.train_cli", "train"),
+    "eval": ("trainer.eval_cli", "eval_command"),
+    "serve": ("server.cli", "serve"),
+}
+
+for _name, (_module, _func) in _COMMANDS.items():
+    try:
+        _mod = importlib.import_module(_module)
+    except ModuleNotFoundError as _e:
+        if _e.name != _module:  # a real import error inside an existing module must surface
+            raise
+        continue
+    app.command(_name)(getattr(_mod, _func))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""The trajectory contract: (question, steps) -> token ids with exact step spans.
+
+Every model in the project (policy, PRM, evaluator, server) tokenizes a trajectory through `TrajectoryEncoder`:
+
+    ids = prompt_ids(question) + ids(step_1 + SEP) + ids(step_2 + SEP) + ...
+
+Each piece is tokenized on its own, so the ids of a prefix never change when steps are appended and every step's
+token span is known exactly. That property is what makes prefix caching (Redis keys, KV reuse) correct.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Literal, Protocol, Sequence
+
+from pydantic import BaseModel
+
+DEFAULT_SEP = "\n\n"
+PLAIN_TEMPLATE = "Question: {question}\nSolution:\n"
+
+
+class Tokenizer(Protocol):  # the part of a Hugging Face tokenizer we rely on
+    def encode(self, text: str, add_special_tokens: bool = ...) -> list[int]: ...
+
+
+class PromptTemplate(BaseModel):
+    """How a question becomes the prompt text. Stored in artifacts (prm.json) so trainer and server agree."""
+
+    kind: Literal["plain", "chat"] = "plain"
+    template: str = PLAIN_TEMPLATE  # used by kind=plain; must contain "{question}"
+    system: str | None = None  # used by kind=chat
+
+    def render(self, question: str, tokenizer=None) -> str:
+        if self.kind == "plain":
+            return self.template.replace("{question}", question)
+        if tokenizer is None or getattr(tokenizer, "chat_template", None) is None:
+            raise ValueError("prompt template kind 'chat' needs a tokenizer with a chat template")
+        messages = ([{"role": "system", "content": self.system}] if self.system else []) + [
+            {"role": "user", "content": question}
+        ]
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+def split_steps(text: str, sep: str = DEFAULT_SEP) -> list[str]:
+    """Split a solution into steps; empty pieces (e.g. a trailing separator) are dropped."""
+    return [s.strip() for s in text.split(sep) if s.strip()]
+
+
+def join_steps(steps: Sequence[str], sep: str = DEFAULT_SEP) -> str:
+    """The exact text the token ids of `steps` spell (each step followed by the separator)."""
+    return "".join(step + sep for step in steps)
+
+
+@dataclass(frozen=True)
+class TrajectoryIds:
+    ids: list[int]
+    prompt_len: int
+    step_spans: list[tuple[int, int]]  # [start, end) of each step's tokens (step text + separator)
+
+    def prefix_len(self, n_steps: int) -> int:
+        """Number of tokens through the end of step `n_steps` (0 steps = the prompt)."""
+        return self.prompt_len if n_steps == 0 else self.step_spans[n_steps - 1][1]
+
+
+class TrajectoryEncoder:
+    """Tokenizes trajectories by the contract. Piece encodings are memoised: search trees repeat them a lot."""
+
+    def __init__(self, tokenizer, template: PromptTemplate | None = None, sep: str = DEFAULT_SEP, cache_size: int = 65536):
+        if not sep:
+            raise ValueError("step separator must be a non-empty string")
+        self.tokenizer = tokenizer
+        self.template = template or PromptTemplate()
+        self.sep = sep
+        self._encode = lru_cache(maxsize=cache_size)(self._encode_uncached)
+
+    def _encode_uncached(self, text: str) -> tuple[int, ...]:
+        return tuple(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def prompt_ids(self, question: str) -> list[int]:
+        return list(self._encode(self.template.render(question, self.tokenizer)))
+
+    def step_ids(self, step: str) -> list[int]:
+        return list(self._encode(step + self.sep))
+
+    def encode(self, question: str, steps: Sequence[str]) -> TrajectoryIds:
+        ids = self.prompt_ids(question)
+        prompt_len = len(ids)
+        spans = []
+        for step in steps:
+            piece = self._encode(step + self.sep)
+            spans.append((len(ids), len(ids) + len(piece)))
+            ids.extend(piece)
+        return TrajectoryIds(ids=ids, prompt_len=prompt_len, step_spans=spans)
