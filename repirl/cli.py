@@ -22,6 +22,13 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 
+
+
+@app.callback()
+def _root() -> None:
+    """Keeps `repirl` a command group even while only one sub-command is installed."""
+
+
 # (module, function) pairs; a module that is not there yet (a later issue) simply adds no command.
 _COMMANDS = {
     "bootstrap": ("trainer.bootstrap_cli", "bootstrap"),

@@ -1,0 +1,136 @@
+"""Search benchmark: PRM tokens computed per unique token of the search tree, for step beam search (n=16,
+beam_width=4) on arithmetic problems, with three PRM set-ups in the same run:
+
+  kv-reuse     the transformers PRM engine with its prefix KV cache (scores only tokens it has not seen)  target <= 1.3
+  rescore      the same engine with the KV cache off: every step re-scores whole trajectories (search-and-learn)
+  vllm+cache   vLLM's pooling runner behind the step-prefix cache (as the service's PRMRuntime does: an item
+               whose steps are all cached costs nothing, any miss re-runs the whole item; pooling has no prefix cache)
+
+"tree tokens" counts the prompt plus every distinct step prefix once: the least any PRM must compute. Each set-up
+runs its own search (same seeds), so each ratio is against its own tree; the policy is the transformers engine.
+
+Usage: python load_tests/bench_search.py [--policy DIR] [--prm DIR] [--problems 4] [--no-vllm]
+Defaults: runs/demo/policy and runs/demo/prm when present, else the toy policy and a PRM initialised from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+
+
+class StepCacheScorer:
+    """A StepScorer over another one, with the service's step-prefix cache semantics (in a dict)."""
+
+    def __init__(self, inner):
+        from repirl.scoring.cache import decode_value, encode_value, prefix_keys
+
+        self.inner, self.name, self.revision, self.config = inner, inner.name, inner.revision, inner.config
+        self._keys, self._enc, self._dec = prefix_keys, encode_value, decode_value
+        self.store: dict[str, str] = {}
+        self.want_tokens = inner.config.format in ("token-reward", "implicit")
+
+    def score(self, items):
+        from repirl.scoring.base import StepScores
+
+        out, todo = [None] * len(items), []
+        for i, (q, steps) in enumerate(items):
+            traj = self.inner.encoder.encode(q, steps)
+            keys = self._keys(self.revision, traj)
+            got = [self._dec(self.store.get(k), e - s, self.want_tokens) for k, (s, e) in zip(keys, traj.step_spans)]
+            if all(g is not None for g in got):
+                out[i] = StepScores([g[0] for g in got], [g[1] for g in got] if self.want_tokens else None,
+                                    tokens_computed=0, tokens_total=len(traj.ids), meta={"cache_hits": len(got)})
+            else:
+                todo.append((i, keys, sum(g is not None for g in got)))
+        if todo:
+            for (i, keys, hits), sc in zip(todo, self.inner.score([items[i] for i, _, _ in todo])):
+                sc.meta["cache_hits"] = hits
+                out[i] = sc
+                for k, key in enumerate(keys):
+                    self.store[key] = self._enc(sc.step_rewards[k], sc.token_rewards[k] if sc.token_rewards else None)
+        return out
+
+
+def _models(args):
+    from repirl.artifacts import init_token_reward_prm
+    from repirl.policy.toy import build_toy_policy
+
+    policy = Path(args.policy) if args.policy else Path("runs/demo/policy")
+    prm = Path(args.prm) if args.prm else Path("runs/demo/prm")
+    if not (policy / "config.json").is_file():
+        policy = build_toy_policy()
+        prm = None
+    if prm is None or not (prm / "config.json").is_file():
+        prm = init_token_reward_prm(policy, Path(tempfile.mkdtemp(prefix="bench-search-")) / "prm")
+    return policy, prm
+
+
+def _questions(policy_dir: Path, k: int) -> list[str]:
+    from repirl.artifacts import load_policy_config
+    from repirl.policy.toy import TOY_QUESTION
+    from repirl.tasks import ArithmeticConfig, ArithmeticTask
+
+    task = load_policy_config(policy_dir).task
+    if task.get("name") != "arithmetic":
+        return [TOY_QUESTION] * k
+    cfg = ArithmeticConfig(**{k2: v for k2, v in (task.get("config") or {}).items()
+                              if k2 in ArithmeticConfig.__dataclass_fields__})
+    return [p.question for p in ArithmeticTask(cfg).sample(k, seed=12345, prefix="bench")]
+
+
+def run(args) -> None:
+    from repirl.artifacts import load_prm_config
+    from repirl.policy import load_policy
+    from repirl.scoring.hf_engine import HFScorer
+    from repirl.search import SearchParams, run_search
+
+    policy_dir, prm_dir = _models(args)
+    cfg = load_prm_config(prm_dir)
+    policy = load_policy(policy_dir, engine="transformers")
+    questions = _questions(policy_dir, args.problems)
+    setups = {"kv-reuse": HFScorer(prm_dir, cfg, kv_cache_tokens=1 << 20),
+              "rescore": HFScorer(prm_dir, cfg, kv_cache_tokens=0)}
+    if not args.no_vllm:
+        from repirl.scoring.vllm_engine import VLLMScorer
+
+        setups["vllm+cache"] = StepCacheScorer(VLLMScorer(prm_dir, cfg))
+    print(f"policy {policy_dir}  prm {prm_dir}  problems {len(questions)}  beam search n=16 beam_width=4")
+    rows = {}
+    for name, scorer in setups.items():
+        computed = tree = total = 0
+        t0 = time.perf_counter()
+        for i, q in enumerate(questions):
+            params = SearchParams(strategy="beam", n=16, beam_width=4, max_steps=args.max_steps, seed=1000 + i)
+            st = run_search(policy, scorer, q, params).stats
+            computed, tree, total = computed + st.prm_tokens_computed, tree + st.tree_tokens, total + st.prm_tokens_total
+        rows[name] = (computed, tree, total, time.perf_counter() - t0)
+    print(f"{'set-up':<12} {'PRM tokens computed':>20} {'tree tokens':>12} {'computed/tree':>14} "
+          f"{'tokens handed to PRM':>21} {'wall s':>8}")
+    for name, (computed, tree, total, wall) in rows.items():
+        print(f"{name:<12} {computed:>20} {tree:>12} {computed / max(tree, 1):>14.3f} {total:>21} {wall:>8.2f}")
+    base = rows["rescore"][0] / max(rows["rescore"][1], 1)
+    for name, (computed, tree, _, _) in rows.items():
+        ratio = computed / max(tree, 1)
+        print(f"{name}: computed/tree = {ratio:.3f} ({base / max(ratio, 1e-9):.1f}x fewer than rescore)"
+              + ("  target <= 1.3: " + ("MET" if ratio <= 1.3 else "MISSED") if name == "kv-reuse" else ""))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--policy")
+    ap.add_argument("--prm")
+    ap.add_argument("--problems", type=int, default=4)
+    ap.add_argument("--max-steps", type=int, default=8)
+    ap.add_argument("--no-vllm", action="store_true", help="skip the vLLM pooling set-up")
+    run(ap.parse_args())
+
+
+if __name__ == "__main__":
+    main()

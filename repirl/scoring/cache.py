@@ -1,0 +1,149 @@
+"""The prefix cache of step rewards (ARCHITECTURE "Cache"): one key per prefix through step k.
+
+Key: `repirl:v1:{prm_revision}:{sha256(prefix token ids through step k)}` (the salt, when set, is hashed in first,
+so tenants never share entries). Value: JSON `{"r": step reward, "t": [token rewards] | null}`; no pickle, and a
+value is used only after it validates (finite floats, right number of token rewards), otherwise it is a miss.
+
+Two backends behind one async interface: Redis (redis-py asyncio, shared by replicas) and an in-process LRU with TTL
+(no Redis configured). Error handling (fail open) is the caller's: backends raise, the service counts and moves on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections import OrderedDict
+from typing import Protocol, Sequence
+
+from repirl.trajectory import TrajectoryIds
+
+KEY_PREFIX = "repirl:v1"
+
+
+def prefix_keys(revision: str, traj: TrajectoryIds, salt: str | None = None) -> list[str]:
+    """One key per step: the hash of the token ids through the end of that step. Incremental, so linear in length."""
+    h = hashlib.sha256()
+    if salt:
+        h.update(b"salt\0" + salt.encode() + b"\0")
+    h.update(_ids_bytes(traj.ids[: traj.prompt_len]))
+    keys = []
+    for start, end in traj.step_spans:
+        h.update(_ids_bytes(traj.ids[start:end]))
+        keys.append(f"{KEY_PREFIX}:{revision}:{h.copy().hexdigest()}")
+    return keys
+
+
+def _ids_bytes(ids: Sequence[int]) -> bytes:
+    return b"".join(int(i).to_bytes(4, "little", signed=False) for i in ids)
+
+
+def encode_value(reward: float, token_rewards: list[float] | None) -> str:
+    return json.dumps({"r": reward, "t": token_rewards}, separators=(",", ":"))
+
+
+def decode_value(raw: str | bytes | None, n_tokens: int, want_tokens: bool) -> tuple[float, list[float] | None] | None:
+    """(reward, token rewards) if `raw` is a valid entry for a step of `n_tokens` tokens, else None (a miss)."""
+    if raw is None:
+        return None
+    try:
+        obj = json.loads(raw)
+        reward = obj["r"]
+        tokens = obj.get("t")
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None
+    if not _finite(reward):
+        return None
+    if tokens is not None:
+        if not isinstance(tokens, list) or len(tokens) != n_tokens or not all(_finite(x) for x in tokens):
+            return None
+    elif want_tokens:
+        return None
+    return float(reward), ([float(x) for x in tokens] if tokens is not None else None)
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+class PrefixCache(Protocol):
+    kind: str
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | str | None]: ...
+
+    async def set_many(self, entries: dict[str, str], ttl_s: int) -> None: ...
+
+    async def ping(self) -> bool: ...
+
+    async def close(self) -> None: ...
+
+
+class InProcessCache:
+    """An LRU with per-entry expiry, for a single process (no Redis configured)."""
+
+    kind = "in-process"
+
+    def __init__(self, max_entries: int = 100_000):
+        self.max_entries = max_entries
+        self._data: OrderedDict[str, tuple[float, str]] = OrderedDict()
+
+    async def get_many(self, keys):
+        now, out = time.monotonic(), []
+        for k in keys:
+            hit = self._data.get(k)
+            if hit is None or hit[0] < now:
+                out.append(None)
+                continue
+            self._data.move_to_end(k)
+            out.append(hit[1])
+        return out
+
+    async def set_many(self, entries, ttl_s):
+        expiry = time.monotonic() + ttl_s
+        for k, v in entries.items():
+            self._data[k] = (expiry, v)
+            self._data.move_to_end(k)
+        while len(self._data) > self.max_entries:
+            self._data.popitem(last=False)
+
+    async def ping(self):
+        return True
+
+    async def close(self):
+        self._data.clear()
+
+
+class RedisCache:
+    """Redis via redis-py asyncio with short socket timeouts: a dead or slow Redis costs at most ~timeout_s."""
+
+    kind = "redis"
+
+    def __init__(self, url: str, timeout_s: float = 0.05):
+        import redis.asyncio as aioredis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
+        self.url = url
+        self.timeout_s = timeout_s
+        self._client = aioredis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+                                         retry=Retry(NoBackoff(), 0), health_check_interval=0)
+
+    async def get_many(self, keys):
+        if not keys:
+            return []
+        return await self._client.mget(list(keys))  # one round trip for every prefix of every item
+
+    async def set_many(self, entries, ttl_s):
+        if not entries:
+            return
+        pipe = self._client.pipeline(transaction=False)
+        for k, v in entries.items():
+            pipe.set(k, v, ex=ttl_s)
+        await pipe.execute()
+
+    async def ping(self):
+        return bool(await self._client.ping())
+
+    async def close(self):
+        await self._client.aclose()

@@ -1,0 +1,166 @@
+"""PRM formats: how per-token model outputs become step rewards. Shared by every engine (transformers, vLLM).
+
+Each format reduces the model's output at every position to one number per token (`token values`), then reads
+step rewards off the step spans of the trajectory contract (`repirl.trajectory.TrajectoryEncoder`):
+
+- token-reward (ours, rePIRL): value = the scalar head's output; step reward = mean of the step's token values;
+  token rewards are kept (the mean-token aggregation needs them).
+- qwen-step-tag (Qwen2.5-Math-PRM, `Qwen2ForProcessRewardModel`): value = softmax over the 2 labels, P(label 1);
+  step reward = the value at the step tag closing the step.
+- math-shepherd (a causal LM): value = softmax over the logits of the "+" and "-" tokens, P("+"); step reward = the
+  value at the step tag closing the step.
+- implicit (PRIME): value of token t = beta * (log pi_phi(x_t | x_<t) - log pi_ref(x_t | x_<t)); step reward = sum
+  of the step's token values (PRIME's process reward of a step); token rewards are kept.
+
+Token ids (step tag, "+", "-") are resolved from the tokenizer, never hard-coded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from repirl.artifacts import ArtifactError, PRMConfig
+from repirl.scoring.base import StepScores
+from repirl.trajectory import TrajectoryIds
+
+TAG_FORMATS = ("qwen-step-tag", "math-shepherd")
+TOKEN_FORMATS = ("token-reward", "implicit")
+
+
+def single_token_id(tokenizer, text: str | None, field: str, where: str) -> int:
+    """The one token id spelling `text`; an ArtifactError naming the prm.json field otherwise."""
+    if not text:
+        raise ArtifactError(f"{where}: field '{field}' is required for this format")
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    if len(ids) != 1:
+        raise ArtifactError(f"{where}: field '{field}' = {text!r} must be exactly one token, the tokenizer gives {ids}")
+    return ids[0]
+
+
+@dataclass(frozen=True)
+class FormatSpec:
+    """What a scorer needs to know about a format once the tokenizer has resolved its ids."""
+
+    format: str
+    step_tag_id: int | None = None
+    positive_id: int | None = None
+    negative_id: int | None = None
+    beta: float = 1.0
+
+    @property
+    def needs_previous_logits(self) -> bool:
+        """The value of token t depends on the logits at t-1 (implicit): a resumed forward starts one token early."""
+        return self.format == "implicit"
+
+    @classmethod
+    def resolve(cls, cfg: PRMConfig, tokenizer, where: str) -> "FormatSpec":
+        if cfg.format == "token-reward":
+            return cls("token-reward")
+        if cfg.format == "implicit":
+            if cfg.beta is None or cfg.beta <= 0:
+                raise ArtifactError(f"{where}: field 'beta' must be a positive number for format 'implicit'")
+            if not cfg.reference_model:
+                raise ArtifactError(f"{where}: field 'reference_model' is required for format 'implicit'")
+            return cls("implicit", beta=float(cfg.beta))
+        tag = single_token_id(tokenizer, cfg.step_tag, "step_tag", where)
+        if tag not in tokenizer.encode("x" + cfg.step_separator, add_special_tokens=False):
+            raise ArtifactError(f"{where}: field 'step_separator' {cfg.step_separator!r} must contain the step tag "
+                                f"{cfg.step_tag!r} (step rewards are read at the tag that closes each step)")
+        if cfg.format == "qwen-step-tag":
+            return cls("qwen-step-tag", step_tag_id=tag)
+        pos = single_token_id(tokenizer, cfg.positive_token, "positive_token", where)
+        neg = single_token_id(tokenizer, cfg.negative_token, "negative_token", where)
+        return cls("math-shepherd", step_tag_id=tag, positive_id=pos, negative_id=neg)
+
+    # ---- model outputs -> token values -------------------------------------------------------------------------
+    def values_from_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """[..., T, C] head/LM logits -> [..., T] token values (all formats but implicit)."""
+        logits = logits.float()
+        if self.format == "token-reward":
+            return logits[..., 0]
+        if self.format == "qwen-step-tag":
+            return torch.softmax(logits[..., :2], dim=-1)[..., 1]
+        if self.format == "math-shepherd":
+            pair = logits[..., [self.positive_id, self.negative_id]]
+            return torch.softmax(pair, dim=-1)[..., 0]
+        raise ValueError(f"format {self.format!r} has no single-model logits reduction")
+
+    def implicit_values(self, logits_phi: torch.Tensor, logits_ref: torch.Tensor, next_ids: torch.Tensor) -> torch.Tensor:
+        """Values of tokens `next_ids` [..., T] from the logits at the positions just before them [..., T, V]."""
+        lp = torch.log_softmax(logits_phi.float(), -1).gather(-1, next_ids.unsqueeze(-1)).squeeze(-1)
+        lr = torch.log_softmax(logits_ref.float(), -1).gather(-1, next_ids.unsqueeze(-1)).squeeze(-1)
+        return self.beta * (lp - lr)
+
+    # ---- token values -> step scores ----------------------------------------------------------------------------
+    def step_scores(self, traj: TrajectoryIds, values: list[float], tokens_computed: int) -> StepScores:
+        """`values` has one entry per token of `traj.ids`."""
+        step_rewards: list[float] = []
+        token_rewards: list[list[float]] | None = [] if self.format in TOKEN_FORMATS else None
+        for k, (start, end) in enumerate(traj.step_spans):
+            span = values[start:end]
+            if self.format == "token-reward":
+                step_rewards.append(sum(span) / len(span) if span else 0.0)
+            elif self.format == "implicit":
+                step_rewards.append(sum(span))
+            else:
+                tag_positions = [i for i in range(start, end) if traj.ids[i] == self.step_tag_id]
+                if not tag_positions:
+                    raise ValueError(f"step {k} has no step tag token (id {self.step_tag_id})")
+                step_rewards.append(values[tag_positions[-1]])
+            if token_rewards is not None:
+                token_rewards.append(list(span))
+        return StepScores(step_rewards=step_rewards, token_rewards=token_rewards,
+                          tokens_computed=tokens_computed, tokens_total=len(traj.ids))
+
+
+class Qwen2ForProcessRewardModel(nn.Module):
+    """Qwen2.5-Math-PRM's architecture for transformers (it ships as remote code, not in transformers 5.19):
+    a Qwen2 body and `score = Linear(h, h) -> ReLU -> Linear(h, num_labels)`. The weight names (`model.*`,
+    `score.0.*`, `score.2.*`) are the ones vLLM's `Qwen2ForProcessRewardModel` loads."""
+
+    def __init__(self, config):
+        super().__init__()
+        from transformers import Qwen2Model
+
+        self.config = config
+        self.model = Qwen2Model(config)
+        h = config.hidden_size
+        self.score = nn.Sequential(nn.Linear(h, h), nn.ReLU(), nn.Linear(h, config.num_labels))
+
+    def forward(self, input_ids, attention_mask=None, past_key_values=None, use_cache=False, **_):
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, past_key_values=past_key_values,
+                         use_cache=use_cache)
+        return _LogitsOutput(self.score(out.last_hidden_state), out.past_key_values)
+
+    @classmethod
+    def from_pretrained(cls, folder, config=None):
+        from safetensors.torch import load_file
+        from transformers import AutoConfig
+
+        config = config or AutoConfig.from_pretrained(folder)
+        model = cls(config)
+        state = {}
+        for path in sorted(__import__("pathlib").Path(folder).glob("*.safetensors")):
+            state.update(load_file(str(path)))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing = [m for m in missing if "rotary" not in m]
+        if missing:
+            raise ArtifactError(f"{folder}: weights missing for {missing[:3]}")
+        return model.eval()
+
+    def save_pretrained(self, folder):
+        from safetensors.torch import save_file
+
+        self.config.architectures = ["Qwen2ForProcessRewardModel"]
+        self.config.save_pretrained(folder)
+        state = {k: v.contiguous() for k, v in self.state_dict().items() if "rotary" not in k}
+        save_file(state, str(__import__("pathlib").Path(folder) / "model.safetensors"), metadata={"format": "pt"})
+
+
+@dataclass
+class _LogitsOutput:
+    logits: torch.Tensor
+    past_key_values: object

@@ -1,0 +1,207 @@
+"""A transformers PRM scorer with KV-cache reuse across a search tree.
+
+Search (beam, best-of-N with shared prefixes) scores many trajectories that extend the same prefix. The model is
+causal, so the keys/values and token values of a prefix never change when steps are appended. The scorer keeps
+the KV cache of recently scored prefixes (at step boundaries) in an LRU bounded by tokens, finds the longest cached
+prefix of each item and runs the model only on the tokens after it. Items that resume from the same prefix run as
+one padded batch with that prefix's KV broadcast over the batch.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from repirl.artifacts import ArtifactError, PRMConfig, check_model_folder
+from repirl.scoring.base import Item, StepScores
+from repirl.scoring.formats import FormatSpec, Qwen2ForProcessRewardModel
+from repirl.trajectory import TrajectoryEncoder, TrajectoryIds
+
+
+@dataclass
+class _Prefix:
+    """What is cached for one prefix of `length` tokens: per model, its per-layer (K, V) and its last logits row."""
+
+    length: int
+    kv: list[list[tuple[torch.Tensor, torch.Tensor]]]
+    last_logits: list[torch.Tensor]
+    values: list[float]
+
+
+class PrefixKVCache:
+    """LRU of prefix KV states keyed by the prefix's token ids, bounded by the number of cached tokens."""
+
+    def __init__(self, max_tokens: int):
+        self.max_tokens = max_tokens
+        self.tokens = 0
+        self._entries: OrderedDict[tuple[int, ...], _Prefix] = OrderedDict()
+
+    def get(self, key: tuple[int, ...]) -> _Prefix | None:
+        entry = self._entries.get(key)
+        if entry is not None:
+            self._entries.move_to_end(key)
+        return entry
+
+    def put(self, key: tuple[int, ...], entry: _Prefix) -> None:
+        if self.max_tokens <= 0 or entry.length > self.max_tokens:
+            return
+        old = self._entries.pop(key, None)
+        if old is not None:
+            self.tokens -= old.length
+        self._entries[key] = entry
+        self.tokens += entry.length
+        while self.tokens > self.max_tokens:
+            _, evicted = self._entries.popitem(last=False)
+            self.tokens -= evicted.length
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self.tokens = 0
+
+
+def _load_models(prm_dir: Path, cfg: PRMConfig, dtype: torch.dtype) -> list[torch.nn.Module]:
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForTokenClassification
+
+    if cfg.format == "token-reward":
+        return [AutoModelForTokenClassification.from_pretrained(prm_dir, dtype=dtype)]
+    if cfg.format == "qwen-step-tag":
+        return [Qwen2ForProcessRewardModel.from_pretrained(prm_dir, AutoConfig.from_pretrained(prm_dir)).to(dtype)]
+    if cfg.format == "math-shepherd":
+        return [AutoModelForCausalLM.from_pretrained(prm_dir, dtype=dtype)]
+    ref = Path(cfg.reference_model)
+    ref = ref if ref.is_absolute() else prm_dir / ref
+    check_model_folder(ref)
+    return [AutoModelForCausalLM.from_pretrained(prm_dir, dtype=dtype),
+            AutoModelForCausalLM.from_pretrained(ref, dtype=dtype)]
+
+
+class HFScorer:
+    """StepScorer on transformers. Thread-safe (one forward at a time)."""
+
+    engine = "hf"
+
+    def __init__(self, prm_dir: str | Path, cfg: PRMConfig, name: str | None = None, *,
+                 kv_cache_tokens: int = 65536, max_batch_tokens: int = 16384, dtype: torch.dtype = torch.float32):
+        from transformers import AutoTokenizer
+
+        prm_dir = check_model_folder(prm_dir)
+        self.prm_dir = prm_dir
+        self.config = cfg
+        self.name = name or prm_dir.name
+        self.revision = cfg.revision
+        self.tokenizer = AutoTokenizer.from_pretrained(prm_dir)
+        self.encoder = TrajectoryEncoder(self.tokenizer, cfg.prompt_template, cfg.step_separator)
+        self.spec = FormatSpec.resolve(cfg, self.tokenizer, str(prm_dir / "prm.json"))
+        try:
+            self.models = [m.eval() for m in _load_models(prm_dir, cfg, dtype)]
+        except ArtifactError:
+            raise
+        except Exception as e:  # transformers raises many types for a broken folder; name the path
+            raise ArtifactError(f"{prm_dir}: cannot load the model: {e}") from e
+        self.kv = PrefixKVCache(kv_cache_tokens)
+        self.max_batch_tokens = max_batch_tokens
+        self._lock = threading.Lock()
+
+    def encode(self, question: str, steps: Sequence[str]) -> TrajectoryIds:
+        return self.encoder.encode(question, steps)
+
+    def score(self, items: Sequence[Item]) -> list[StepScores]:
+        trajs = [self.encoder.encode(q, list(steps)) for q, steps in items]
+        with self._lock, torch.inference_mode():
+            return self._score_trajs(trajs)
+
+    # ---- internals -------------------------------------------------------------------------------------------
+    def _longest_hit(self, traj: TrajectoryIds) -> tuple[tuple[int, ...], _Prefix | None]:
+        for k in range(len(traj.step_spans), -1, -1):
+            key = tuple(traj.ids[: traj.prefix_len(k)])
+            entry = self.kv.get(key)
+            if entry is not None:
+                return key, entry
+        return (), None
+
+    def _score_trajs(self, trajs: list[TrajectoryIds]) -> list[StepScores]:
+        results: list[StepScores | None] = [None] * len(trajs)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        hits: dict[tuple[int, ...], _Prefix | None] = {}
+        for i, traj in enumerate(trajs):
+            key, entry = self._longest_hit(traj)
+            if entry is not None and entry.length == len(traj.ids):
+                results[i] = self.spec.step_scores(traj, entry.values, tokens_computed=0)
+                continue
+            groups.setdefault(key, []).append(i)
+            hits[key] = entry
+        for key, members in groups.items():
+            entry = hits[key]
+            start = entry.length if entry else 0
+            # bounded batches: sum of new tokens per forward <= max_batch_tokens (at least one item)
+            batch: list[int] = []
+            for i in sorted(members, key=lambda j: len(trajs[j].ids)):
+                if batch and (len(batch) + 1) * (len(trajs[i].ids) - start) > self.max_batch_tokens:
+                    self._run_group([trajs[j] for j in batch], batch, entry, start, results)
+                    batch = []
+                batch.append(i)
+            if batch:
+                self._run_group([trajs[j] for j in batch], batch, entry, start, results)
+        return results  # type: ignore[return-value]
+
+    def _run_group(self, trajs: list[TrajectoryIds], index: list[int], entry: _Prefix | None, start: int,
+                   results: list) -> None:
+        from transformers import DynamicCache
+
+        lengths = [len(t.ids) - start for t in trajs]
+        width, b = max(lengths), len(trajs)
+        pad = self.tokenizer.pad_token_id or 0
+        input_ids = torch.full((b, width), pad, dtype=torch.long)
+        new_mask = torch.zeros((b, width), dtype=torch.long)
+        for r, t in enumerate(trajs):
+            input_ids[r, : lengths[r]] = torch.tensor(t.ids[start:], dtype=torch.long)
+            new_mask[r, : lengths[r]] = 1
+        mask = torch.cat([torch.ones((b, start), dtype=torch.long), new_mask], dim=1)
+        logits, caches = [], []
+        for m_idx, model in enumerate(self.models):
+            if entry is not None:
+                past = DynamicCache(ddp_cache_data=[(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1))
+                                                    for k, v in entry.kv[m_idx]])
+            else:
+                past = DynamicCache()
+            out = model(input_ids=input_ids, attention_mask=mask, past_key_values=past, use_cache=True)
+            logits.append(out.logits.float())
+            caches.append([(layer.keys, layer.values) for layer in past.layers])  # updated in place
+        new_values = self._token_values(logits, input_ids, entry, start)
+        for r, (t, i) in enumerate(zip(trajs, index)):
+            n = lengths[r]
+            values = (entry.values if entry else []) + new_values[r, :n].tolist()
+            results[i] = self.spec.step_scores(t, values, tokens_computed=n)
+            self._remember(t, r, start, caches, logits, values)
+
+    def _token_values(self, logits: list[torch.Tensor], input_ids: torch.Tensor, entry: _Prefix | None,
+                      start: int) -> torch.Tensor:
+        if not self.spec.needs_previous_logits:
+            return self.spec.values_from_logits(logits[0])
+        b = input_ids.shape[0]
+        # logits that predict each new token: the cached prefix's last row, then the new positions but the last
+        prev = []
+        for m_idx, lg in enumerate(logits):
+            first = entry.last_logits[m_idx].expand(b, 1, -1) if entry else torch.zeros_like(lg[:, :1])
+            prev.append(torch.cat([first, lg[:, :-1]], dim=1))
+        values = self.spec.implicit_values(prev[0], prev[1], input_ids)
+        if entry is None:
+            values[:, 0] = 0.0  # the first token has no context: no reward
+        return values
+
+    def _remember(self, traj: TrajectoryIds, row: int, start: int, caches, logits, values: list[float]) -> None:
+        full = len(traj.ids)
+        kv_rows = [[(k[row: row + 1, :, :full].clone(), v[row: row + 1, :, :full].clone()) for k, v in layers]
+                   for layers in caches]
+        for k in range(1, len(traj.step_spans) + 1):
+            end = traj.prefix_len(k)
+            if end <= start:
+                continue
+            kv = [[(kk[:, :, :end], vv[:, :, :end]) for kk, vv in layers] for layers in kv_rows]
+            last = [lg[row, end - start - 1].clone() for lg in logits]
+            self.kv.put(tuple(traj.ids[:end]), _Prefix(end, kv, last, values[:end]))

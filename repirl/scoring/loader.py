@@ -1,0 +1,35 @@
+"""load_scorer: a PRM folder (model + prm.json) -> a StepScorer on the chosen engine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from repirl.artifacts import check_model_folder, load_prm_config
+
+Engine = Literal["auto", "vllm", "hf"]
+
+
+def resolve_engine(fmt: str, engine: Engine = "auto") -> str:
+    """auto = vLLM's pooling runner when vLLM is installed and serves the format, transformers otherwise."""
+    from repirl.scoring.vllm_engine import VLLM_FORMATS, vllm_available
+
+    if engine not in ("auto", "vllm", "hf"):
+        raise ValueError(f"engine must be auto, vllm or hf, got {engine!r}")
+    if engine == "auto":
+        return "vllm" if fmt in VLLM_FORMATS and vllm_available() else "hf"
+    return engine
+
+
+def load_scorer(prm_dir: str | Path, engine: Engine = "auto", name: str | None = None, **engine_kwargs):
+    """Read prm.json, check the folder, build the scorer. Raises ArtifactError naming the path when unusable."""
+    cfg = load_prm_config(prm_dir)
+    check_model_folder(prm_dir)
+    chosen = resolve_engine(cfg.format, engine)
+    if chosen == "vllm":
+        from repirl.scoring.vllm_engine import VLLMScorer
+
+        return VLLMScorer(prm_dir, cfg, name, **engine_kwargs)
+    from repirl.scoring.hf_engine import HFScorer
+
+    return HFScorer(prm_dir, cfg, name, **engine_kwargs)

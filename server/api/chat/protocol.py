@@ -1,0 +1,83 @@
+"""OpenAI chat-completions schemas (the subset a reasoning search needs) plus repirl's fields, which the official
+client sends with `extra_body={"search": {...}, "prm": ..., "return_trace": true}`."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from repirl.search import SearchParams
+
+
+class ContentPart(BaseModel):
+    type: Literal["text"] = "text"
+    text: str
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")  # name, tool_calls, ... are accepted and ignored
+    role: Literal["system", "user", "assistant", "developer", "tool"]
+    content: str | list[ContentPart] | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "".join(p.text for p in self.content)
+        return self.content or ""
+
+
+class ChatCompletionRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # unknown OpenAI fields (user, metadata, ...) do not fail a request
+    model: str = Field(description="the policy ('policy' in GET /v1/models) or a PRM name")
+    messages: list[ChatMessage] = Field(min_length=1)
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    max_tokens: int | None = Field(None, ge=1, description="caps each reasoning step (the search decides the steps)")
+    max_completion_tokens: int | None = Field(None, ge=1)
+    seed: int | None = None
+    n: int = Field(1, ge=1, le=1, description="one choice: the search's pick (use search.n for the sample budget)")
+    stream: bool = Field(False, description="not supported here; /v1/search streams search steps")
+    # repirl extensions
+    search: SearchParams = Field(default_factory=lambda: SearchParams(strategy="best-of-n", n=4))
+    prm: str | None = Field(None, description="PRM name; default: the first loaded")
+    return_trace: bool = False
+
+
+class ResponseMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class Choice(BaseModel):
+    index: int = 0
+    message: ResponseMessage
+    finish_reason: Literal["stop", "length"]
+    logprobs: None = None
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int  # every token the policy generated for this search (its real cost)
+    total_tokens: int
+
+
+class SearchInfo(BaseModel):
+    strategy: str
+    select: str
+    prm: str
+    answer: str | None
+    score: float | None
+    stats: dict[str, Any]
+    trace: dict[str, Any] | None = None  # with return_trace: every step's beams/pruned and the candidates
+
+
+class ChatCompletionResponse(BaseModel):
+    id: str = Field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex}")
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    choices: list[Choice]
+    usage: Usage
+    search: SearchInfo

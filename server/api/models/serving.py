@@ -1,0 +1,14 @@
+from __future__ import annotations
+
+from server.api.models.protocol import ModelCard, ModelList
+from server.deps import AppState
+
+
+def list_models(state: AppState) -> ModelList:
+    cards = [ModelCard(id=name, kind="prm", root=str(rt.scorer.prm_dir), revision=rt.scorer.revision,
+                       format=rt.config.format, engine=rt.scorer.engine,
+                       default_aggregation=rt.config.default_aggregation, step_separator=rt.config.step_separator)
+             for name, rt in state.runtimes.items()]
+    if state.policy:
+        cards.append(ModelCard(id="policy", kind="policy", root=state.policy))
+    return ModelList(data=cards)

@@ -1,0 +1,63 @@
+"""POST /v1/score schemas."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field, model_validator
+
+Aggregation = Literal["mean-token", "min", "last", "prod", "sum"]
+
+
+class ScoreItem(BaseModel):
+    question: str
+    steps: list[str] = Field(min_length=1)
+
+
+class ScoreRequest(BaseModel):
+    """Single form: `question` + `steps`. Batch form: `items`."""
+
+    model: str | None = None  # a loaded PRM's name; default: the first
+    question: str | None = None
+    steps: list[str] | None = None
+    items: list[ScoreItem] | None = None
+    aggregation: Aggregation | None = None  # default: the PRM's prm.json default_aggregation
+    return_token_rewards: bool = False
+
+    @model_validator(mode="after")
+    def _one_form(self):
+        single = self.question is not None or self.steps is not None
+        if single and self.items is not None:
+            raise ValueError("give either question+steps or items, not both")
+        if not single and self.items is None:
+            raise ValueError("give question+steps (single) or items (batch)")
+        if single and (self.question is None or not self.steps):
+            raise ValueError("the single form needs both question and a non-empty steps list")
+        return self
+
+    def item_list(self) -> list[ScoreItem]:
+        return self.items if self.items is not None else [ScoreItem(question=self.question, steps=self.steps)]
+
+
+class ScoreResult(BaseModel):
+    index: int
+    step_rewards: list[float]
+    score: float
+    token_rewards: list[list[float]] | None = None
+    cached_steps: int
+
+
+class Usage(BaseModel):
+    items: int
+    tokens: int
+    tokens_computed: int
+    cached_steps: int
+
+
+class ScoreResponse(BaseModel):
+    object: Literal["score"] = "score"
+    model: str
+    revision: str
+    aggregation: Aggregation
+    data: list[ScoreResult]
+    usage: Usage

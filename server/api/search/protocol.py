@@ -1,0 +1,49 @@
+"""POST /v1/search and /v1/best-of-n schemas. The search knobs are repirl.search.SearchParams itself, so the
+service validates exactly what the library runs."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from repirl.search import SearchParams
+
+
+class SearchRequest(SearchParams):
+    question: str = Field(min_length=1)
+    model: str | None = Field(None, description="PRM name (GET /v1/models); default: the first")
+    policy: str | None = Field(None, description="policy name; default: the only one")
+    stream: bool = Field(False, description="server-sent events: one `step` event per search step, then `result`")
+    return_candidates: bool = Field(True, description="include every completed candidate in the response")
+
+
+class BestOfNRequest(SearchRequest):
+    strategy: Literal["best-of-n"] = "best-of-n"
+
+
+class CandidateOut(BaseModel):
+    id: int
+    steps: list[str]
+    answer: str | None
+    score: float | None
+    step_rewards: list[float]
+    finished: bool
+    truncated: bool
+    logprob: float
+
+
+class SearchResponse(BaseModel):
+    object: Literal["search"] = "search"
+    model: str
+    revision: str
+    policy: str
+    strategy: str
+    select: str
+    aggregation: str
+    answer: str | None
+    text: str
+    steps: list[str]
+    score: float | None
+    candidates: list[CandidateOut] | None = None
+    stats: dict[str, Any]

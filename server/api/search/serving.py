@@ -1,0 +1,210 @@
+"""Search request logic: resolve PRM + policy, admission (fan-out counted as n x steps), run the library's
+`run_search` in a worker thread, bridge its PRM calls back to the PRM runtime (prefix cache + micro-batcher), and
+cancel between steps when the client goes away. /v1/chat/completions runs through `run_job` too."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+from typing import AsyncIterator
+
+from fastapi import Request
+from fastapi.responses import StreamingResponse
+
+from repirl.scoring.base import StepScores
+from repirl.search import SearchCancelled, SearchParams, SearchResult, run_search
+from server.api.limits import check_count
+from server.api.search.protocol import CandidateOut, SearchRequest, SearchResponse
+from server.deps import AppState, get_runtime
+from server.errors import APIError, LimitExceeded, QueueFull, error_body, to_response
+from server.runtime import PRMRuntime
+
+log = logging.getLogger("repirl.server")
+POLL_S = 0.05
+
+
+def load_policies(settings) -> dict:
+    """`--policy` as the policy named "policy": a URL (remote server), `vllm:DIR` / `hf:DIR`, or a DIR whose engine
+    follows the PRM engine setting (hf -> transformers, vllm -> vLLM, auto -> vLLM when installed)."""
+    if not settings.policy:
+        return {}
+    from repirl.policy import load_policy
+
+    engine = {"hf": "transformers", "vllm": "vllm"}.get(settings.engine, "auto")
+    if settings.policy.startswith(("http://", "https://", "vllm:", "hf:")):
+        engine = "auto"  # the spec names its engine
+    on_vllm = engine == "vllm" or settings.policy.startswith("vllm:")
+    kwargs = {"max_model_len": settings.vllm_max_model_len} if on_vllm and settings.vllm_max_model_len else {}
+    policy = load_policy(settings.policy, engine=engine, **kwargs)
+    log.info("loaded policy from %s (%s)", settings.policy, type(policy).__name__)
+    return {"policy": policy}
+
+
+def get_policy(state: AppState, name: str | None):
+    policies = state.policies
+    if not policies:
+        raise APIError(503, "no policy is loaded (start the service with --policy DIR_OR_URL)", "policy")
+    if name is None:
+        return next(iter(policies.items()))
+    if name not in policies:
+        raise APIError(404, f"policy {name!r} is not loaded (loaded: {', '.join(policies)})", "policy")
+    return name, policies[name]
+
+
+class _Admission:
+    """Samples (n x steps x (1 + lookahead)) of the searches in flight, against one budget: 429 beyond it."""
+
+    def __init__(self):
+        self.in_flight = 0
+
+
+def _admission(state: AppState) -> _Admission:
+    return state.__dict__.setdefault("_search_admission", _Admission())  # one per app (tests run several)
+
+
+def check_search_limits(state: AppState, params: SearchParams, question: str) -> int:
+    limits = state.settings.limits
+    check_count("question", len(question), limits.max_chars, "characters")
+    check_count("n", params.n, limits.max_candidates, "samples")
+    check_count("max_steps", params.max_steps, limits.max_steps, "steps")
+    check_count("max_step_tokens", params.max_step_tokens, limits.max_tokens, "tokens")
+    cost = params.cost()
+    if cost > limits.max_search_samples:
+        raise LimitExceeded("n", cost, limits.max_search_samples, "samples (n x max_steps x (1 + lookahead))")
+    return cost
+
+
+class PRMBridge:
+    """A synchronous StepScorer for the search thread: each call runs `PRMRuntime.score` on the event loop."""
+
+    def __init__(self, runtime: PRMRuntime, loop: asyncio.AbstractEventLoop):
+        self.runtime, self.loop = runtime, loop
+        self.name, self.revision, self.config = runtime.name, runtime.scorer.revision, runtime.config
+
+    def score(self, items):
+        items = [(q, list(steps)) for q, steps in items]
+        fut = asyncio.run_coroutine_threadsafe(
+            self.runtime.score(items, [f"candidates[{i}]" for i in range(len(items))]), self.loop)
+        out = []
+        for r in fut.result():
+            s = r.scores
+            out.append(StepScores(s.step_rewards, s.token_rewards, s.tokens_computed, s.tokens_total,
+                                  meta={**s.meta, "cache_hits": r.cached_steps}))
+        return out
+
+
+class SearchJob:
+    """One search in a worker thread; events and the outcome come back to the event loop through a queue."""
+
+    def __init__(self, state: AppState, params: SearchParams, question: str, prm: str | None, policy: str | None):
+        self.state, self.params, self.question = state, params, question
+        self.runtime = get_runtime(state, prm)
+        self.policy_name, self.policy = get_policy(state, policy)
+        self.cost = check_search_limits(state, params, question)
+        self.cancel = threading.Event()
+        self.queue: asyncio.Queue = asyncio.Queue()
+
+    async def run(self) -> AsyncIterator[tuple[str, object]]:
+        """Yields ("step", SearchEvent) per step, then ("result", SearchResult); raises what the search raised."""
+        admission = _admission(self.state)
+        if admission.in_flight + self.cost > self.state.settings.limits.max_search_samples_in_flight:
+            raise QueueFull()
+        admission.in_flight += self.cost
+        loop = asyncio.get_running_loop()
+        put = lambda kind, obj: loop.call_soon_threadsafe(self.queue.put_nowait, (kind, obj))  # noqa: E731
+
+        def work():
+            try:
+                result = run_search(self.policy, PRMBridge(self.runtime, loop), self.question, self.params,
+                                    on_event=lambda e: put("step", e) if e.kind == "step" else None,
+                                    should_stop=self.cancel.is_set)
+                put("result", result)
+            except BaseException as e:  # noqa: BLE001 - handed to the event loop, re-raised there
+                put("error", e)
+
+        thread = threading.Thread(target=work, name="repirl-search", daemon=True)
+        thread.start()
+        try:
+            while True:
+                kind, obj = await self.queue.get()
+                if kind == "error":
+                    raise obj  # type: ignore[misc]
+                yield kind, obj
+                if kind == "result":
+                    return
+        finally:
+            self.cancel.set()  # no-op after a result; stops the search after its current step otherwise
+            admission.in_flight -= self.cost
+
+
+def to_search_response(job: SearchJob, result: SearchResult, with_candidates: bool) -> SearchResponse:
+    best = result.best
+    cands = [CandidateOut(id=c.id, steps=c.steps, answer=c.answer, score=c.score, step_rewards=c.step_rewards,
+                          finished=c.finished, truncated=c.truncated, logprob=c.logprob) for c in result.candidates]
+    return SearchResponse(model=job.runtime.name, revision=job.runtime.scorer.revision, policy=job.policy_name,
+                          strategy=job.params.strategy, select=job.params.select,
+                          aggregation=job.params.aggregation or job.runtime.config.default_aggregation,
+                          answer=result.answer, text=result.text, steps=best.steps if best else [],
+                          score=best.score if best else None, candidates=cands if with_candidates else None,
+                          stats=result.stats.to_dict())
+
+
+async def run_job(job: SearchJob, request: Request, on_step=None) -> SearchResult:
+    """The whole search; a client that disconnects cancels it (within one step) and gets 499."""
+    agen = job.run()
+    try:
+        while True:
+            nxt = asyncio.ensure_future(agen.__anext__())
+            while not nxt.done():
+                await asyncio.wait({nxt}, timeout=POLL_S)
+                if not nxt.done() and await request.is_disconnected():
+                    job.cancel.set()
+                    await asyncio.gather(nxt, return_exceptions=True)
+                    raise APIError(499, "client disconnected; search cancelled")
+            kind, obj = nxt.result()
+            if kind == "result":
+                return obj  # type: ignore[return-value]
+            if on_step is not None:
+                on_step(obj)
+    except SearchCancelled:
+        raise APIError(499, "client disconnected; search cancelled") from None
+    finally:
+        await agen.aclose()
+
+
+def _sse(event: str, data: dict) -> str:
+    return f"event: {event}\ndata: {json.dumps(data)}\n\n"
+
+
+def fit_defaults(state: AppState, params: SearchParams, given: set[str]) -> SearchParams:
+    """A knob the client did not set never exceeds a limit (explicit values over a limit still get 413)."""
+    limits = state.settings.limits
+    caps = {"max_steps": limits.max_steps, "max_step_tokens": limits.max_tokens}
+    update = {k: min(getattr(params, k), cap) for k, cap in caps.items() if k not in given}
+    return params.model_copy(update=update)
+
+
+async def serve_search(state: AppState, req: SearchRequest, request: Request):
+    params = SearchParams.model_validate(req.model_dump(include=set(SearchParams.model_fields)))
+    params = fit_defaults(state, params, req.model_fields_set)
+    job = SearchJob(state, params, req.question, req.model, req.policy)  # limits checked before anything runs
+    if not req.stream:
+        result = await run_job(job, request)
+        return to_search_response(job, result, req.return_candidates)
+
+    async def events():
+        try:
+            async for kind, obj in job.run():
+                if kind == "step":
+                    yield _sse("step", obj.to_dict())
+                else:
+                    yield _sse("result", to_search_response(job, obj, req.return_candidates).model_dump())
+        except Exception as e:  # the status line is sent: errors become an `error` event with the usual body
+            resp = to_response(e)
+            yield _sse("error", json.loads(resp.body) if resp.body else error_body(500, "internal error"))
+        # a disconnect cancels this generator: job.run()'s finally sets the cancel flag
+
+    return StreamingResponse(events(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -1,0 +1,101 @@
+"""The app factory. APIs are routers in `ROUTERS`; a new API (e.g. search) is one more package and one more entry.
+
+Engines load in the lifespan (refusing to start with a missing or unreadable model, naming the path); shutdown
+(uvicorn's graceful SIGTERM: stop accepting, finish in-flight requests) then stops the batchers and the cache.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from typing import Callable
+
+from fastapi import Depends, FastAPI
+
+from repirl.scoring.cache import InProcessCache, RedisCache
+from repirl.scoring.loader import load_scorer
+from server import errors
+from server.api.health.router import router as health_router
+from server.api.models.router import router as models_router
+from server.api.rerank.router import router as rerank_router
+from server.api.score.router import router as score_router
+from server.api.search.router import router as search_router
+from server.api.chat.router import router as chat_router
+from server.api.search.serving import load_policies
+from server.auth import load_key_hashes
+from server.deps import AppState, require_api_key
+from server.metrics import Metrics
+from server.middleware import BodyLimitMiddleware, MetricsMiddleware
+from server.runtime import GuardedCache, PRMRuntime
+from server.settings import Settings
+
+log = logging.getLogger("repirl.server")
+
+ROUTERS = [health_router, models_router, score_router, rerank_router, search_router, chat_router]
+
+
+def build_scorers(settings: Settings) -> dict:
+    """name -> StepScorer for every --prm (vLLM engines must be built in the main process: uvicorn's)."""
+    scorers = {}
+    for name, path in settings.prm_entries():
+        kwargs = {}
+        from repirl.artifacts import load_prm_config
+        from repirl.scoring.loader import resolve_engine
+
+        engine = resolve_engine(load_prm_config(path).format, settings.engine)
+        if engine == "hf":
+            kwargs = {"kv_cache_tokens": settings.hf_kv_cache_tokens, "max_batch_tokens": settings.limits.max_batch_tokens}
+        elif settings.vllm_max_model_len:
+            kwargs = {"max_model_len": settings.vllm_max_model_len}
+        scorers[name] = load_scorer(path, engine=engine, name=name, **kwargs)
+        log.info("loaded PRM %s from %s (format %s, engine %s, revision %s)", name, path,
+                 scorers[name].config.format, engine, scorers[name].revision)
+    return scorers
+
+
+def create_app(settings: Settings, scorers: dict | None = None,
+               extra_routers: list | None = None, on_startup: Callable[[AppState], None] | None = None) -> FastAPI:
+    """`scorers` (name -> StepScorer) skips loading from settings (benchmarks and tests that share engines)."""
+    metrics = Metrics()
+    state = AppState(settings=settings, metrics=metrics)
+    if settings.api_key_file:
+        state.api_key_hashes = load_key_hashes(settings.api_key_file)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if settings.redis_url:
+            raw_cache = RedisCache(settings.redis_url, settings.redis_timeout_ms / 1000)
+            log.info("prefix cache: Redis at %s", settings.redis_url)
+        else:
+            raw_cache = InProcessCache(settings.cache_max_entries)
+            log.warning("prefix cache: in-process (no --redis-url): not shared between replicas")
+        state.cache = GuardedCache(raw_cache, metrics, settings.redis_timeout_ms / 1000, settings.redis_backoff_s)
+        loaded = scorers if scorers is not None else build_scorers(settings)
+        for name, scorer in loaded.items():
+            rt = PRMRuntime(name, scorer, state.cache, metrics, settings.limits, ttl_s=settings.cache_ttl_s,
+                            salt=settings.cache_salt)
+            rt.batcher.start()
+            state.runtimes[name] = rt
+        state.policy = settings.policy
+        state.policies.update(load_policies(settings))
+        if on_startup:
+            on_startup(state)
+        log.info("serving %d PRM(s): %s", len(state.runtimes), ", ".join(state.runtimes))
+        try:
+            yield
+        finally:
+            for rt in state.runtimes.values():
+                await rt.batcher.stop()
+            await raw_cache.close()
+
+    public_docs = state.api_key_hashes is None  # with API keys, no unauthenticated schema pages either
+    app = FastAPI(title="repirl", version="0.1.0", lifespan=lifespan, dependencies=[Depends(require_api_key)],
+                  docs_url="/docs" if public_docs else None, redoc_url=None,
+                  openapi_url="/openapi.json" if public_docs else None)
+    app.state.repirl = state
+    errors.install(app)
+    for router in ROUTERS + list(extra_routers or []):
+        app.include_router(router)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.limits.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    return app

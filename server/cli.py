@@ -1,0 +1,80 @@
+"""`repirl serve`: settings from flags/env/YAML, a pre-flight check of every model path, then uvicorn."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+DEFAULT_POLICY = "runs/demo/policy"
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"repirl serve: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def preflight(settings) -> None:
+    """Refuse to start, naming the path, when a model folder is missing or unreadable."""
+    from repirl.artifacts import ArtifactError, check_model_folder, load_prm_config
+
+    for name, path in settings.prm_entries():
+        try:
+            load_prm_config(path)
+            check_model_folder(path)
+        except ArtifactError as e:
+            hint = " (run `repirl bootstrap` to build the demo)" if str(path) == "runs/demo/prm" else ""
+            _fail(f"cannot serve PRM '{name}': {e}{hint}")
+    if settings.policy and not settings.policy.startswith(("http://", "https://")):
+        try:
+            check_model_folder(settings.policy.split(":", 1)[1] if settings.policy.startswith(("vllm:", "hf:"))
+                               else settings.policy)  # vllm:DIR / hf:DIR pick the policy engine
+        except ArtifactError as e:
+            _fail(f"cannot use policy: {e}")
+
+
+def serve(
+    prm: Annotated[Optional[list[str]], typer.Option("--prm", help="PRM folder, PATH or NAME=PATH (repeatable); "
+                                                     "default runs/demo/prm")] = None,
+    policy: Annotated[Optional[str], typer.Option(help="policy folder or OpenAI-compatible URL; "
+                                                  "default runs/demo/policy when present")] = None,
+    host: Annotated[Optional[str], typer.Option(help="bind address (default 127.0.0.1)")] = None,
+    port: Annotated[Optional[int], typer.Option(help="port (default 8000)")] = None,
+    redis_url: Annotated[Optional[str], typer.Option(help="redis://... for the shared prefix cache; "
+                                                     "default: in-process cache")] = None,
+    api_key_file: Annotated[Optional[Path], typer.Option(help="file of API keys (one per line, or sha256:HEX)")] = None,
+    engine: Annotated[Optional[str], typer.Option(help="PRM engine: auto | vllm | hf")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", help="YAML settings file (REPIRL_* env vars "
+                                                   "and flags override it)")] = None,
+) -> None:
+    """Serve PRMs over HTTP: /v1/score, /v1/rerank, /v1/models, /livez, /readyz, /metrics."""
+    import uvicorn
+    from pydantic import ValidationError
+
+    from server.settings import load_settings
+
+    config = config or (Path(os.environ["REPIRL_CONFIG"]) if os.environ.get("REPIRL_CONFIG") else None)
+    try:
+        settings = load_settings(config, prm=prm or None, policy=policy, host=host, port=port, redis_url=redis_url,
+                                 api_key_file=str(api_key_file) if api_key_file else None, engine=engine)
+    except FileNotFoundError as e:
+        _fail(str(e))
+    except ValidationError as e:
+        first = e.errors()[0]
+        _fail(f"setting '{'.'.join(str(x) for x in first['loc'])}': {first['msg']}")
+    if settings.policy is None and Path(DEFAULT_POLICY).is_dir() and settings.prm == ["runs/demo/prm"]:
+        settings.policy = DEFAULT_POLICY
+    preflight(settings)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    from server.app import create_app
+
+    try:
+        app = create_app(settings)
+    except ValueError as e:  # e.g. an unreadable API key file
+        _fail(str(e))
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+                timeout_graceful_shutdown=int(settings.drain_timeout_s) or None)

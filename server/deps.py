@@ -1,0 +1,74 @@
+"""Request-scoped dependencies (FastAPI `Annotated` style) and the app's state."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Annotated, Awaitable, TypeVar
+
+from fastapi import Depends, Header, Request
+
+from server.auth import key_matches
+from server.errors import APIError
+from server.metrics import Metrics
+from server.runtime import GuardedCache, PRMRuntime
+from server.settings import Settings
+
+T = TypeVar("T")
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    metrics: Metrics
+    cache: GuardedCache | None = None
+    runtimes: dict[str, PRMRuntime] = field(default_factory=dict)
+    api_key_hashes: list[str] | None = None
+    policy: str | None = None
+    policies: dict = field(default_factory=dict)  # name -> StepPolicy engine (server/api/search), "policy" from --policy
+
+
+def get_state(request: Request) -> AppState:
+    return request.app.state.repirl
+
+
+StateDep = Annotated[AppState, Depends(get_state)]
+
+
+async def require_api_key(request: Request, state: StateDep, authorization: Annotated[str | None, Header()] = None,
+                          x_api_key: Annotated[str | None, Header()] = None) -> None:
+    """Applied to the whole app; paths on `settings.public_paths` are exempt."""
+    if state.api_key_hashes is None or request.url.path in state.settings.public_paths:
+        return
+    presented = x_api_key
+    if authorization and authorization.lower().startswith("bearer "):
+        presented = authorization[7:].strip()
+    if not key_matches(presented, state.api_key_hashes):
+        raise APIError(401, "missing or invalid API key (Authorization: Bearer KEY)", "authorization",
+                       headers={"WWW-Authenticate": "Bearer"})
+
+
+def get_runtime(state: AppState, model: str | None) -> PRMRuntime:
+    if model is None:
+        return next(iter(state.runtimes.values()))
+    try:
+        return state.runtimes[model]
+    except KeyError:
+        raise APIError(404, f"model {model!r} is not loaded (loaded: {', '.join(state.runtimes)})", "model") from None
+
+
+async def until_disconnect(request: Request, work: Awaitable[T], poll_s: float = 0.05) -> T:
+    """Run `work`; if the client goes away first, cancel it (queued PRM work is dropped) and answer 499."""
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=poll_s)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                raise APIError(499, "client disconnected; work cancelled")
+    finally:
+        if not task.done():
+            task.cancel()

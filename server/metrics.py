@@ -1,0 +1,28 @@
+"""Prometheus metrics, one registry per app (several apps can live in one process, e.g. in tests)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Metrics:
+    def __init__(self):
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter("repirl_requests_total", "HTTP requests", ["route", "status"], registry=r)
+        self.latency = Histogram("repirl_request_latency_seconds", "HTTP request latency", ["route"], registry=r,
+                                 buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+        self.batch_items = Histogram("repirl_batch_items", "items per PRM micro-batch", ["model"], registry=r,
+                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512))
+        self.batch_tokens = Histogram("repirl_batch_tokens", "tokens per PRM micro-batch", ["model"], registry=r,
+                                      buckets=(64, 256, 1024, 4096, 16384, 65536))
+        self.tokens_computed = Counter("repirl_tokens_computed_total", "tokens the PRM ran", ["model"], registry=r)
+        self.tokens_reused = Counter("repirl_tokens_reused_total", "tokens served from a cache (Redis/in-process "
+                                     "step cache or the engine's KV cache)", ["model"], registry=r)
+        self.cache_hits = Counter("repirl_cache_hits_total", "prefix-cache step hits", ["model"], registry=r)
+        self.cache_misses = Counter("repirl_cache_misses_total", "prefix-cache step misses", ["model"], registry=r)
+        self.cache_errors = Counter("repirl_cache_errors_total", "prefix-cache errors (failed open)", ["op"],
+                                    registry=r)
+        self.cancelled = Counter("repirl_cancelled_items_total", "queued items dropped: client gone", ["model"],
+                                 registry=r)
+        self.rejected = Counter("repirl_queue_rejections_total", "requests refused with 429", ["model"], registry=r)
+        self.queue_depth = Gauge("repirl_queue_items", "items waiting for the PRM", ["model"], registry=r)

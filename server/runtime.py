@@ -1,0 +1,122 @@
+"""A loaded PRM at serving time: engine + micro-batcher + prefix cache, shared by every API that scores steps.
+
+`score()` is the request path of ARCHITECTURE "Cache": tokenize by the trajectory contract, read every prefix key
+of every item in one round trip, send only items with a missing step to the engine (via the micro-batcher), write
+the new steps back with a TTL. The cache fails open: any error or a slow reply counts as all-miss (a metric and a
+log line), and after an error the cache is skipped for `backoff_s` so an outage adds no latency per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+from repirl.scoring.base import StepScores
+from repirl.scoring.cache import decode_value, encode_value, prefix_keys
+from server.batching import MicroBatcher
+from server.errors import LimitExceeded
+from server.metrics import Metrics
+from server.settings import Limits
+
+log = logging.getLogger("repirl.server")
+
+
+class GuardedCache:
+    """Fail-open wrapper: bounded time per call, errors counted and logged, a short back-off after an error."""
+
+    def __init__(self, cache, metrics: Metrics, timeout_s: float, backoff_s: float):
+        self.cache, self.metrics, self.timeout_s, self.backoff_s = cache, metrics, timeout_s, backoff_s
+        self.kind = cache.kind
+        self._skip_until = 0.0
+
+    async def _call(self, op: str, coro, fallback):
+        if time.monotonic() < self._skip_until:
+            coro.close()
+            return fallback
+        try:
+            return await asyncio.wait_for(coro, self.timeout_s)
+        except Exception as e:  # Redis down, slow, or answering garbage: the request goes on without the cache
+            self.metrics.cache_errors.labels(op).inc()
+            self._skip_until = time.monotonic() + self.backoff_s
+            log.warning("prefix cache %s failed (%s: %s); failing open for %.1fs", op, type(e).__name__, e,
+                        self.backoff_s)
+            return fallback
+
+    async def get_many(self, keys):
+        return await self._call("get", self.cache.get_many(keys), [None] * len(keys))
+
+    async def set_many(self, entries, ttl_s):
+        await self._call("set", self.cache.set_many(entries, ttl_s), None)
+
+    async def healthy(self) -> bool:
+        try:
+            return bool(await asyncio.wait_for(self.cache.ping(), self.timeout_s))
+        except Exception:
+            return False
+
+
+@dataclass
+class ItemScore:
+    scores: StepScores
+    cached_steps: int
+
+
+class PRMRuntime:
+    def __init__(self, name: str, scorer, cache: GuardedCache, metrics: Metrics, limits: Limits, *,
+                 ttl_s: int, salt: str | None):
+        self.name, self.scorer, self.cache, self.metrics, self.limits = name, scorer, cache, metrics, limits
+        self.ttl_s, self.salt = ttl_s, salt
+        self.has_token_rewards = scorer.config.format in ("token-reward", "implicit")
+        self.batcher = MicroBatcher(name, scorer.score, max_batch_tokens=limits.max_batch_tokens,
+                                    max_wait_ms=limits.max_wait_ms, max_queue_items=limits.max_queue_items,
+                                    metrics=metrics)
+
+    @property
+    def config(self):
+        return self.scorer.config
+
+    async def score(self, items: list[tuple[str, list[str]]], params: list[str]) -> list[ItemScore]:
+        """`params[i]` names item i in errors (e.g. "items[3]")."""
+        trajs = []
+        for (question, steps), param in zip(items, params):
+            traj = self.scorer.encoder.encode(question, steps)
+            if len(traj.ids) > self.limits.max_tokens:
+                raise LimitExceeded(param, len(traj.ids), self.limits.max_tokens, "tokens")
+            trajs.append(traj)
+        keys = [prefix_keys(self.scorer.revision, t, self.salt) for t in trajs]
+        flat_keys = [k for ks in keys for k in ks]
+        raw = await self.cache.get_many(flat_keys) if flat_keys else []
+        results: list[ItemScore | None] = [None] * len(items)
+        todo, pos = [], 0
+        for i, (traj, ks) in enumerate(zip(trajs, keys)):
+            got = [decode_value(raw[pos + k], end - start, self.has_token_rewards)
+                   for k, (start, end) in enumerate(traj.step_spans)]
+            pos += len(ks)
+            hits = sum(g is not None for g in got)
+            self.metrics.cache_hits.labels(self.name).inc(hits)
+            self.metrics.cache_misses.labels(self.name).inc(len(got) - hits)
+            if hits == len(got):
+                scores = StepScores(step_rewards=[g[0] for g in got],
+                                    token_rewards=[g[1] for g in got] if self.has_token_rewards else None,
+                                    tokens_computed=0, tokens_total=len(traj.ids))
+                results[i] = ItemScore(scores, cached_steps=hits)
+                self.metrics.tokens_reused.labels(self.name).inc(len(traj.ids))
+            else:
+                todo.append((i, hits))
+        if todo:
+            computed = await self.batcher.submit([items[i] for i, _ in todo], [len(trajs[i].ids) for i, _ in todo])
+            writes = {}
+            for (i, hits), sc in zip(todo, computed):
+                results[i] = ItemScore(sc, cached_steps=hits)
+                self.metrics.tokens_computed.labels(self.name).inc(sc.tokens_computed)
+                self.metrics.tokens_reused.labels(self.name).inc(sc.tokens_total - sc.tokens_computed)
+                for k, key in enumerate(keys[i]):
+                    writes[key] = encode_value(sc.step_rewards[k], sc.token_rewards[k] if sc.token_rewards else None)
+            await self.cache.set_many(writes, self.ttl_s)
+        return results  # type: ignore[return-value]
+
+    async def probe(self) -> None:
+        """A one-step score straight through the engine (readiness): no cache, same batcher."""
+        await self.batcher.submit([("1+1", ["2"])], [16])

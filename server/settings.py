@@ -1,0 +1,89 @@
+"""Service settings: pydantic-settings from `REPIRL_*` environment variables, an optional YAML file, and CLI flags
+(precedence: flags > environment > YAML > defaults). Every limit lives in one validated `Limits` object."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict, YamlConfigSettingsSource
+
+DEFAULT_PRM = "runs/demo/prm"
+DEFAULT_POLICY = "runs/demo/policy"
+
+
+class Limits(BaseModel):
+    """Every request limit in one place. Over a limit: 413 naming the field; queue full: 429 + Retry-After."""
+
+    max_body_bytes: int = Field(1_000_000, gt=0)
+    max_items: int = Field(64, gt=0, description="items per /v1/score request")
+    max_candidates: int = Field(64, gt=0, description="candidates per /v1/rerank request")
+    max_steps: int = Field(64, gt=0, description="steps per item or candidate")
+    max_chars: int = Field(20_000, gt=0, description="characters per question, step or candidate text")
+    max_tokens: int = Field(4096, gt=0, description="tokens per trajectory (prompt + steps)")
+    max_queue_items: int = Field(1024, gt=0, description="items waiting for the PRM across all requests")
+    max_batch_tokens: int = Field(16384, gt=0, description="tokens per micro-batch")
+    max_wait_ms: float = Field(5.0, ge=0, description="how long a micro-batch waits to fill")
+    request_timeout_s: float = Field(120.0, gt=0)
+    max_search_samples: int = Field(4096, gt=0, description="policy samples per search: n x max_steps x (1 + lookahead)")
+    max_search_samples_in_flight: int = Field(16384, gt=0, description="the same, summed over searches in flight "
+                                              "(admission: 429 beyond it)")
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.max_batch_tokens < self.max_tokens:
+            raise ValueError(f"max_batch_tokens ({self.max_batch_tokens}) must be >= max_tokens ({self.max_tokens})")
+        return self
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="REPIRL_", env_nested_delimiter="__", extra="forbid")
+
+    prm: list[str] = Field(default_factory=lambda: [DEFAULT_PRM], description="PRM folders, `PATH` or `NAME=PATH`")
+    policy: str | None = None  # a folder or an OpenAI-compatible URL; listed by /v1/models for the search APIs
+    engine: Literal["auto", "vllm", "hf"] = "auto"
+    hf_kv_cache_tokens: int = Field(65536, ge=0)
+    vllm_max_model_len: int | None = None
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    redis_url: str | None = None  # none: an in-process cache
+    redis_timeout_ms: float = Field(50.0, gt=0)
+    redis_backoff_s: float = Field(2.0, ge=0, description="after a Redis error, skip Redis this long")
+    cache_ttl_s: int = Field(7 * 86400, gt=0)
+    cache_max_entries: int = Field(200_000, gt=0)
+    cache_salt: str | None = None  # tenant salt: isolates this deployment's cache entries
+    api_key_file: str | None = None
+    public_paths: list[str] = Field(default_factory=lambda: ["/livez", "/readyz", "/metrics"])
+    drain_timeout_s: float = Field(30.0, ge=0)
+    log_level: str = "info"
+    limits: Limits = Field(default_factory=Limits)
+
+    def prm_entries(self) -> list[tuple[str, Path]]:
+        """(name, folder) per --prm; the name defaults to the folder's name, made unique."""
+        out: list[tuple[str, Path]] = []
+        for spec in self.prm:
+            name, _, path = spec.rpartition("=") if "=" in spec else ("", "", spec)
+            path = Path(path)
+            name = name or path.name
+            if name in {n for n, _ in out}:
+                name = f"{name}-{len(out)}"
+            out.append((name, path))
+        return out
+
+
+def load_settings(config_file: str | Path | None = None, **overrides) -> Settings:
+    """Settings from flags (`overrides`, None = not given), environment and an optional YAML file."""
+    if config_file is not None and not Path(config_file).is_file():
+        raise FileNotFoundError(f"config file {config_file} does not exist")
+
+    class _Settings(Settings):
+        @classmethod
+        def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
+                                       file_secret_settings):
+            sources = [init_settings, env_settings]
+            if config_file is not None:
+                sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
+            return tuple(sources)
+
+    return _Settings(**{k: v for k, v in overrides.items() if v is not None})

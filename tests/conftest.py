@@ -1,0 +1,44 @@
+"""Session-wide test setup: offline, small vLLM KV cache, and shared tiny models built in code."""
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+GSM8K_DIR = REPO.parent / "shared" / "data" / "gsm8k"
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    from repirl.tiny import build_tokenizer
+
+    return build_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_policy_dir(tmp_path_factory, tiny_tokenizer):
+    """A random-weight tiny Qwen2 policy folder (with policy.json), shared by the whole session."""
+    import torch
+    from transformers import Qwen2ForCausalLM
+
+    from repirl.artifacts import PolicyConfig, save_model_folder
+    from repirl.tiny import tiny_qwen2_config
+
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(tiny_qwen2_config(len(tiny_tokenizer), num_layers=2, eos_token_id=tiny_tokenizer.eos_token_id))
+    return save_model_folder(model, tiny_tokenizer, tmp_path_factory.mktemp("models") / "policy",
+                             policy_config=PolicyConfig())
+
+
+@pytest.fixture(scope="session")
+def tiny_prm_dir(tiny_policy_dir, tmp_path_factory):
+    """A token-reward PRM initialised from the tiny policy, with prm.json."""
+    from repirl.artifacts import init_token_reward_prm
+
+    return init_token_reward_prm(tiny_policy_dir, tmp_path_factory.mktemp("models") / "prm")

@@ -1,0 +1,68 @@
+"""The vLLM in-process engine (LLM, prefix caching) against the transformers engine on the same toy policy.
+
+The remote engine (repirl/policy/remote.py) is tested in tests/server/test_search_engines.py, next to the service,
+so the suite starts one real vLLM api_server for both."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+
+pytest.importorskip("vllm")
+
+from repirl.policy import SamplingConfig, load_policy  # noqa: E402
+from repirl.policy.toy import TOY_QUESTION, build_toy_policy  # noqa: E402
+from repirl.search import SearchParams, run_search  # noqa: E402
+
+pytestmark = [pytest.mark.slow, pytest.mark.vllm]
+PREFIXES = [(TOY_QUESTION, []), (TOY_QUESTION, ["3+4=8"]), (TOY_QUESTION, ["3+4=7", "7*2=14"])]
+
+
+@pytest.fixture(scope="module")
+def toy_dir():
+    return build_toy_policy()
+
+
+@pytest.fixture(scope="module")
+def hf_policy(toy_dir):
+    return load_policy(toy_dir, engine="transformers")
+
+
+def _greedy(policy):
+    return policy.sample_steps(PREFIXES, SamplingConfig(n=1, temperature=0.0, max_tokens=24))
+
+
+def _check_against_transformers(policy, hf_policy):
+    ref, got = _greedy(hf_policy), _greedy(policy)
+    for r, g in zip(ref, got):
+        assert g[0].text == r[0].text and g[0].finished == r[0].finished
+        # vLLM may keep the separator's tokens or not; the step's own tokens and their log-probs must agree
+        n = len(hf_policy.tokenizer.encode(r[0].text, add_special_tokens=False))
+        assert g[0].token_ids[:n] == r[0].token_ids[:n]
+        assert g[0].logprobs[:n] == pytest.approx(r[0].logprobs[:n], abs=2e-3)
+    assert got[2][0].text == "Answer: 14" and got[2][0].finish_reason == "answer"
+
+
+def _check_sampling(policy):
+    out = policy.sample_steps(PREFIXES[:1], SamplingConfig(n=8, temperature=1.0, seed=7))
+    assert len(out[0]) == 8 and {s.text for s in out[0]} <= {"3+4=7", "3+4=8"}
+    assert all(s.finish_reason == "sep" for s in out[0])
+    r = run_search(policy, None, TOY_QUESTION, SearchParams(strategy="beam", n=4, beam_width=2, select="majority", seed=1))
+    assert r.answer in {"14", "16"} and r.stats.steps >= 3
+
+
+@pytest.fixture(scope="module")
+def vllm_policy(toy_dir):
+    policy = load_policy(f"vllm:{toy_dir}", max_model_len=256)
+    yield policy
+    policy.llm.llm_engine.engine_core.shutdown()  # free the engine core process before the api_server test starts
+
+
+def test_vllm_in_process_matches_transformers(vllm_policy, hf_policy):
+    assert vllm_policy.llm.llm_engine.vllm_config.cache_config.enable_prefix_caching
+    _check_against_transformers(vllm_policy, hf_policy)
+    _check_sampling(vllm_policy)

@@ -1,0 +1,165 @@
+"""Every PRM format on the transformers engine against an independent reference (a plain full forward written
+here), KV-cache reuse against a cold engine, and the prefix-cache key/value rules."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from repirl.artifacts import ArtifactError, load_prm_config
+from repirl.scoring.aggregate import aggregate
+from repirl.scoring.cache import InProcessCache, decode_value, encode_value, prefix_keys
+from repirl.scoring.loader import load_scorer
+from repirl.scoring.tiny_prms import QWEN_TAG, SHEPHERD_TAG, build_tiny_prm
+
+FORMATS = ["token-reward", "qwen-step-tag", "math-shepherd", "implicit"]
+ITEMS = [
+    ("What is 12+7?", ["12+7 = 19", "Answer: 19"]),
+    ("What is 12+7?", ["12+7 = 18", "so 18", "Answer: 18"]),
+    ("3*4?", ["3*4=12"]),
+]
+
+
+@pytest.fixture(scope="session")
+def format_prms(tmp_path_factory):
+    root = tmp_path_factory.mktemp("format_prms")
+    return {fmt: build_tiny_prm(root / fmt, fmt) for fmt in FORMATS}
+
+
+def _reference(prm_dir, question, steps):
+    """(step rewards, token rewards | None) by a full forward, without the engine's code paths."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer, Qwen2Model
+
+    from repirl.trajectory import TrajectoryEncoder
+
+    cfg = load_prm_config(prm_dir)
+    tok = AutoTokenizer.from_pretrained(prm_dir)
+    traj = TrajectoryEncoder(tok, cfg.prompt_template, cfg.step_separator).encode(question, steps)
+    ids = torch.tensor([traj.ids])
+    with torch.no_grad():
+        if cfg.format == "token-reward":
+            v = AutoModelForTokenClassification.from_pretrained(prm_dir).eval()(ids).logits[0, :, 0]
+            tokens = [v[s:e].tolist() for s, e in traj.step_spans]
+            return [sum(t) / len(t) for t in tokens], tokens
+        if cfg.format == "implicit":
+            phi = AutoModelForCausalLM.from_pretrained(prm_dir).eval()(ids).logits[0].log_softmax(-1)
+            ref = AutoModelForCausalLM.from_pretrained(prm_dir / "reference").eval()(ids).logits[0].log_softmax(-1)
+            per_token = [0.0] + [cfg.beta * (phi[t - 1, traj.ids[t]] - ref[t - 1, traj.ids[t]]).item()
+                                 for t in range(1, len(traj.ids))]
+            tokens = [per_token[s:e] for s, e in traj.step_spans]
+            return [sum(t) for t in tokens], tokens
+        tag_id = tok.convert_tokens_to_ids(cfg.step_tag)
+        tag_pos = [max(i for i in range(s, e) if traj.ids[i] == tag_id) for s, e in traj.step_spans]
+        if cfg.format == "qwen-step-tag":
+            h = Qwen2Model.from_pretrained(prm_dir).eval()(ids).last_hidden_state[0]
+            w = load_file(str(prm_dir / "model.safetensors"))
+            logits = torch.relu(h @ w["score.0.weight"].T + w["score.0.bias"]) @ w["score.2.weight"].T + w["score.2.bias"]
+            return [torch.softmax(logits[p], -1)[1].item() for p in tag_pos], None
+        logits = AutoModelForCausalLM.from_pretrained(prm_dir).eval()(ids).logits[0]
+        plus, minus = tok.convert_tokens_to_ids("+"), tok.convert_tokens_to_ids("-")
+        return [torch.softmax(logits[p, [plus, minus]], -1)[0].item() for p in tag_pos], None
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_format_matches_reference(format_prms, fmt):
+    scorer = load_scorer(format_prms[fmt], engine="hf", kv_cache_tokens=0)
+    results = scorer.score(ITEMS)
+    spread = []
+    for (q, steps), got in zip(ITEMS, results):
+        want_steps, want_tokens = _reference(format_prms[fmt], q, steps)
+        assert len(got.step_rewards) == len(steps)
+        assert got.step_rewards == pytest.approx(want_steps, abs=1e-4)
+        if want_tokens is None:
+            assert got.token_rewards is None
+        else:
+            for g, w in zip(got.token_rewards, want_tokens):
+                assert g == pytest.approx(w, abs=1e-4)
+        spread += got.step_rewards
+    assert max(spread) - min(spread) > 1e-3, "rewards should vary between steps (a constant PRM tests nothing)"
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_kv_reuse_computes_only_new_tokens_and_agrees(format_prms, fmt):
+    warm = load_scorer(format_prms[fmt], engine="hf", kv_cache_tokens=100_000)
+    cold = load_scorer(format_prms[fmt], engine="hf", kv_cache_tokens=0)
+    q = "What is 12+7?"
+    warm.score([(q, ["12+7 = 19"])])
+    branches = [(q, ["12+7 = 19", "Answer: 19"]), (q, ["12+7 = 19", "so 19", "Answer: 19"]), (q, ["12+7 = 19"])]
+    got, want = warm.score(branches), cold.score(branches)
+    prefix_len = warm.encode(q, ["12+7 = 19"]).prefix_len(1)
+    for g, w, (_, steps) in zip(got, want, branches):
+        assert g.step_rewards == pytest.approx(w.step_rewards, abs=1e-4)
+        assert g.tokens_total == w.tokens_total == w.tokens_computed
+        assert g.tokens_computed == g.tokens_total - prefix_len  # only the tokens after the cached step
+    assert got[2].tokens_computed == 0
+
+
+def test_kv_cache_is_bounded_by_tokens(format_prms):
+    scorer = load_scorer(format_prms["token-reward"], engine="hf", kv_cache_tokens=200)
+    for n in range(6):
+        scorer.score([(f"question {n}", ["a step", "another step"])])
+        assert scorer.kv.tokens <= 200
+
+
+def test_tag_format_validation(format_prms, tmp_path):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(format_prms["math-shepherd"], bad)
+    cfg = json.loads((bad / "prm.json").read_text())
+    cfg["positive_token"] = "++"  # two tokens in the byte-level tokenizer
+    (bad / "prm.json").write_text(json.dumps(cfg))
+    with pytest.raises(ArtifactError, match="positive_token"):
+        load_scorer(bad, engine="hf")
+    cfg["positive_token"], cfg["step_separator"] = "+", "\n\n"  # separator without the tag
+    (bad / "prm.json").write_text(json.dumps(cfg))
+    with pytest.raises(ArtifactError, match="step_separator"):
+        load_scorer(bad, engine="hf")
+    assert QWEN_TAG != SHEPHERD_TAG
+
+
+def test_vllm_engine_refuses_causal_lm_formats(format_prms):
+    with pytest.raises(ArtifactError, match="not served by the vLLM engine"):
+        load_scorer(format_prms["math-shepherd"], engine="vllm")
+
+
+def test_prefix_keys_are_prefix_stable_revision_and_salt_scoped(format_prms):
+    scorer = load_scorer(format_prms["token-reward"], engine="hf", kv_cache_tokens=0)
+    a = scorer.encode("q", ["s1", "s2"])
+    b = scorer.encode("q", ["s1", "s2", "s3"])
+    ka, kb = prefix_keys("rev1", a), prefix_keys("rev1", b)
+    assert kb[:2] == ka and len(set(kb)) == 3
+    assert ka[0].startswith("repirl:v1:rev1:") and len(ka[0].rsplit(":", 1)[1]) == 64
+    assert prefix_keys("rev2", a)[0] != ka[0]
+    assert prefix_keys("rev1", a, salt="tenant-a")[0] != ka[0]
+
+
+def test_cache_values_are_validated():
+    good = encode_value(0.5, [0.1, 0.2])
+    assert decode_value(good, 2, True) == (0.5, [0.1, 0.2])
+    assert decode_value(good, 3, True) is None  # wrong token count
+    assert decode_value(encode_value(0.5, None), 2, True) is None  # token rewards needed
+    assert decode_value(encode_value(0.5, None), 2, False) == (0.5, None)
+    for bad in [b"\x80\x04pickle", "not json", '{"r": "x"}', '{"r": NaN}', '{"r": Infinity}', '{"r": true}',
+                '{"t": [1]}', "[1, 2]", '{"r": 1, "t": [1, "a"]}']:
+        assert decode_value(bad, 1, False) is None
+
+
+@pytest.mark.asyncio
+async def test_in_process_cache_ttl_and_bound():
+    cache = InProcessCache(max_entries=2)
+    await cache.set_many({"a": "1", "b": "2", "c": "3"}, ttl_s=60)
+    assert await cache.get_many(["a", "b", "c"]) == [None, "2", "3"]
+    await cache.set_many({"d": "4"}, ttl_s=-1)  # already expired
+    assert await cache.get_many(["d"]) == [None]
+
+
+def test_aggregations_on_engine_output(format_prms):
+    sc = load_scorer(format_prms["token-reward"], engine="hf", kv_cache_tokens=0).score([ITEMS[1]])[0]
+    flat = [r for t in sc.token_rewards for r in t]
+    assert aggregate(sc.step_rewards, "mean-token", sc.token_rewards) == pytest.approx(sum(flat) / len(flat))
+    assert aggregate(sc.step_rewards, "prod") == pytest.approx(math.prod(sc.step_rewards))

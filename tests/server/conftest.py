@@ -1,0 +1,135 @@
+"""Real parts, really started: tiny PRMs of every format, a throwaway redis-server on a free port, and the service
+in a subprocess (`python -m server`, i.e. `repirl serve`) under uvicorn, reached over HTTP with httpx."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from repirl.scoring.tiny_prms import build_tiny_prm
+
+REPO = Path(__file__).resolve().parents[2]
+API_KEY = "test-key-123"
+HASHED_ONLY_KEY = "second-key-456"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RedisProc:
+    def __init__(self, workdir: Path):
+        if not shutil.which("redis-server"):
+            pytest.skip("redis-server binary not found")
+        self.port, self.workdir = free_port(), workdir
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc = None
+
+    def start(self):
+        self.proc = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                                      "--appendonly", "no", "--dir", str(self.workdir)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        import redis
+
+        client = redis.Redis(port=self.port)
+        for _ in range(100):
+            try:
+                if client.ping():
+                    return self
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+class ServerProc:
+    def __init__(self, args: list[str], env: dict[str, str] | None = None, log: Path | None = None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
+        self.log = open(log, "w") if log else subprocess.DEVNULL
+        self.proc = subprocess.Popen([sys.executable, "-m", "server", "--port", str(self.port), *args], cwd=REPO,
+                                     env=full_env, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout: float = 120):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}")
+            try:
+                if httpx.get(self.url + "/livez", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        raise TimeoutError("server did not start")
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def metric(client: httpx.Client, name: str, **labels) -> float:
+    """Sum of a Prometheus sample over series whose labels include `labels`."""
+    total = 0.0
+    for line in client.get("/metrics").text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        if all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+@pytest.fixture(scope="session")
+def server_prms(tmp_path_factory):
+    root = tmp_path_factory.mktemp("server_prms")
+    return {fmt: build_tiny_prm(root / fmt, fmt) for fmt in ("token-reward", "qwen-step-tag", "math-shepherd",
+                                                             "implicit")}
+
+
+@pytest.fixture(scope="session")
+def redis_main(tmp_path_factory):
+    r = RedisProc(tmp_path_factory.mktemp("redis_main")).start()
+    yield r
+    r.stop()
+
+
+@pytest.fixture(scope="session")
+def main_server(server_prms, redis_main, tmp_path_factory):
+    """Four PRMs (one per format), Redis, API keys, limits from a YAML config file."""
+    d = tmp_path_factory.mktemp("main_server")
+    import hashlib
+
+    (d / "keys.txt").write_text(f"# test keys\n{API_KEY}\nsha256:{hashlib.sha256(HASHED_ONLY_KEY.encode()).hexdigest()}\n")
+    (d / "config.yaml").write_text(
+        "engine: hf\ncache_salt: null\nlimits:\n  max_items: 8\n  max_candidates: 8\n  max_steps: 10\n"
+        "  max_chars: 300\n  max_tokens: 400\n  max_body_bytes: 20000\n")
+    args = ["--config", str(d / "config.yaml"), "--redis-url", redis_main.url, "--api-key-file", str(d / "keys.txt"),
+            "--prm", f"tr={server_prms['token-reward']}", "--prm", f"qwen={server_prms['qwen-step-tag']}",
+            "--prm", f"shepherd={server_prms['math-shepherd']}", "--prm", f"implicit={server_prms['implicit']}"]
+    srv = ServerProc(args, log=d / "server.log").wait_ready()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
+def client(main_server):
+    with httpx.Client(base_url=main_server.url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60) as c:
+        yield c

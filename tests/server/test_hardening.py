@@ -1,0 +1,146 @@
+"""The service under stress, over HTTP: 429 when the queue is full, cancellation of a disconnected client's work,
+fail-open when Redis stops, refusing to start on a missing model, SIGTERM draining in-flight requests."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import pytest
+
+from tests.server.conftest import REPO, RedisProc, ServerProc, metric
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def redis_b(tmp_path_factory):
+    r = RedisProc(tmp_path_factory.mktemp("redis_b")).start()
+    yield r
+    r.stop()
+
+
+@pytest.fixture(scope="module")
+def server_b(server_prms, redis_b, tmp_path_factory):
+    """One PRM, no engine KV reuse (so big requests stay slow), a 70-item queue, limits from REPIRL_* env vars."""
+    env = {"REPIRL_ENGINE": "hf", "REPIRL_HF_KV_CACHE_TOKENS": "0", "REPIRL_LIMITS__MAX_QUEUE_ITEMS": "70",
+           "REPIRL_REDIS_BACKOFF_S": "0.5"}
+    srv = ServerProc(["--prm", str(server_prms["token-reward"]), "--redis-url", redis_b.url], env=env,
+                     log=tmp_path_factory.mktemp("server_b") / "server.log").wait_ready()
+    yield srv
+    srv.stop()
+
+
+def _big(tag: str, n: int = 64) -> dict:
+    """~64 x 300 tokens: keeps the tiny engine busy for a moment on 2 cores."""
+    return {"items": [{"question": f"{tag} {i}", "steps": ["1+2+3+4+5+6+7+8+9 = 45 " * 6] * 2} for i in range(n)]}
+
+
+def _post_in_thread(url: str, payload: dict, out: dict, key: str, timeout: float = 120):
+    def run():
+        try:
+            out[key] = httpx.post(url + "/v1/score", json=payload, timeout=timeout)
+        except httpx.HTTPError as e:
+            out[key] = e
+
+    t = threading.Thread(target=run)
+    t.start()
+    return t
+
+
+def _wait_busy(client: httpx.Client, timeout: float = 30) -> None:
+    """Until the big request is inside the engine (it left the queue as a batch)."""
+    deadline = time.monotonic() + timeout
+    while metric(client, "repirl_batch_items_count") < 1 and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def test_queue_full_gives_429_with_retry_after(server_b):
+    out: dict = {}
+    with httpx.Client(base_url=server_b.url, timeout=60) as c:
+        base = metric(c, "repirl_batch_items_count")
+        a = _post_in_thread(server_b.url, _big("busy-a"), out, "a")
+        while metric(c, "repirl_batch_items_count") <= base:
+            time.sleep(0.02)
+        b = _post_in_thread(server_b.url, _big("queued-b", 40), out, "b")  # waits in the queue (40 of 70)
+        time.sleep(0.3)
+        r = c.post("/v1/score", json=_big("refused-c", 40))  # 40 + 40 > 70
+        a.join(), b.join()
+        assert r.status_code == 429, r.text
+        assert r.headers["retry-after"] == "1" and r.json()["error"]["type"] == "queue_full"
+        assert out["a"].status_code == 200 and out["b"].status_code == 200
+        assert metric(c, "repirl_queue_rejections_total") >= 1
+
+
+def test_disconnected_client_work_is_cancelled(server_b):
+    out: dict = {}
+    with httpx.Client(base_url=server_b.url, timeout=60) as c:
+        cancelled0 = metric(c, "repirl_cancelled_items_total")
+        base = metric(c, "repirl_batch_items_count")
+        a = _post_in_thread(server_b.url, _big("busy-d"), out, "a")
+        while metric(c, "repirl_batch_items_count") <= base:
+            time.sleep(0.02)
+        b = _post_in_thread(server_b.url, _big("gone-e", 10), out, "b", timeout=0.3)  # the client gives up
+        b.join()
+        assert isinstance(out["b"], httpx.TimeoutException)
+        a.join()
+        assert out["a"].status_code == 200
+        deadline = time.monotonic() + 10
+        while metric(c, "repirl_cancelled_items_total") < cancelled0 + 10 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert metric(c, "repirl_cancelled_items_total") == cancelled0 + 10  # never reached the engine
+
+
+def test_fail_open_when_redis_stops(server_b, redis_b):
+    with httpx.Client(base_url=server_b.url, timeout=60) as c:
+        payload = {"question": "fail open?", "steps": ["x", "y"]}
+        warm = c.post("/v1/score", json=payload).json()
+        assert c.post("/v1/score", json=payload).json()["usage"]["cached_steps"] == 2
+        t0 = time.perf_counter()
+        c.post("/v1/score", json={"question": "baseline", "steps": ["x", "y"]})
+        baseline = time.perf_counter() - t0
+        redis_b.stop()
+        errors0 = metric(c, "repirl_cache_errors_total")
+        t0 = time.perf_counter()
+        r = c.post("/v1/score", json=payload)
+        elapsed = time.perf_counter() - t0
+        assert r.status_code == 200 and r.json()["usage"]["cached_steps"] == 0
+        assert r.json()["data"][0]["step_rewards"] == pytest.approx(warm["data"][0]["step_rewards"], abs=1e-6)
+        assert elapsed < baseline + 1.0  # bounded added latency (timeouts are 50 ms)
+        assert metric(c, "repirl_cache_errors_total") > errors0
+        ready = c.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["cache"]["healthy"] is False
+
+
+def test_refuses_to_start_on_missing_model(tmp_path):
+    missing = tmp_path / "no-such-prm"
+    p = subprocess.run([sys.executable, "-m", "server", "--prm", str(missing)], cwd=REPO, capture_output=True,
+                       text=True, timeout=120)
+    assert p.returncode == 2 and str(missing) in p.stderr
+    p = subprocess.run([sys.executable, "-m", "server", "--config", str(tmp_path / "none.yaml")], cwd=REPO,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "none.yaml" in p.stderr
+
+
+def test_sigterm_drains_in_flight_requests(server_prms, tmp_path):
+    srv = ServerProc(["--prm", str(server_prms["token-reward"])], env={"REPIRL_ENGINE": "hf",
+                     "REPIRL_HF_KV_CACHE_TOKENS": "0"}, log=tmp_path / "server.log").wait_ready()
+    out: dict = {}
+    try:
+        with httpx.Client(base_url=srv.url, timeout=60) as c:
+            base = metric(c, "repirl_batch_items_count")
+            a = _post_in_thread(srv.url, _big("drain"), out, "a")
+            while metric(c, "repirl_batch_items_count") <= base:
+                time.sleep(0.02)
+        srv.proc.send_signal(signal.SIGTERM)
+        a.join()
+        assert out["a"].status_code == 200 and len(out["a"].json()["data"]) == 64
+        # uvicorn finishes the shutdown, then re-raises the captured SIGTERM (exit status -15)
+        assert srv.proc.wait(30) in (0, -signal.SIGTERM)
+        assert "Application shutdown complete" in (tmp_path / "server.log").read_text()
+    finally:
+        srv.stop()

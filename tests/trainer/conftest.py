@@ -1,0 +1,23 @@
+"""Trainer test helpers. The tiny random policy folder (`tiny_policy_dir`) comes from tests/conftest.py."""
+
+from __future__ import annotations
+
+import pytest
+
+
+def _recipe(tmp_path, policy_dir, **over) -> dict:
+    """A recipe small enough that a whole run takes a few seconds on 2 CPU cores."""
+    raw = {
+        "name": "t", "out_dir": str(tmp_path), "policy": str(policy_dir), "iterations": 2, "questions_per_iter": 3,
+        "checkpoint_every": 1, "eval_problems": 4, "threads": 1,
+        "task": {"min_ops": 1, "max_ops": 1, "train_size": 16, "eval_size": 4},
+        "rollouts": {"n": 3, "max_new_tokens": 16, "engine": "transformers"},
+    }
+    for k, v in over.items():
+        raw[k] = {**raw[k], **v} if isinstance(v, dict) and isinstance(raw.get(k), dict) else v
+    return raw
+
+
+@pytest.fixture
+def recipe(tmp_path, tiny_policy_dir):
+    return lambda **over: _recipe(tmp_path, tiny_policy_dir, **over)

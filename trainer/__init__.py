@@ -1,0 +1,1 @@
+"""Trainer: bootstrap (tokenizer, tiny models, SFT), rePIRL and baselines, evaluation, CLI."""

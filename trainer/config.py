@@ -1,0 +1,167 @@
+"""The training recipe: one pydantic model (extra="forbid") loaded from YAML.
+
+Every error names the file and the offending key (`configs/x.yaml: key 'prm.lr': Input should be a valid number`).
+The same schema serves every algorithm so that comparisons share data, seeds and budget.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+Algorithm = Literal["repirl", "rloo", "prime", "ttt", "offline"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TaskConfig(_Strict):
+    name: Literal["arithmetic", "gsm8k", "jsonl"] = "arithmetic"
+    path: str | None = None  # jsonl: the user's data file (repirl.tasks.jsonl format)
+    min_ops: int = 2
+    max_ops: int = 3
+    max_operand: int = 20
+    max_multiplier: int = 5
+    train_size: int = 2000  # problems in the training pool (arithmetic: freshly generated from `seed`)
+    eval_size: int = 200  # held-out problems (a different seed; never in the training pool)
+
+
+class RolloutConfig(_Strict):
+    n: int = Field(4, ge=2)  # rollouts per question; RLOO needs at least 2
+    temperature: float = Field(0.8, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_new_tokens: int = Field(96, ge=1)
+    engine: Literal["auto", "vllm", "transformers"] = "auto"
+    max_model_len: int = 512
+
+
+class FilterConfig(_Strict):
+    # Keep a question for the policy update only when its rollout accuracy lies in [lo, hi] (PRIME / paper: 0.2-0.8).
+    accuracy_window: tuple[float, float] | None = None
+    hard_only: bool = False  # train the policy only on questions none of whose rollouts is correct
+
+    @model_validator(mode="after")
+    def _window(self):
+        if self.accuracy_window is not None:
+            lo, hi = self.accuracy_window
+            if not 0 <= lo <= hi <= 1:
+                raise ValueError("accuracy_window must be [lo, hi] with 0 <= lo <= hi <= 1")
+        return self
+
+
+class PRMTrainConfig(_Strict):
+    # logprob: token reward = beta * log pi_phi(a_t | s_t), pi_phi a causal LM initialised from the policy.
+    # head: token reward = bound * tanh(w . h_t / bound), the policy's body plus a fresh scalar head.
+    parameterization: Literal["logprob", "head"] = "logprob"
+    init: str | None = None  # a folder to start from (a PRM or a policy); None: the initial policy
+    beta: float = Field(1.0, gt=0)  # logprob scale
+    reward_bound: float | None = Field(5.0, gt=0)  # head: tanh bound on each token reward (None: unbounded)
+    lr: float = Field(1e-5, gt=0)
+    updates_per_iter: int = Field(1, ge=0)
+    grad_clip: float = 1.0
+    stop_gradient_weights: bool = True  # treat the importance weights as constants in the loss
+    max_weight_ratio: float | None = Field(None, gt=0)  # truncate each weight at ratio * mean weight (None: off)
+    expert_references: bool = True  # reference solutions join the experts (plus correct rollouts)
+    frozen: bool = False  # ttt: the PRM is never updated
+
+
+class PolicyTrainConfig(_Strict):
+    lr: float = Field(1e-5, gt=0)
+    ppo_epochs: int = Field(1, ge=1)
+    clip: float = Field(0.2, gt=0)
+    entropy_coef: float = 0.001
+    prm_coef: float = 0.05  # lambda: reward = outcome + lambda * PRM score (mean token reward)
+    dense: bool = False  # per-step PRM rewards in the returns instead of one trajectory score
+    grad_clip: float = 1.0
+    update: bool = True  # offline mode never updates the policy
+
+
+class PrimeConfig(_Strict):
+    beta: float = Field(0.05, gt=0)  # implicit PRM: r = beta * log(pi_phi / pi_ref)
+
+
+class OfflineConfig(_Strict):
+    # jsonl: a repirl.tasks.jsonl file with candidates; gsm8k: ../shared/data/gsm8k/model_solutions.jsonl
+    source: Literal["jsonl", "gsm8k"] = "gsm8k"
+    path: str | None = None
+    limit: int | None = None
+    holdout_fraction: float = Field(0.2, ge=0, lt=1)
+    epochs: int = Field(1, ge=1)
+    batch_questions: int = Field(8, ge=1)
+    max_tokens: int = 384  # longer trajectories are cut (token rewards of the first max_tokens only)
+
+
+class TrainConfig(_Strict):
+    name: str = Field(min_length=1)
+    algorithm: Algorithm = "repirl"
+    seed: int = 0
+    out_dir: str = "runs"
+    policy: str = "tiny"  # a causal-LM folder, or "tiny": a random tiny Qwen2 built in code (tests)
+    tiny_layers: int = 2
+    iterations: int = Field(10, ge=0)
+    questions_per_iter: int = Field(8, ge=1)
+    checkpoint_every: int = Field(5, ge=1)
+    eval_every: int = Field(0, ge=0)  # held-out accuracy every k iterations (0: only at the end)
+    eval_problems: int = Field(64, ge=0)
+    threads: int | None = None  # torch threads (None: torch's default)
+    task: TaskConfig = Field(default_factory=TaskConfig)
+    rollouts: RolloutConfig = Field(default_factory=RolloutConfig)
+    filters: FilterConfig = Field(default_factory=FilterConfig)
+    prm: PRMTrainConfig = Field(default_factory=PRMTrainConfig)
+    optim: PolicyTrainConfig = Field(default_factory=PolicyTrainConfig)
+    prime: PrimeConfig = Field(default_factory=PrimeConfig)
+    offline: OfflineConfig = Field(default_factory=OfflineConfig)
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.task.name == "jsonl" and not self.task.path:
+            raise ValueError("task.path is required when task.name is 'jsonl'")
+        if self.algorithm == "offline" and self.offline.source == "jsonl" and not self.offline.path:
+            raise ValueError("offline.path is required when offline.source is 'jsonl'")
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir) / self.name
+
+
+class ConfigError(ValueError):
+    """A bad recipe; the message names the file and the key."""
+
+
+def parse_config(raw: dict, source: str = "<config>") -> TrainConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
+    try:
+        return TrainConfig.model_validate(raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = ".".join(str(x) for x in err["loc"]) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (not part of the recipe schema; check the spelling)"
+        raise ConfigError(f"{source}: key '{key}': {msg}") from None
+
+
+def load_config(path: str | Path, overrides: dict | None = None) -> TrainConfig:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML: {e}") from None
+    if overrides and isinstance(raw, dict):
+        raw = _merge(raw, overrides)
+    return parse_config(raw, str(path))
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out

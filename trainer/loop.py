@@ -1,0 +1,349 @@
+"""The training harness: one loop for rePIRL, RLOO, PRIME and TTT (offline PRM learning lives in trainer/offline.py).
+
+Per iteration: draw questions (seeded by (seed, iteration), so a resumed run draws the same ones), sample n rollouts
+each, score outcomes, update the PRM, update the policy, log one metrics row, checkpoint every k iterations.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from repirl.artifacts import PolicyConfig, Provenance, atomic_dir, atomic_write_text, save_model_folder
+from repirl.trajectory import TrajectoryEncoder
+from trainer import distributed as dist
+from trainer.algorithms import (
+    batch_of,
+    dense_advantages,
+    format_reward,
+    irl_prm_step,
+    kl_to_init,
+    policy_step,
+    prime_prm_step,
+    sequence_advantages,
+)
+from trainer.config import TrainConfig
+from trainer.data import make_task_and_pools
+from trainer.losses import masked_mean, prime_advantages
+from trainer.metrics import append_row, plot, read_rows, truncate_rows
+from trainer.models import RewardModel, build_tiny_policy, load_causal_lm, policy_config_of, token_logprobs
+from trainer.rollouts import HFEngine, VLLMEngine, build_rollouts, reference_rollout, vllm_available
+
+
+class ResumeError(RuntimeError):
+    pass
+
+
+def iteration_seed(seed: int, it: int) -> int:
+    return (seed * 1_000_003 + it * 7919) % (2**31 - 1)
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, resume: bool = False, console=None):
+        dist.setup()
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.cfg, self.console = cfg, console
+        self.run_dir = cfg.run_dir
+        self.is_main = dist.rank() == 0
+        self.metrics_path = self.run_dir / "metrics.jsonl"
+        self._prepare_run_dir(resume)
+        self.init_dir = self._initial_policy_dir()
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(self.init_dir)
+        self.eos_id = self.tokenizer.eos_token_id
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_id
+        self.policy_cfg = policy_config_of(self.init_dir)
+        self.encoder = TrajectoryEncoder(self.tokenizer, self.policy_cfg.prompt_template, self.policy_cfg.step_separator)
+        self.task, self.train_pool, self.heldout = make_task_and_pools(cfg)
+        if cfg.algorithm == "ttt":  # test-time training: the unlabeled test questions are the training pool
+            self.train_pool = self.heldout
+        torch.manual_seed(cfg.seed)
+        self.policy = load_causal_lm(self.init_dir).train()
+        self.init_policy = load_causal_lm(self.init_dir).eval().requires_grad_(False)
+        self.prm = self._build_prm()
+        self.opt_policy = torch.optim.AdamW(self.policy.parameters(), lr=cfg.optim.lr, weight_decay=0.0)
+        self.opt_prm = (torch.optim.AdamW(self.prm.parameters(), lr=cfg.prm.lr, weight_decay=0.0)
+                        if self.prm is not None else None)
+        self.start_iter = self._load_checkpoint() if resume else 0
+        self.engine = None
+
+    # ------------------------------------------------------------------------------------------------------ set-up
+    def _prepare_run_dir(self, resume: bool) -> None:
+        cfg_text = yaml.safe_dump(self.cfg.model_dump(mode="json"), sort_keys=False)
+        saved = self.run_dir / "config.yaml"
+        if resume:
+            if not saved.exists():
+                raise ResumeError(f"--resume: {saved} not found (nothing to resume in {self.run_dir})")
+            if yaml.safe_load(saved.read_text()) != yaml.safe_load(cfg_text):
+                raise ResumeError(f"--resume: the config differs from {saved}; resume with the run's own config")
+            return
+        if self.is_main:
+            for stale in ("metrics.jsonl", "checkpoints", "plots", "summary.json"):
+                p = self.run_dir / stale
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            atomic_write_text(saved, cfg_text)
+
+    def _initial_policy_dir(self) -> Path:
+        if self.cfg.policy != "tiny":
+            return Path(self.cfg.policy)
+        d = self.run_dir / "init_policy"
+        if self.is_main and not (d / "config.json").exists():
+            build_tiny_policy(d, self.cfg.seed, self.cfg.tiny_layers)
+        if dist.world() > 1:
+            torch.distributed.barrier()
+        return d
+
+    def _build_prm(self):
+        c = self.cfg
+        if c.algorithm == "rloo":
+            return None
+        if c.algorithm == "prime":  # pi_phi starts as the policy; pi_ref is the frozen initial policy
+            return RewardModel("logprob", self.init_dir, beta=1.0).train()
+        return RewardModel(c.prm.parameterization, c.prm.init or self.init_dir, beta=c.prm.beta,
+                           bound=c.prm.reward_bound).train()
+
+    def _make_engine(self):
+        c = self.cfg.rollouts
+        use_vllm = c.engine == "vllm" or (c.engine == "auto" and vllm_available() and dist.world() == 1)
+        if not use_vllm:
+            return HFEngine(self.policy, self.eos_id)
+        live = self.run_dir / "live_policy"
+        self.policy.save_pretrained(live)
+        self.tokenizer.save_pretrained(live)
+        return VLLMEngine(live, self.cfg.seed, c.max_model_len)
+
+    def _sync_engine(self) -> None:
+        if isinstance(self.engine, VLLMEngine):
+            live = self.run_dir / "live_policy"
+            self.policy.save_pretrained(live)
+            self.engine.sync(live)
+
+    # --------------------------------------------------------------------------------------------------- the loop
+    def run(self, progress: bool = True) -> dict:
+        cfg = self.cfg
+        self.engine = self._make_engine()
+        bar = _progress(self.console) if (progress and self.is_main) else None
+        if bar is not None:
+            bar.start()
+            job = bar.add_task(cfg.name, total=cfg.iterations, completed=self.start_iter, acc="-")
+        try:
+            for it in range(self.start_iter, cfg.iterations):
+                row = self.iteration(it)
+                if cfg.eval_every and (it + 1) % cfg.eval_every == 0:
+                    row["eval_accuracy"] = self.evaluate()
+                if self.is_main:
+                    append_row(self.metrics_path, row)
+                if (it + 1) % cfg.checkpoint_every == 0 or it + 1 == cfg.iterations:
+                    self.save_checkpoint(it + 1)
+                if bar is not None:
+                    bar.update(job, completed=it + 1, acc=f"{row['accuracy']:.2f}")
+        finally:
+            if bar is not None:
+                bar.stop()
+        return self.finish()
+
+    def iteration(self, it: int) -> dict:
+        cfg, t0 = self.cfg, time.time()
+        seed = iteration_seed(cfg.seed, it)
+        torch.manual_seed(seed)
+        picked = random.Random(seed).sample(range(len(self.train_pool)), min(cfg.questions_per_iter, len(self.train_pool)))
+        mine = dist.shard(list(enumerate(picked)))
+        problems = [self.train_pool[i] for _, i in mine]
+        n = cfg.rollouts.n
+        gens = self.engine.generate([self.encoder.prompt_ids(p.question) for p in problems], n,
+                                    cfg.rollouts.temperature, cfg.rollouts.top_p, cfg.rollouts.max_new_tokens, seed)
+        rollouts = build_rollouts(problems, gens, self.encoder, self.tokenizer, self.task, self.eos_id)
+        for r in rollouts:
+            r.group = mine[r.group][0]
+        t_roll = time.time() - t0
+
+        batch = batch_of(rollouts, self.pad_id)
+        with torch.no_grad():
+            old_lp = token_logprobs(self.policy, batch)
+            init_lp = token_logprobs(self.init_policy, batch)
+        correct = torch.tensor([float(r.correct) for r in rollouts])
+        n_global = dist.all_sum(len(rollouts))
+        row = {"iter": it, "accuracy": dist.all_sum(float(correct.sum())) / max(n_global, 1),
+               "kl_init": kl_to_init(old_lp, init_lp, batch.resp_mask), "engine": self.engine.name,
+               "mean_len": float(batch.resp_mask.sum(-1).mean())}
+        row["logprob_max_abs_diff"] = _logprob_check(self.policy, rollouts, self.pad_id)
+        if row["logprob_max_abs_diff"] is not None and it > self.start_iter:  # what stale engine weights would show
+            row["logprob_diff_if_stale"] = _logprob_check(self.init_policy, rollouts, self.pad_id)
+
+        t1 = time.time()
+        advantages, rewards = self._prm_and_advantages(rollouts, batch, old_lp, correct, row)
+        t_prm = time.time() - t1
+
+        keep = self._kept_rows(rollouts, n)
+        row["kept_groups"] = int(dist.all_sum(float(keep.sum()) / n))
+        row["reward_mean"] = dist.all_sum(float(rewards.sum())) / max(n_global, 1)
+        t2 = time.time()
+        if cfg.optim.update:
+            batch.resp_mask = batch.resp_mask * keep[:, None]
+            kept_tokens = dist.all_sum(float(batch.resp_mask.sum()))
+            if kept_tokens > 0:
+                adv = advantages * (keep[:, None] if advantages.dim() == 2 else keep)
+                row.update(policy_step(self.policy, self.opt_policy, batch, old_lp, adv, cfg.optim, kept_tokens))
+                self._sync_engine()
+        row.update(t_rollout=round(t_roll, 3), t_prm=round(t_prm, 3), t_policy=round(time.time() - t2, 3),
+                   t_iter=round(time.time() - t0, 3))
+        return row
+
+    def _prm_and_advantages(self, rollouts, batch, old_lp, correct, row):
+        cfg, n = self.cfg, self.cfg.rollouts.n
+        if cfg.algorithm == "rloo":
+            return sequence_advantages(correct, n), correct
+        if cfg.algorithm == "prime":
+            token_r, _, m = prime_prm_step(self.prm, self.init_policy, self.opt_prm, rollouts, cfg.prime, cfg.prm,
+                                           self.pad_id, int(dist.all_sum(len(rollouts))))
+            row.update(m)
+            return prime_advantages(token_r, batch.resp_mask, correct, n), correct
+        # repirl / ttt: the paper's IRL update, then reward = outcome (ttt: format) + lambda * mean token reward
+        refs = ([reference_rollout(r.problem, r.group, self.encoder, self.eos_id) for r in rollouts[::n]]
+                if cfg.prm.expert_references else [])
+        experts = refs + [r for r in rollouts if r.correct]
+        neg_idx = [i for i, r in enumerate(rollouts) if not r.correct]
+        negatives = [rollouts[i] for i in neg_idx]
+        neg_logpi = (old_lp * batch.step_mask).sum(-1)[neg_idx] if neg_idx else torch.zeros(0)
+        frozen = cfg.prm.frozen or cfg.algorithm == "ttt"
+        row.update(irl_prm_step(self.prm, self.opt_prm, experts, negatives, neg_logpi, cfg.prm, self.pad_id,
+                                0 if frozen else cfg.prm.updates_per_iter))
+        with torch.no_grad():
+            token_r = self.prm.token_rewards(batch) * batch.step_mask
+        score = masked_mean(token_r, batch.step_mask)
+        row["prm_score"] = dist.all_sum(float(score.sum())) / max(dist.all_sum(len(rollouts)), 1)
+        base = torch.tensor([format_reward(r) for r in rollouts]) if cfg.algorithm == "ttt" else correct
+        if cfg.optim.dense:
+            return dense_advantages(token_r, batch.resp_mask, base, n, cfg.optim.prm_coef), base
+        rewards = base + cfg.optim.prm_coef * score
+        return sequence_advantages(rewards, n), rewards
+
+    def _kept_rows(self, rollouts, n) -> torch.Tensor:
+        f = self.cfg.filters
+        keep = []
+        for g in range(0, len(rollouts), n):
+            acc = sum(r.correct for r in rollouts[g : g + n]) / n
+            if f.hard_only:
+                ok = acc == 0
+            elif f.accuracy_window is not None:
+                ok = f.accuracy_window[0] <= acc <= f.accuracy_window[1]
+            else:
+                ok = True
+            keep += [float(ok)] * n
+        return torch.tensor(keep)
+
+    # ------------------------------------------------------------------------------------------ eval, checkpoints
+    def evaluate(self) -> float:
+        c, probs = self.cfg, self.heldout[: self.cfg.eval_problems]
+        if not probs:
+            return float("nan")
+        gens = self.engine.generate([self.encoder.prompt_ids(p.question) for p in probs], 1, c.rollouts.temperature,
+                                    c.rollouts.top_p, c.rollouts.max_new_tokens, seed=987654 + c.seed)
+        rs = build_rollouts(probs, gens, self.encoder, self.tokenizer, self.task, self.eos_id)
+        return sum(r.correct for r in rs) / len(rs)
+
+    def save_checkpoint(self, iteration: int) -> None:
+        if not self.is_main:
+            return
+        state = {"iteration": iteration, "policy": self.policy.state_dict(), "opt_policy": self.opt_policy.state_dict(),
+                 "prm": self.prm.state_dict() if self.prm is not None else None,
+                 "opt_prm": self.opt_prm.state_dict() if self.opt_prm is not None else None}
+        root = self.run_dir / "checkpoints"
+        with atomic_dir(root / f"iter_{iteration:06d}") as tmp:
+            torch.save(state, tmp / "state.pt")
+            (tmp / "state.json").write_text(json.dumps({"iteration": iteration}))
+        for old in sorted(root.glob("iter_*"))[:-2]:  # keep the two newest
+            shutil.rmtree(old, ignore_errors=True)
+
+    def _load_checkpoint(self) -> int:
+        ckpts = sorted(p for p in (self.run_dir / "checkpoints").glob("iter_*") if (p / "state.json").exists())
+        if not ckpts:
+            if self.is_main:  # killed before the first checkpoint: start over, cleanly
+                truncate_rows(self.metrics_path, 0)
+            return 0
+        state = torch.load(ckpts[-1] / "state.pt", weights_only=False)
+        self.policy.load_state_dict(state["policy"])
+        self.opt_policy.load_state_dict(state["opt_policy"])
+        if self.prm is not None and state["prm"] is not None:
+            self.prm.load_state_dict(state["prm"])
+            self.opt_prm.load_state_dict(state["opt_prm"])
+        if self.is_main:
+            truncate_rows(self.metrics_path, state["iteration"])
+        return int(state["iteration"])
+
+    def finish(self) -> dict:
+        cfg = self.cfg
+        eval_acc = self.evaluate() if cfg.eval_problems else None
+        if not self.is_main:
+            return {}
+        rows = read_rows(self.metrics_path)
+        prov = Provenance(algorithm=cfg.algorithm, base_model=str(self.init_dir), data=f"{cfg.task.name} seed {cfg.seed}",
+                          iterations=cfg.iterations, metrics={"eval_accuracy": eval_acc})
+        pol_cfg = PolicyConfig(step_separator=self.policy_cfg.step_separator,
+                               prompt_template=self.policy_cfg.prompt_template, task=self.policy_cfg.task, provenance=prov)
+        save_model_folder(self.policy, self.tokenizer, self.run_dir / "policy", policy_config=pol_cfg)
+        if self.prm is not None:
+            if cfg.algorithm == "prime":
+                _export_prime(self.prm.model, self.init_policy, self.tokenizer, self.run_dir / "prm", pol_cfg,
+                              cfg.prime.beta, prov)
+            else:
+                self.prm.export(self.run_dir / "prm", self.tokenizer, pol_cfg, prov)
+        plot(rows, self.run_dir / "plots")
+        summary = {"name": cfg.name, "algorithm": cfg.algorithm, "iterations": cfg.iterations,
+                   "eval_accuracy": eval_acc, "eval_problems": min(cfg.eval_problems, len(self.heldout)),
+                   "final_train_accuracy": rows[-1]["accuracy"] if rows else None,
+                   "total_time_s": round(sum(r.get("t_iter", 0) for r in rows), 2)}
+        atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2))
+        live = self.run_dir / "live_policy"
+        shutil.rmtree(live, ignore_errors=True)
+        return summary
+
+
+def _export_prime(model, ref_model, tokenizer, out: Path, pol_cfg: PolicyConfig, beta: float, prov: Provenance):
+    """PRIME's implicit PRM: pi_phi in the folder, pi_ref in `reference/` inside it (prm.json: format implicit)."""
+    from repirl.artifacts import PRM_JSON, PRMConfig, content_hash
+
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        ref_model.save_pretrained(tmp / "reference")
+        tokenizer.save_pretrained(tmp / "reference")
+        cfg = PRMConfig(format="implicit", beta=beta, reference_model="reference",
+                        step_separator=pol_cfg.step_separator, prompt_template=pol_cfg.prompt_template,
+                        provenance=prov)
+        cfg = cfg.model_copy(update={"revision": content_hash(tmp)})
+        (tmp / PRM_JSON).write_text(cfg.model_dump_json(indent=2), encoding="utf-8")
+
+
+@torch.no_grad()
+def _logprob_check(policy, rollouts, pad_id: int, limit: int = 8) -> float | None:
+    """Largest |sampler log-prob - trainer log-prob| over the raw sampled tokens of up to `limit` rollouts, computed
+    before this iteration's update: the weights the engine sampled with must be the trainer's current ones."""
+    from trainer.models import collate
+
+    rs = [r for r in rollouts if r.sampler_token_logprobs][:limit]
+    if not rs:
+        return None
+    seqs = [r.meta["sampled"] for r in rs]
+    plen = [r.meta["sampled_prompt_len"] for r in rs]
+    lp = token_logprobs(policy, collate(seqs, plen, [len(s) for s in seqs], pad_id))
+    worst = 0.0
+    for i, r in enumerate(rs):
+        mine = lp[i, plen[i] : len(seqs[i])].tolist()
+        worst = max([worst] + [abs(a - b) for a, b in zip(mine, r.sampler_token_logprobs)])
+    return worst
+
+
+def _progress(console):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("acc {task.fields[acc]}"), TimeElapsedColumn(), TimeRemainingColumn(), console=console)

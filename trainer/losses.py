@@ -1,0 +1,121 @@
+"""The objectives, as pure tensor functions (tested against hand-computed values in tests/trainer/test_losses.py).
+
+Conventions: a "group" is the n rollouts of one question. Token tensors are [batch, time] with a float mask that is 1
+on the tokens a quantity covers. Sums that span a distributed batch take an explicit `denominator` so that each rank
+can compute its share of the global mean (the gradients then add up exactly to the single-process gradient).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)
+
+
+# ---------------------------------------------------------------------------------------------------------- rePIRL PRM
+def log_importance_weights(sum_token_rewards: torch.Tensor, sampler_logprob: torch.Tensor | None) -> torch.Tensor:
+    """log w_i = sum_t r(tau_i) - log pi_theta(tau_i). Uniform (all zeros) when no sampler log-probs are known."""
+    if sampler_logprob is None:
+        return torch.zeros_like(sum_token_rewards)
+    return sum_token_rewards - sampler_logprob
+
+
+def normalized_weights(log_w: torch.Tensor, max_weight_ratio: float | None = None) -> torch.Tensor:
+    """Self-normalised weights softmax(log w), optionally truncated at `max_weight_ratio` x the mean then renormalised
+    (truncated importance sampling: bounds the variance a single outlier can bring)."""
+    w = torch.softmax(log_w, dim=-1)
+    if max_weight_ratio is not None and w.numel() > 0:
+        w = torch.minimum(w, torch.full_like(w, max_weight_ratio / w.numel()))
+        w = w / w.sum()
+    return w
+
+
+def effective_sample_size(w: torch.Tensor) -> float:
+    """Kish's ESS (sum w)^2 / sum w^2 of (normalised) weights: n for uniform weights, 1 for a single spike."""
+    if w.numel() == 0:
+        return 0.0
+    return float(w.sum() ** 2 / (w**2).sum())
+
+
+def irl_group_loss(expert_rbar: torch.Tensor, negative_rbar: torch.Tensor, negative_log_w: torch.Tensor,
+                   stop_gradient_weights: bool = True, max_weight_ratio: float | None = None):
+    """The paper's max-ent IRL loss for one question:
+
+        L = sum_i w_i rbar(tau_i) / sum_i w_i - mean_experts rbar(tau)
+
+    rbar is a trajectory's mean token reward. Returns (loss, normalised weights, ESS).
+    """
+    log_w = negative_log_w.detach() if stop_gradient_weights else negative_log_w
+    w = normalized_weights(log_w, max_weight_ratio)
+    loss = (w * negative_rbar).sum() - expert_rbar.mean()
+    return loss, w.detach(), effective_sample_size(w.detach())
+
+
+# -------------------------------------------------------------------------------------------------------- policy (RL)
+def rloo_advantages(rewards: torch.Tensor) -> torch.Tensor:
+    """Leave-one-out baseline over the last dim (n rollouts of one question): A_i = R_i - mean_{j != i} R_j."""
+    n = rewards.shape[-1]
+    if n < 2:
+        return torch.zeros_like(rewards)
+    return rewards - (rewards.sum(-1, keepdim=True) - rewards) / (n - 1)
+
+
+def ppo_clip_loss_sum(new_logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+                      clip: float = 0.2) -> torch.Tensor:
+    """Sum over masked tokens of -min(ratio * A, clip(ratio, 1-eps, 1+eps) * A); A is [B] or [B, T]."""
+    if advantages.dim() == 1:
+        advantages = advantages[:, None].expand_as(new_logp)
+    ratio = torch.exp(new_logp - old_logp)
+    per_token = -torch.minimum(ratio * advantages, torch.clamp(ratio, 1 - clip, 1 + clip) * advantages)
+    return (per_token * mask).sum()
+
+
+def token_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of each position's next-token distribution, [B, T]."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Schulman's k3 estimator of KL(pi || ref) per sampled token (unbiased, always >= 0)."""
+    d = ref_logp - logp
+    return torch.exp(d) - d - 1
+
+
+# -------------------------------------------------------------------------------------------------------------- PRIME
+def prime_ce_loss(logratio_sum: torch.Tensor, labels: torch.Tensor, beta: float) -> torch.Tensor:
+    """PRIME's implicit PRM loss: BCE(sigmoid(beta * sum_t log(pi_phi/pi_ref)), outcome label), mean over rollouts."""
+    return torch.nn.functional.binary_cross_entropy_with_logits(beta * logratio_sum, labels.float())
+
+
+def prime_advantages(token_rewards: torch.Tensor, mask: torch.Tensor, outcome: torch.Tensor, n: int) -> torch.Tensor:
+    """PRIME's combination (their `compute_rloo_advantage_return`): leave-one-out on the process rewards
+    (r_t * n/(n-1) - sum_j mean_t r_j / (n-1)) and on the outcome (placed on the last token), then the return-to-go
+    (gamma = 1) of the sum. Rows are grouped in consecutive blocks of n. Returns token advantages [B, T]."""
+    B, T = token_rewards.shape
+    groups = B // n
+    r = token_rewards * mask
+    per_seq_mean = masked_mean(token_rewards, mask)  # [B]
+    proc = torch.zeros_like(r)
+    for g in range(groups):
+        sl = slice(g * n, (g + 1) * n)
+        baseline = per_seq_mean[sl].sum() / (n - 1)
+        proc[sl] = (r[sl] * n / (n - 1) - baseline) * mask[sl]
+    out_adv = rloo_advantages(outcome.view(groups, n).float()).view(B)
+    last = (mask.cumsum(-1) == mask.sum(-1, keepdim=True)) & (mask > 0)
+    total = proc + last.float() * out_adv[:, None]
+    return total.flip(-1).cumsum(-1).flip(-1) * mask
+
+
+def dense_prm_returns(step_rewards_tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Return-to-go of per-token PRM rewards (gamma = 1), used by the dense rePIRL variant."""
+    return (step_rewards_tokens * mask).flip(-1).cumsum(-1).flip(-1) * mask
+
+
+def safe_float(x) -> float | None:
+    v = float(x)
+    return None if math.isnan(v) or math.isinf(v) else v

@@ -1,0 +1,117 @@
+"""Policy and PRM models for training: loading, batched token log-probs, the two PRM parameterisations, export.
+
+Token quantities are aligned with input positions: the value at position t concerns token ids[t] (log-probs use the
+logits of position t-1); position 0 gets 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from repirl.artifacts import PolicyConfig, PRMConfig, Provenance, load_policy_config, save_model_folder
+
+
+@dataclass
+class Batch:
+    ids: torch.Tensor  # [B, T] right-padded
+    attn: torch.Tensor  # [B, T]
+    resp_mask: torch.Tensor  # [B, T] float: response tokens (steps + EOS) -> policy loss
+    step_mask: torch.Tensor  # [B, T] float: step tokens (no EOS) -> PRM rewards
+
+
+def collate(seqs: Sequence[Sequence[int]], prompt_lens: Sequence[int], step_ends: Sequence[int], pad_id: int) -> Batch:
+    """step_ends[i]: end of the step tokens (the response may carry one more token, the EOS)."""
+    width = max(len(s) for s in seqs)
+    B = len(seqs)
+    ids = torch.full((B, width), pad_id, dtype=torch.long)
+    attn = torch.zeros((B, width), dtype=torch.long)
+    resp = torch.zeros((B, width))
+    step = torch.zeros((B, width))
+    for i, (s, p, e) in enumerate(zip(seqs, prompt_lens, step_ends)):
+        ids[i, : len(s)] = torch.tensor(list(s))
+        attn[i, : len(s)] = 1
+        resp[i, p : len(s)] = 1
+        step[i, p:e] = 1
+    return Batch(ids, attn, resp, step)
+
+
+def token_logprobs(model, batch: Batch, with_entropy: bool = False):
+    """log pi(ids[t] | ids[<t]) at every position (0 at t=0), and optionally each position's predictive entropy
+    (of the distribution that produced ids[t])."""
+    logits = model(input_ids=batch.ids, attention_mask=batch.attn).logits.float()
+    logp_all = torch.log_softmax(logits[:, :-1], dim=-1)
+    lp = logp_all.gather(-1, batch.ids[:, 1:, None]).squeeze(-1)
+    lp = torch.cat([torch.zeros_like(lp[:, :1]), lp], dim=1)
+    if not with_entropy:
+        return lp
+    ent = -(logp_all.exp() * logp_all).sum(-1)
+    return lp, torch.cat([torch.zeros_like(ent[:, :1]), ent], dim=1)
+
+
+def build_tiny_policy(out_dir: Path, seed: int, layers: int = 2) -> Path:
+    """A random tiny Qwen2 policy (byte-level tokenizer), saved with policy.json: for tests and smoke runs."""
+    from transformers import Qwen2ForCausalLM
+
+    from repirl.tiny import build_tokenizer, tiny_qwen2_config
+
+    torch.manual_seed(seed)
+    tok = build_tokenizer()
+    model = Qwen2ForCausalLM(tiny_qwen2_config(len(tok), num_layers=layers, intermediate_size=256,
+                                                eos_token_id=tok.eos_token_id))
+    cfg = PolicyConfig(provenance=Provenance(algorithm="init", base_model="tiny-random"))
+    return save_model_folder(model, tok, out_dir, policy_config=cfg)
+
+
+def load_causal_lm(folder: str | Path):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+
+
+class RewardModel(torch.nn.Module):
+    """A token-reward PRM.
+
+    logprob: r_t = beta * log pi_phi(a_t | s_t) with pi_phi a causal LM initialised from the policy (its reward starts
+             as the policy's own likelihood, the baseline a PRM must beat).
+    head:    r_t = bound * tanh(w . h_t / bound), the policy's body plus a fresh scalar head
+             (`*ForTokenClassification`, num_labels=1), as in the paper.
+    """
+
+    def __init__(self, parameterization: str, init_dir: str | Path, beta: float = 1.0, bound: float | None = None):
+        super().__init__()
+        from transformers import AutoConfig, AutoModelForTokenClassification
+
+        self.parameterization, self.beta, self.bound = parameterization, beta, bound
+        if parameterization == "logprob":
+            self.model = load_causal_lm(init_dir)
+        elif parameterization == "head":
+            config = AutoConfig.from_pretrained(init_dir, num_labels=1)
+            self.model = AutoModelForTokenClassification.from_pretrained(init_dir, config=config, dtype=torch.float32)
+        else:
+            raise ValueError(f"unknown PRM parameterization {parameterization!r}")
+
+    def token_rewards(self, batch: Batch) -> torch.Tensor:
+        if self.parameterization == "logprob":
+            return self.beta * token_logprobs(self.model, batch)
+        raw = self.model(input_ids=batch.ids, attention_mask=batch.attn).logits[..., 0].float()
+        return raw if self.bound is None else self.bound * torch.tanh(raw / self.bound)
+
+    def export(self, out_dir: Path, tokenizer, policy_cfg: PolicyConfig, provenance: Provenance) -> Path:
+        """logprob -> format "implicit" with no reference model (reward = beta * log pi_phi(a_t | s_t));
+        head -> format "token-reward". The head's tanh bound is a training-time squashing; the folder holds the raw
+        head, which ranks identically (tanh is monotone) and is what vLLM's token_classify returns."""
+        common = dict(step_separator=policy_cfg.step_separator, prompt_template=policy_cfg.prompt_template,
+                      default_aggregation="mean-token", provenance=provenance)
+        if self.parameterization == "logprob":
+            cfg = PRMConfig(format="implicit", beta=self.beta, reference_model=None, **common)
+        else:
+            cfg = PRMConfig(format="token-reward", **common)
+        return save_model_folder(self.model, tokenizer, out_dir, prm_config=cfg)
+
+
+def policy_config_of(folder: str | Path) -> PolicyConfig:
+    return load_policy_config(folder)

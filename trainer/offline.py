@@ -1,0 +1,152 @@
+"""`algorithm: offline`: learn a PRM from rollouts users already have, with no policy updates.
+
+Experts: each question's reference solution plus its correct candidates. Negatives: its failed candidates, weighted by
+w = exp(sum token rewards) / pi(candidate) when the data carries the sampling log-prob (`logprob` in the JSONL
+format), uniformly otherwise (a batch mixing both uses uniform weights). Held-out questions measure the ranking
+(AUC, best-of-N) before and after training, next to the base policy's own likelihood.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from repirl.artifacts import PolicyConfig, Provenance, atomic_write_text
+from repirl.tasks.base import Problem
+from repirl.trajectory import TrajectoryEncoder, split_steps
+from trainer.algorithms import batch_of, irl_prm_step
+from trainer.metrics import append_row, plot
+from trainer.models import RewardModel, build_tiny_policy, load_causal_lm, policy_config_of
+from trainer.ranking import likelihood_fn, mean_scores, report
+from trainer.rollouts import Rollout
+
+
+@dataclass
+class Candidate:
+    steps: list[str]
+    correct: bool
+    logprob: float | None
+
+
+def load_offline_data(cfg, sep: str) -> list[tuple[Problem | None, str, list[Candidate]]]:
+    """(reference problem or None, question, candidates) per question."""
+    o = cfg.offline
+    if o.source == "gsm8k":
+        from repirl.tasks.gsm8k import load_model_solutions
+
+        return [(p, p.question, [Candidate(c.steps, c.is_correct, None) for c in cands])
+                for p, cands in load_model_solutions(limit=o.limit)]
+    from repirl.tasks.jsonl import read_records
+
+    out = []
+    for lineno, rec in read_records(o.path):
+        steps = rec.reference_steps(sep)
+        ref = Problem(rec.id or str(lineno), rec.question, steps, rec.answer or "") if steps else None
+        cands = [Candidate(c.steps if c.steps is not None else split_steps(c.solution, sep), c.correct, c.logprob)
+                 for c in rec.candidates]
+        out.append((ref, rec.question, cands))
+        if o.limit is not None and len(out) >= o.limit:
+            break
+    return out
+
+
+def _traj(encoder: TrajectoryEncoder, question: str, steps, group: int, correct: bool, eos: int, max_tokens: int,
+          is_reference: bool = False) -> Rollout | None:
+    t = encoder.encode(question, steps)
+    if t.prompt_len >= max_tokens - 1:
+        return None
+    ids = (t.ids + [eos])[:max_tokens]
+    return Rollout(None, group, list(steps), ids, t.prompt_len, min(len(t.ids), max_tokens), correct,
+                   is_reference=is_reference)
+
+
+def run_offline(cfg, resume: bool = False, console=None) -> dict:
+    from transformers import AutoTokenizer
+
+    say = console.print if console is not None else print
+    run_dir = cfg.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    import yaml
+
+    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    init_dir = Path(cfg.policy) if cfg.policy != "tiny" else run_dir / "init_policy"
+    if cfg.policy == "tiny" and not (init_dir / "config.json").exists():
+        build_tiny_policy(init_dir, cfg.seed, cfg.tiny_layers)
+    torch.manual_seed(cfg.seed)
+    tok = AutoTokenizer.from_pretrained(init_dir)
+    pol_cfg = policy_config_of(init_dir)
+    enc = TrajectoryEncoder(tok, pol_cfg.prompt_template, pol_cfg.step_separator)
+    eos, o = tok.eos_token_id, cfg.offline
+
+    data = load_offline_data(cfg, pol_cfg.step_separator)
+    order = list(range(len(data)))
+    random.Random(cfg.seed).shuffle(order)
+    n_hold = int(len(data) * o.holdout_fraction)
+    hold, train = [data[i] for i in order[:n_hold]], [data[i] for i in order[n_hold:]]
+    say(f"offline PRM: {len(train)} training questions, {len(hold)} held out, source {o.source}")
+
+    prm = RewardModel(cfg.prm.parameterization, cfg.prm.init or init_dir, beta=cfg.prm.beta,
+                      bound=cfg.prm.reward_bound).train()
+    opt = torch.optim.AdamW(prm.parameters(), lr=cfg.prm.lr, weight_decay=0.0)
+    hold_items = [(g, _traj(enc, q, c.steps, g, c.correct, eos, o.max_tokens)) for g, (_, q, cs) in enumerate(hold)
+                  for c in cs]
+    hold_items = [(g, r) for g, r in hold_items if r is not None]
+    pad = tok.pad_token_id if tok.pad_token_id is not None else eos
+    hold_batches = [batch_of([r for _, r in hold_items[i : i + 32]], pad) for i in range(0, len(hold_items), 32)]
+    groups, labels = [g for g, _ in hold_items], [r.correct for _, r in hold_items]
+
+    def evaluate(tag: str) -> dict:
+        prm.eval()
+        rep = report(groups, mean_scores(prm.token_rewards, hold_batches), labels)
+        prm.train()
+        return {f"{tag}_{k}": v for k, v in rep.items()}
+
+    base = load_causal_lm(init_dir).eval()
+    baseline = {f"likelihood_{k}": v for k, v in report(groups, mean_scores(likelihood_fn(base), hold_batches),
+                                                         labels).items()}
+    del base
+    before = evaluate("prm_before")
+    say(f"held out: policy likelihood {baseline}; PRM before {before}")
+
+    step, t0 = 0, time.time()
+    for epoch in range(o.epochs):
+        ep_order = list(range(len(train)))
+        random.Random(cfg.seed * 31 + epoch).shuffle(ep_order)
+        for start in range(0, len(ep_order), o.batch_questions):
+            experts, negatives, neg_lp = [], [], []
+            for g in ep_order[start : start + o.batch_questions]:
+                ref, q, cands = train[g]
+                if ref is not None and cfg.prm.expert_references:
+                    experts.append(_traj(enc, q, ref.steps, g, True, eos, o.max_tokens, is_reference=True))
+                for c in cands:
+                    r = _traj(enc, q, c.steps, g, c.correct, eos, o.max_tokens)
+                    (experts if c.correct else negatives).append(r)
+                    if not c.correct:
+                        neg_lp.append(c.logprob)
+            keep = [i for i, r in enumerate(negatives) if r is not None]
+            negatives, neg_lp = [negatives[i] for i in keep], [neg_lp[i] for i in keep]
+            experts = [r for r in experts if r is not None]
+            lp = torch.tensor(neg_lp) if neg_lp and all(x is not None for x in neg_lp) else None
+            m = irl_prm_step(prm, opt, experts, negatives, lp, cfg.prm, pad, cfg.prm.updates_per_iter)
+            append_row(run_dir / "metrics.jsonl", {"iter": step, "epoch": epoch, "weights": "logprob" if lp is not None
+                                                   else "uniform", **m, "t_elapsed": round(time.time() - t0, 2)})
+            step += 1
+    after = evaluate("prm_after")
+    say(f"held out: PRM after {after}")
+    prov = Provenance(algorithm="offline", base_model=str(init_dir), data=f"{o.source}:{o.path or 'model_solutions'}",
+                      iterations=step, metrics={**baseline, **before, **after})
+    prm.export(run_dir / "prm", tok, PolicyConfig(step_separator=pol_cfg.step_separator,
+                                                  prompt_template=pol_cfg.prompt_template), prov)
+    from trainer.metrics import read_rows
+
+    plot(read_rows(run_dir / "metrics.jsonl"), run_dir / "plots")
+    summary = {"name": cfg.name, "algorithm": "offline", "steps": step, "train_questions": len(train),
+               "heldout_questions": len(hold), **baseline, **before, **after, "train_time_s": round(time.time() - t0, 1)}
+    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
+    return summary

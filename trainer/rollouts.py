@@ -1,0 +1,157 @@
+"""Rollout engines (vLLM when installed, transformers otherwise) and the Rollout record the algorithms share.
+
+A sampled completion is decoded, split into steps and re-encoded through the trajectory contract, so the trainer,
+the PRM and the server all see the same ids. With the byte-level tokenizer the re-encoded ids equal the sampled ones;
+`Rollout.sampled_ids_match` says when they do, and only those rollouts enter the sampler-vs-trainer log-prob check.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from repirl.tasks.base import Problem
+from repirl.trajectory import TrajectoryEncoder, split_steps
+
+
+@dataclass
+class Rollout:
+    problem: Problem
+    group: int  # index of the question in this iteration's batch
+    steps: list[str]
+    ids: list[int]  # prompt + steps (+ EOS when the sample finished)
+    prompt_len: int
+    step_end: int  # end of the step tokens (before the EOS)
+    correct: bool
+    is_reference: bool = False
+    sampler_token_logprobs: list[float] | None = None  # vLLM's log-probs of the sampled tokens
+    sampled_ids_match: bool = False
+    meta: dict = field(default_factory=dict)
+
+
+def vllm_available() -> bool:
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class HFEngine:
+    """transformers generate on the trainer's own model object (so it always has the newest weights)."""
+
+    name = "transformers"
+
+    def __init__(self, model, eos_id: int):
+        self.model, self.eos_id = model, eos_id
+
+    def sync(self, policy_dir: Path | None = None) -> None:  # same object: nothing to do
+        pass
+
+    @torch.no_grad()
+    def generate(self, prompts: Sequence[list[int]], n: int, temperature: float, top_p: float, max_new_tokens: int,
+                 seed: int, batch_size: int = 64) -> list[list[tuple[list[int], list[float] | None]]]:
+        torch.manual_seed(seed)
+        was_training = self.model.training
+        self.model.eval()
+        flat = [p for p in prompts for _ in range(n)]
+        outs: list[tuple[list[int], None]] = []
+        for start in range(0, len(flat), batch_size):
+            chunk = flat[start : start + batch_size]
+            width = max(map(len, chunk))
+            ids = torch.full((len(chunk), width), self.eos_id, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for i, pr in enumerate(chunk):
+                ids[i, width - len(pr) :] = torch.tensor(pr)
+                mask[i, width - len(pr) :] = 1
+            gen = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                      do_sample=True, temperature=temperature, top_p=top_p if top_p < 1 else None,
+                                      top_k=None, pad_token_id=self.eos_id, eos_token_id=self.eos_id)
+            for row in gen[:, width:].tolist():
+                if self.eos_id in row:
+                    row = row[: row.index(self.eos_id) + 1]
+                outs.append((row, None))
+        self.model.train(was_training)
+        return [outs[i * n : (i + 1) * n] for i in range(len(prompts))]
+
+
+class VLLMEngine:
+    """An in-process vLLM engine. After each policy update the trainer saves the weights to a folder and the engine
+    reloads them in place (`collective_rpc("reload_weights", weights_path=...)`), then drops its prefix cache."""
+
+    name = "vllm"
+
+    def __init__(self, policy_dir: Path, seed: int, max_model_len: int = 512):
+        import os
+
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        # collective_rpc with a function (refresh_cpu_gemm) needs it; this engine is private to the trainer process.
+        os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"
+        from vllm import LLM
+
+        self.llm = LLM(model=str(policy_dir), dtype="float32", enforce_eager=True, max_model_len=max_model_len,
+                       seed=seed, gpu_memory_utilization=0.3)
+
+    def sync(self, policy_dir: Path | None = None) -> None:
+        if policy_dir is not None:
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_path": str(policy_dir)})
+            self.llm.collective_rpc(refresh_cpu_gemm)
+        self.llm.reset_prefix_cache()
+
+    def generate(self, prompts, n, temperature, top_p, max_new_tokens, seed):
+        from vllm import SamplingParams
+
+        params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens, seed=seed,
+                                logprobs=0)
+        outputs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompts], params, use_tqdm=False)
+        result = []
+        for out in outputs:
+            comps = []
+            for c in out.outputs:
+                ids = list(c.token_ids)
+                lps = [d[t].logprob for t, d in zip(ids, c.logprobs)] if c.logprobs else None
+                comps.append((ids, lps))
+            result.append(comps)
+        return result
+
+
+def refresh_cpu_gemm(worker) -> int:
+    """Runs inside each vLLM worker after `reload_weights`. vLLM-CPU keeps a prepacked copy of some weights for its
+    GEMM (`cpu_linear`); reload refreshed the linear layers but not the tied LM head, whose stale copy gave log-prob
+    errors of 2-4 nats after an embedding change (measured; see docs/trainer.md). Re-dispatching makes the reload
+    exact (max |diff| ~1e-6). A no-op on GPU (no `cpu_linear`)."""
+    from vllm.model_executor.layers.utils import dispatch_cpu_unquantized_gemm
+
+    n = 0
+    for mod in worker.model_runner.get_model().modules():
+        if hasattr(mod, "cpu_linear") and getattr(mod, "weight", None) is not None:
+            dispatch_cpu_unquantized_gemm(mod, remove_weight=False)
+            n += 1
+    return n
+
+
+def build_rollouts(problems: Sequence[Problem], generations, encoder: TrajectoryEncoder, tokenizer, task,
+                   eos_id: int) -> list[Rollout]:
+    out = []
+    for g, (problem, comps) in enumerate(zip(problems, generations)):
+        prompt = encoder.prompt_ids(problem.question)
+        for sampled, lps in comps:
+            finished = bool(sampled) and sampled[-1] == eos_id
+            body = sampled[:-1] if finished else sampled
+            steps = split_steps(tokenizer.decode(body), encoder.sep)
+            traj = encoder.encode(problem.question, steps)
+            ids = traj.ids + ([eos_id] if finished or not steps else [])
+            check = task.check(problem, steps)
+            out.append(Rollout(problem, g, steps, ids, traj.prompt_len, len(traj.ids), check.correct,
+                               sampler_token_logprobs=lps, sampled_ids_match=ids == prompt + list(sampled),
+                               meta={"sampled": prompt + list(sampled), "sampled_prompt_len": len(prompt)}))
+    return out
+
+
+def reference_rollout(problem: Problem, group: int, encoder: TrajectoryEncoder, eos_id: int) -> Rollout:
+    traj = encoder.encode(problem.question, problem.steps)
+    return Rollout(problem, group, list(problem.steps), traj.ids + [eos_id], traj.prompt_len, len(traj.ids), True,
+                   is_reference=True)

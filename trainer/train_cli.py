@@ -1,0 +1,61 @@
+"""`repirl train --config configs/<recipe>.yaml [--resume]` (also runs under `torchrun` / `accelerate launch`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+
+def train(
+    config: Path = typer.Option(..., "--config", "-c", help="recipe YAML (see configs/ and docs/trainer.md)"),
+    resume: bool = typer.Option(False, "--resume", help="continue runs/<name> from its newest checkpoint"),
+    iterations: int = typer.Option(None, "--iterations", help="override the recipe's iteration count"),
+    seed: int = typer.Option(None, "--seed", help="override the recipe's seed"),
+    name: str = typer.Option(None, "--name", help="override the run name (runs/<name>)"),
+    no_progress: bool = typer.Option(False, "--no-progress", help="no progress bar (logs, CI)"),
+) -> None:
+    """Train a PRM (and policy) with rePIRL or a baseline; writes runs/<name>/."""
+    from rich.console import Console
+
+    from trainer.config import ConfigError, load_config
+
+    console = Console(stderr=True)
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()  # the run has its own progress bar
+    overrides = {k: v for k, v in {"iterations": iterations, "seed": seed, "name": name}.items() if v is not None}
+    try:
+        cfg = load_config(config, overrides)
+    except ConfigError as e:
+        console.print(f"[red]config error:[/red] {e}")
+        raise typer.Exit(2)
+    summary = run_training(cfg, resume=resume, console=console, progress=not no_progress)
+    if summary:
+        typer.echo(json.dumps(summary))
+
+
+def run_training(cfg, resume: bool = False, console=None, progress: bool = False) -> dict:
+    from trainer.loop import ResumeError
+
+    try:
+        if cfg.algorithm == "offline":
+            from trainer.offline import run_offline
+
+            return run_offline(cfg, resume=resume, console=console)
+        from trainer.loop import Trainer
+
+        return Trainer(cfg, resume=resume, console=console).run(progress=progress)
+    except ResumeError as e:
+        if console is not None:
+            console.print(f"[red]resume error:[/red] {e}")
+        raise typer.Exit(2)
+
+
+def main() -> None:  # `python -m trainer.train_cli ...` (what torchrun launches)
+    typer.run(train)
+
+
+if __name__ == "__main__":
+    main()
