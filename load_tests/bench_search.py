@@ -85,6 +85,15 @@ def _questions(policy_dir: Path, k: int) -> list[str]:
     return [p.question for p in ArithmeticTask(cfg).sample(k, seed=12345, prefix="bench")]
 
 
+def _forget(scorer) -> None:
+    from repirl.scoring.hf_engine import PrefixKVCache
+
+    if isinstance(scorer, StepCacheScorer):
+        scorer.store.clear()
+    elif hasattr(scorer, "kv"):
+        scorer.kv = PrefixKVCache(scorer.kv.max_tokens)
+
+
 def run(args) -> None:
     from repirl.artifacts import load_prm_config
     from repirl.policy import load_policy
@@ -107,9 +116,13 @@ def run(args) -> None:
         computed = tree = total = 0
         t0 = time.perf_counter()
         for i, q in enumerate(questions):
-            params = SearchParams(strategy="beam", n=16, beam_width=4, max_steps=args.max_steps, seed=1000 + i)
+            _forget(scorer)  # each search starts cold: reuse counted only inside its own tree
+            params = SearchParams(strategy="beam", n=16, beam_width=4, max_steps=args.max_steps,
+                                  max_step_tokens=args.max_step_tokens, seed=1000 + i)
             st = run_search(policy, scorer, q, params).stats
-            computed, tree, total = computed + st.prm_tokens_computed, tree + st.tree_tokens, total + st.prm_tokens_total
+            computed += st.prm_tokens_computed
+            tree += st.tree_tokens
+            total += st.prm_tokens_total
         rows[name] = (computed, tree, total, time.perf_counter() - t0)
     print(f"{'set-up':<12} {'PRM tokens computed':>20} {'tree tokens':>12} {'computed/tree':>14} "
           f"{'tokens handed to PRM':>21} {'wall s':>8}")
@@ -128,6 +141,7 @@ def main() -> None:
     ap.add_argument("--prm")
     ap.add_argument("--problems", type=int, default=4)
     ap.add_argument("--max-steps", type=int, default=8)
+    ap.add_argument("--max-step-tokens", type=int, default=64)
     ap.add_argument("--no-vllm", action="store_true", help="skip the vLLM pooling set-up")
     run(ap.parse_args())
 

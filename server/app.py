@@ -44,7 +44,8 @@ def build_scorers(settings: Settings) -> dict:
 
         engine = resolve_engine(load_prm_config(path).format, settings.engine)
         if engine == "hf":
-            kwargs = {"kv_cache_tokens": settings.hf_kv_cache_tokens, "max_batch_tokens": settings.limits.max_batch_tokens}
+            kwargs = {"kv_cache_tokens": settings.hf_kv_cache_tokens, "max_batch_tokens": settings.limits.max_batch_tokens,
+                      "forward_tokens": settings.hf_forward_tokens}
         elif settings.vllm_max_model_len:
             kwargs = {"max_model_len": settings.vllm_max_model_len}
         scorers[name] = load_scorer(path, engine=engine, name=name, **kwargs)
@@ -70,6 +71,10 @@ def create_app(settings: Settings, scorers: dict | None = None,
             raw_cache = InProcessCache(settings.cache_max_entries)
             log.warning("prefix cache: in-process (no --redis-url): not shared between replicas")
         state.cache = GuardedCache(raw_cache, metrics, settings.redis_timeout_ms / 1000, settings.redis_backoff_s)
+        if settings.torch_threads:
+            import torch
+
+            torch.set_num_threads(settings.torch_threads)
         loaded = scorers if scorers is not None else build_scorers(settings)
         for name, scorer in loaded.items():
             rt = PRMRuntime(name, scorer, state.cache, metrics, settings.limits, ttl_s=settings.cache_ttl_s,
@@ -87,6 +92,14 @@ def create_app(settings: Settings, scorers: dict | None = None,
             for rt in state.runtimes.values():
                 await rt.batcher.stop()
             await raw_cache.close()
+            if scorers is None:  # engines this app built (vLLM: its engine-core process) stop with it
+                for obj in [*loaded.values(), *state.policies.values()]:
+                    close = getattr(obj, "close", None)
+                    if callable(close):
+                        try:
+                            close()
+                        except Exception:  # shutting down: log and go on with the others
+                            log.exception("closing %r failed", obj)
 
     public_docs = state.api_key_hashes is None  # with API keys, no unauthenticated schema pages either
     app = FastAPI(title="repirl", version="0.1.0", lifespan=lifespan, dependencies=[Depends(require_api_key)],

@@ -28,7 +28,7 @@ class AppState:
     policies: dict = field(default_factory=dict)  # name -> StepPolicy engine (server/api/search), "policy" from --policy
 
 
-def get_state(request: Request) -> AppState:
+async def get_state(request: Request) -> AppState:  # async: a sync dependency costs a thread hop per request
     return request.app.state.repirl
 
 

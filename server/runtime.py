@@ -69,7 +69,10 @@ class PRMRuntime:
         self.name, self.scorer, self.cache, self.metrics, self.limits = name, scorer, cache, metrics, limits
         self.ttl_s, self.salt = ttl_s, salt
         self.has_token_rewards = scorer.config.format in ("token-reward", "implicit")
-        self.batcher = MicroBatcher(name, scorer.score, max_batch_tokens=limits.max_batch_tokens,
+        # engines that take encoded trajectories skip a second tokenization in the engine thread
+        self._encoded = hasattr(scorer, "score_encoded")
+        self.batcher = MicroBatcher(name, scorer.score_encoded if self._encoded else scorer.score,
+                                    max_batch_tokens=limits.max_batch_tokens, max_batch_items=limits.max_batch_items,
                                     max_wait_ms=limits.max_wait_ms, max_queue_items=limits.max_queue_items,
                                     metrics=metrics)
 
@@ -106,7 +109,8 @@ class PRMRuntime:
             else:
                 todo.append((i, hits))
         if todo:
-            computed = await self.batcher.submit([items[i] for i, _ in todo], [len(trajs[i].ids) for i, _ in todo])
+            work = [trajs[i] if self._encoded else items[i] for i, _ in todo]
+            computed = await self.batcher.submit(work, [len(trajs[i].ids) for i, _ in todo])
             writes = {}
             for (i, hits), sc in zip(todo, computed):
                 results[i] = ItemScore(sc, cached_steps=hits)
@@ -119,4 +123,6 @@ class PRMRuntime:
 
     async def probe(self) -> None:
         """A one-step score straight through the engine (readiness): no cache, same batcher."""
-        await self.batcher.submit([("1+1", ["2"])], [16])
+        item = ("1+1", ["2"])
+        traj = self.scorer.encoder.encode(*item)
+        await self.batcher.submit([traj if self._encoded else item], [len(traj.ids)])

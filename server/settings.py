@@ -24,6 +24,7 @@ class Limits(BaseModel):
     max_tokens: int = Field(4096, gt=0, description="tokens per trajectory (prompt + steps)")
     max_queue_items: int = Field(1024, gt=0, description="items waiting for the PRM across all requests")
     max_batch_tokens: int = Field(16384, gt=0, description="tokens per micro-batch")
+    max_batch_items: int = Field(256, gt=0, description="items per micro-batch (1 = one item per engine call)")
     max_wait_ms: float = Field(5.0, ge=0, description="how long a micro-batch waits to fill")
     request_timeout_s: float = Field(120.0, gt=0)
     max_search_samples: int = Field(4096, gt=0, description="policy samples per search: n x max_steps x (1 + lookahead)")
@@ -44,7 +45,11 @@ class Settings(BaseSettings):
     policy: str | None = None  # a folder or an OpenAI-compatible URL; listed by /v1/models for the search APIs
     engine: Literal["auto", "vllm", "hf"] = "auto"
     hf_kv_cache_tokens: int = Field(65536, ge=0)
+    hf_forward_tokens: int = Field(1024, gt=0, description="tokens per transformers forward pass (CPU sweet spot)")
     vllm_max_model_len: int | None = None
+    # torch intra-op threads for the transformers engine (None: torch's default, one per core). On a small, shared
+    # CPU fewer threads than cores can be much faster: the engine thread shares the cores with the event loop.
+    torch_threads: int | None = Field(None, gt=0)
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     redis_url: str | None = None  # none: an in-process cache

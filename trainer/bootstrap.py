@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -52,7 +53,10 @@ def run_bootstrap(cfg: BootstrapConfig, console=None) -> dict:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
     from transformers import Qwen2ForCausalLM
 
-    say = console.print if console is not None else print
+    def say(msg: str) -> None:  # flushed, so a log file shows progress while SFT runs (stdout is block-buffered there)
+        (console.print if console is not None else print)(msg)
+        sys.stdout.flush()
+
     t_start = time.time()
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out)

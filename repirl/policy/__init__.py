@@ -20,7 +20,7 @@ def _vllm_installed() -> bool:
 
 
 def load_policy(spec: str | Path, engine: str = "auto", **kwargs) -> StepPolicy:
-    """A StepPolicy from a folder or URL. kwargs go to the engine (e.g. policy_dir= for remote, max_model_len= for vLLM)."""
+    """A StepPolicy from a folder or URL. kwargs go to the engine (policy_dir= for remote, max_model_len= for vLLM)."""
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     spec = str(spec)

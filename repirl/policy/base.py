@@ -89,6 +89,20 @@ def make_step(raw_text: str, token_ids: list[int], logprobs: list[float], sep: s
                       finished=reason in ("answer", "eos"), finish_reason=reason)
 
 
+def request_n(params: SamplingConfig) -> int:
+    """Samples to ask an engine for: greedy sampling is deterministic, and vLLM refuses n > 1 with temperature 0."""
+    return 1 if params.temperature == 0 else params.n
+
+
+def fill_greedy(samples: list[StepSample], n: int) -> list[StepSample]:
+    """n copies of the one greedy sample (separate objects: callers may annotate them)."""
+    if len(samples) >= n:
+        return samples
+    s = samples[0]
+    return samples + [StepSample(s.text, list(s.token_ids), list(s.logprobs), s.finished, s.finish_reason, dict(s.meta))
+                      for _ in range(n - len(samples))]
+
+
 def prefix_seed(seed: int | None, i: int) -> int | None:
     return None if seed is None else seed + i
 

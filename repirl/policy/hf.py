@@ -51,7 +51,8 @@ class TransformersPolicy:
         sep = self.config.step_separator
         budget = min(params.max_tokens, self.max_len - len(prompt))
         if budget < 1:
-            raise PolicyError(f"prompt of {len(prompt)} tokens leaves no room under max_position_embeddings={self.max_len}")
+            raise PolicyError(f"prompt of {len(prompt)} tokens leaves no room under "
+                              f"max_position_embeddings={self.max_len}")
         gen = torch.Generator(device=self.device)
         gen.manual_seed(seed if seed is not None else torch.seed())
         n = params.n

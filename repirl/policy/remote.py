@@ -14,7 +14,8 @@ from typing import Sequence
 import httpx
 
 from repirl.artifacts import PolicyConfig, load_policy_config
-from repirl.policy.base import PolicyError, Prefix, SamplingConfig, StepSample, encoder_for, make_step
+from repirl.policy.base import (PolicyError, Prefix, SamplingConfig, StepSample, encoder_for, fill_greedy, make_step,
+                                request_n)
 
 
 class RemoteTokenizer:
@@ -89,7 +90,7 @@ class RemotePolicy:
         body = {
             "model": self.model,
             "prompt": [self.encoder.encode(q, steps).ids for q, steps in prefixes],
-            "n": params.n,
+            "n": request_n(params),
             "temperature": params.temperature,
             "top_p": params.top_p,
             "max_tokens": params.max_tokens,
@@ -101,17 +102,19 @@ class RemotePolicy:
         if params.seed is not None:
             body["seed"] = params.seed
         choices = _post(self.client, "/v1/completions", body).get("choices", [])
-        if len(choices) != len(prefixes) * params.n:
-            raise PolicyError(f"policy server returned {len(choices)} choices for {len(prefixes)} x n={params.n}")
+        n = request_n(params)
+        if len(choices) != len(prefixes) * n:
+            raise PolicyError(f"policy server returned {len(choices)} choices for {len(prefixes)} x n={n}")
         result: list[list[StepSample]] = [[] for _ in prefixes]
         for c in sorted(choices, key=lambda c: c["index"]):  # index = prompt * n + sample (OpenAI batch order)
             lp = c.get("logprobs") or {}
             ids = [_token_id(t) for t in lp.get("tokens") or []]
             lps = [float(x) if x is not None else 0.0 for x in lp.get("token_logprobs") or []]
             hit_eos = c.get("finish_reason") == "stop" and c.get("stop_reason") is None
-            result[c["index"] // params.n].append(
-                make_step(c.get("text", ""), ids, lps, sep, hit_eos=hit_eos, hit_length=c.get("finish_reason") == "length"))
-        return result
+            result[c["index"] // n].append(
+                make_step(c.get("text", ""), ids, lps, sep, hit_eos=hit_eos,
+                          hit_length=c.get("finish_reason") == "length"))
+        return [fill_greedy(samples, params.n) for samples in result]
 
     def close(self) -> None:
         self.client.close()

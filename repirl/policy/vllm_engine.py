@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from repirl.artifacts import check_model_folder, load_policy_config
-from repirl.policy.base import Prefix, SamplingConfig, StepSample, encoder_for, make_step, prefix_seed
+from repirl.policy.base import (Prefix, SamplingConfig, StepSample, encoder_for, fill_greedy, make_step, prefix_seed,
+                                request_n)
 
 
 def _default_engine_kwargs(model_dir: Path) -> dict[str, Any]:
@@ -52,7 +53,7 @@ class VLLMPolicy:
         sep = self.config.step_separator
         prompts = [TokensPrompt(prompt_token_ids=self.encoder.encode(q, steps).ids) for q, steps in prefixes]
         sampling = [
-            SamplingParams(n=params.n, temperature=params.temperature, top_p=params.top_p,
+            SamplingParams(n=request_n(params), temperature=params.temperature, top_p=params.top_p,
                            max_tokens=params.max_tokens, seed=prefix_seed(params.seed, i), stop=[sep],
                            logprobs=0, skip_special_tokens=True)
             for i in range(len(prompts))
@@ -67,5 +68,5 @@ class VLLMPolicy:
                 hit_eos = c.finish_reason == "stop" and c.stop_reason is None
                 samples.append(make_step(c.text, list(c.token_ids), lps, sep, hit_eos=hit_eos,
                                          hit_length=c.finish_reason == "length"))
-            result.append(samples)
+            result.append(fill_greedy(samples, params.n))
         return result

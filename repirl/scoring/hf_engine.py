@@ -10,7 +10,7 @@ one padded batch with that prefix's KV broadcast over the batch.
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -86,7 +86,8 @@ class HFScorer:
     engine = "hf"
 
     def __init__(self, prm_dir: str | Path, cfg: PRMConfig, name: str | None = None, *,
-                 kv_cache_tokens: int = 65536, max_batch_tokens: int = 16384, dtype: torch.dtype = torch.float32):
+                 kv_cache_tokens: int = 65536, max_batch_tokens: int = 16384, forward_tokens: int = 1024,
+                 dtype: torch.dtype = torch.float32):
         from transformers import AutoTokenizer
 
         prm_dir = check_model_folder(prm_dir)
@@ -104,16 +105,22 @@ class HFScorer:
         except Exception as e:  # transformers raises many types for a broken folder; name the path
             raise ArtifactError(f"{prm_dir}: cannot load the model: {e}") from e
         self.kv = PrefixKVCache(kv_cache_tokens)
-        self.max_batch_tokens = max_batch_tokens
+        # tokens per forward pass (padded rows x width). On CPU, per-item time is lowest around 500-1000 tokens per
+        # forward and grows past that (activations fall out of cache): tiny PRM, 115-token items, 1 thread: 3.0 ms
+        # per item in forwards of 8 items, 5.2 ms in forwards of 32 (load_tests/bench_scoring.py [3]).
+        self.forward_tokens = max(1, min(max_batch_tokens, forward_tokens))
         self._lock = threading.Lock()
 
     def encode(self, question: str, steps: Sequence[str]) -> TrajectoryIds:
         return self.encoder.encode(question, steps)
 
     def score(self, items: Sequence[Item]) -> list[StepScores]:
-        trajs = [self.encoder.encode(q, list(steps)) for q, steps in items]
+        return self.score_encoded([self.encoder.encode(q, list(steps)) for q, steps in items])
+
+    def score_encoded(self, trajs: Sequence[TrajectoryIds]) -> list[StepScores]:
+        """`score` on trajectories already encoded by `self.encoder` (the service encodes once, for its cache)."""
         with self._lock, torch.inference_mode():
-            return self._score_trajs(trajs)
+            return self._score_trajs(list(trajs))
 
     # ---- internals -------------------------------------------------------------------------------------------
     def _longest_hit(self, traj: TrajectoryIds) -> tuple[tuple[int, ...], _Prefix | None]:
@@ -124,10 +131,34 @@ class HFScorer:
                 return key, entry
         return (), None
 
+    def _prefill_shared_prefixes(self, trajs: list[TrajectoryIds]) -> dict[tuple[int, ...], int]:
+        """Items of one call that share a step prefix (best-of-N candidates, beam expansions) compute it once: the
+        longest prefix shared by two or more items and not cached yet is scored first (recursively, so a tree of
+        prefixes costs each node once), then the items resume from its KV. Returns prefix -> tokens computed."""
+        counts: Counter[tuple[int, ...]] = Counter()
+        for t in trajs:
+            for k in range(1, len(t.step_spans)):  # proper prefixes only
+                counts[tuple(t.ids[: t.prefix_len(k)])] += 1
+        todo: dict[tuple[int, ...], TrajectoryIds] = {}
+        for t in trajs:
+            for k in range(len(t.step_spans) - 1, 0, -1):
+                key = tuple(t.ids[: t.prefix_len(k)])
+                if self.kv.get(key) is not None:
+                    break  # already as good as it gets for this item
+                if counts[key] >= 2 and len(key) <= self.kv.max_tokens:
+                    todo.setdefault(key, TrajectoryIds(list(key), t.prompt_len, t.step_spans[:k]))
+                    break
+        if not todo:
+            return {}
+        scored = self._score_trajs(list(todo.values()))
+        return {key: sc.tokens_computed for key, sc in zip(todo, scored)}
+
     def _score_trajs(self, trajs: list[TrajectoryIds]) -> list[StepScores]:
+        prefilled = self._prefill_shared_prefixes(trajs) if self.kv.max_tokens > 0 and len(trajs) > 1 else {}
         results: list[StepScores | None] = [None] * len(trajs)
         groups: dict[tuple[int, ...], list[int]] = {}
         hits: dict[tuple[int, ...], _Prefix | None] = {}
+        extra: dict[int, int] = {}
         for i, traj in enumerate(trajs):
             key, entry = self._longest_hit(traj)
             if entry is not None and entry.length == len(traj.ids):
@@ -135,18 +166,22 @@ class HFScorer:
                 continue
             groups.setdefault(key, []).append(i)
             hits[key] = entry
+            if key in prefilled:  # charge the shared prefix's tokens to its first user (usage stays honest)
+                extra[i] = prefilled.pop(key)
         for key, members in groups.items():
             entry = hits[key]
             start = entry.length if entry else 0
-            # bounded batches: sum of new tokens per forward <= max_batch_tokens (at least one item)
+            # bounded forwards: rows x padded width <= forward_tokens (at least one item)
             batch: list[int] = []
             for i in sorted(members, key=lambda j: len(trajs[j].ids)):
-                if batch and (len(batch) + 1) * (len(trajs[i].ids) - start) > self.max_batch_tokens:
+                if batch and (len(batch) + 1) * (len(trajs[i].ids) - start) > self.forward_tokens:
                     self._run_group([trajs[j] for j in batch], batch, entry, start, results)
                     batch = []
                 batch.append(i)
             if batch:
                 self._run_group([trajs[j] for j in batch], batch, entry, start, results)
+        for i, n in extra.items():
+            results[i].tokens_computed += n
         return results  # type: ignore[return-value]
 
     def _run_group(self, trajs: list[TrajectoryIds], index: list[int], entry: _Prefix | None, start: int,
@@ -195,6 +230,8 @@ class HFScorer:
         return values
 
     def _remember(self, traj: TrajectoryIds, row: int, start: int, caches, logits, values: list[float]) -> None:
+        if self.kv.max_tokens <= 0:  # KV reuse off: don't copy what would be dropped
+            return
         full = len(traj.ids)
         kv_rows = [[(k[row: row + 1, :, :full].clone(), v[row: row + 1, :, :full].clone()) for k, v in layers]
                    for layers in caches]

@@ -21,17 +21,17 @@ def _config(tokenizer, seed_range: float = 0.1, **overrides):
                              initializer_range=seed_range, **overrides)
 
 
-def _causal_lm(tokenizer, seed: int):
+def _causal_lm(tokenizer, seed: int, **overrides):
     import torch
     from transformers import Qwen2ForCausalLM
 
     torch.manual_seed(seed)
-    return Qwen2ForCausalLM(_config(tokenizer)).eval()
+    return Qwen2ForCausalLM(_config(tokenizer, **overrides)).eval()
 
 
-def build_policy(out_dir: str | Path, seed: int = 0) -> Path:
+def build_policy(out_dir: str | Path, seed: int = 0, **config_overrides) -> Path:
     tok = build_tokenizer()
-    model = _causal_lm(tok, seed)
+    model = _causal_lm(tok, seed, **config_overrides)
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
@@ -46,8 +46,9 @@ def _write(out_dir: Path, save, cfg: PRMConfig) -> Path:
     return out_dir
 
 
-def build_tiny_prm(out_dir: str | Path, fmt: str, seed: int = 0) -> Path:
-    """A tiny PRM folder of format `fmt` (token-reward | qwen-step-tag | math-shepherd | implicit)."""
+def build_tiny_prm(out_dir: str | Path, fmt: str, seed: int = 0, **config_overrides) -> Path:
+    """A tiny PRM folder of format `fmt` (token-reward | qwen-step-tag | math-shepherd | implicit).
+    `config_overrides` go to the model config (e.g. max_position_embeddings=4096 for long trajectories)."""
     import torch
 
     out_dir = Path(out_dir)
@@ -55,7 +56,7 @@ def build_tiny_prm(out_dir: str | Path, fmt: str, seed: int = 0) -> Path:
     prov = Provenance(algorithm="init", base_model="tiny-random")
     if fmt == "token-reward":
         policy = out_dir.parent / f".{out_dir.name}-policy"
-        build_policy(policy, seed)
+        build_policy(policy, seed, **config_overrides)
         torch.manual_seed(seed + 1)
         path = init_token_reward_prm(policy, out_dir, provenance=prov)
         _scale_head(path)
@@ -64,19 +65,19 @@ def build_tiny_prm(out_dir: str | Path, fmt: str, seed: int = 0) -> Path:
         from repirl.scoring.formats import Qwen2ForProcessRewardModel
 
         torch.manual_seed(seed)
-        model = Qwen2ForProcessRewardModel(_config(tok, num_labels=2)).eval()
+        model = Qwen2ForProcessRewardModel(_config(tok, num_labels=2, **config_overrides)).eval()
         for p in model.score.parameters():  # a visible spread of P(good) between steps
             torch.nn.init.normal_(p, std=0.05)
         cfg = PRMConfig(format="qwen-step-tag", step_separator=QWEN_TAG, step_tag=QWEN_TAG,
                         default_aggregation="min", provenance=prov)
         return _write(out_dir, lambda d: (model.save_pretrained(d), tok.save_pretrained(d)), cfg)
     if fmt == "math-shepherd":
-        model = _causal_lm(tok, seed)
+        model = _causal_lm(tok, seed, **config_overrides)
         cfg = PRMConfig(format="math-shepherd", step_separator=f" {SHEPHERD_TAG}\n", step_tag=SHEPHERD_TAG,
                         positive_token="+", negative_token="-", default_aggregation="min", provenance=prov)
         return _write(out_dir, lambda d: (model.save_pretrained(d), tok.save_pretrained(d)), cfg)
     if fmt == "implicit":
-        phi, ref = _causal_lm(tok, seed), _causal_lm(tok, seed + 100)
+        phi, ref = _causal_lm(tok, seed, **config_overrides), _causal_lm(tok, seed + 100, **config_overrides)
         cfg = PRMConfig(format="implicit", reference_model="reference", beta=0.5, default_aggregation="mean-token",
                         provenance=prov)
 

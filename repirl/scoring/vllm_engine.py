@@ -20,7 +20,7 @@ import torch
 from repirl.artifacts import ArtifactError, PRMConfig, check_model_folder
 from repirl.scoring.base import Item, StepScores
 from repirl.scoring.formats import FormatSpec
-from repirl.trajectory import TrajectoryEncoder
+from repirl.trajectory import TrajectoryEncoder, TrajectoryIds
 
 VLLM_FORMATS = ("token-reward", "qwen-step-tag")
 
@@ -61,8 +61,17 @@ class VLLMScorer:
         self._params = PoolingParams(use_activation=False, step_tag_id=step_tag)
         self._lock = threading.Lock()
 
+    def close(self) -> None:
+        """Stop vLLM's engine-core process now. Left to interpreter exit, it outlived a SIGTERM'd server (seen)."""
+        core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
+        if core is not None:
+            core.shutdown()
+
     def score(self, items: Sequence[Item]) -> list[StepScores]:
-        trajs = [self.encoder.encode(q, list(steps)) for q, steps in items]
+        return self.score_encoded([self.encoder.encode(q, list(steps)) for q, steps in items])
+
+    def score_encoded(self, trajs: Sequence[TrajectoryIds]) -> list[StepScores]:
+        """`score` on trajectories already encoded by `self.encoder` (the service encodes once, for its cache)."""
         for t in trajs:
             if len(t.ids) > self.max_model_len:
                 raise ValueError(f"trajectory of {len(t.ids)} tokens exceeds max_model_len {self.max_model_len}")

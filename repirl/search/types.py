@@ -23,13 +23,13 @@ class SearchParams(BaseModel):
     beam_width: int = Field(4, ge=1, description="beam/dvts: samples per kept beam (n / beam_width beams are kept)")
     max_steps: int = Field(16, ge=1, description="reasoning steps before unfinished beams are cut")
     select: Selection = Field("naive", description="final choice: best score, PRM-weighted vote, majority vote")
-    aggregation: Aggregation | None = Field(None, description="how step rewards become a score; None = the PRM's default")
+    aggregation: Aggregation | None = Field(None, description="step rewards -> score; None = the PRM's default")
     temperature: float = Field(0.8, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_step_tokens: int = Field(64, ge=1)
     seed: int | None = None
     lookahead: int = Field(0, ge=0, description="beam/dvts: greedy steps rolled out to score a candidate")
-    dedup: bool | None = Field(None, description="drop duplicate candidates; None = on for beam/dvts, off for best-of-n")
+    dedup: bool | None = Field(None, description="drop duplicate candidates; None: on for beam/dvts, off for best-of-n")
     vote_temperature: float = Field(1.0, gt=0.0, description="weighted vote: weight = exp(score / vote_temperature)")
 
     @model_validator(mode="after")

@@ -45,6 +45,9 @@ def _check_against_transformers(policy, hf_policy):
         assert g[0].token_ids[:n] == r[0].token_ids[:n]
         assert g[0].logprobs[:n] == pytest.approx(r[0].logprobs[:n], abs=2e-3)
     assert got[2][0].text == "Answer: 14" and got[2][0].finish_reason == "answer"
+    # greedy with n > 1 (vLLM refuses it natively): n copies of the greedy step
+    many = policy.sample_steps(PREFIXES[:1], SamplingConfig(n=3, temperature=0.0, max_tokens=24))[0]
+    assert [s.token_ids for s in many] == [got[0][0].token_ids] * 3
 
 
 def _check_sampling(policy):

@@ -98,6 +98,21 @@ def test_kv_reuse_computes_only_new_tokens_and_agrees(format_prms, fmt):
     assert got[2].tokens_computed == 0
 
 
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_shared_prefix_within_one_call_is_computed_once(format_prms, fmt):
+    warm = load_scorer(format_prms[fmt], engine="hf", kv_cache_tokens=100_000)
+    cold = load_scorer(format_prms[fmt], engine="hf", kv_cache_tokens=0)
+    q = "What is 12+7? (one call)"
+    shared = ["12+7 = 19", "so it is 19"]
+    items = [(q, shared + ["Answer: 19"]), (q, shared + ["Answer: 18", "no"]), (q, shared + ["19."]), (q, ["19"])]
+    got, want = warm.score(items), cold.score(items)
+    for g, w in zip(got, want):
+        assert g.step_rewards == pytest.approx(w.step_rewards, abs=1e-4)
+    prefix = warm.encode(q, shared).prefix_len(2)
+    expected = prefix + sum(w.tokens_total - prefix for w in want[:3]) + want[3].tokens_total
+    assert sum(g.tokens_computed for g in got) == expected < sum(w.tokens_computed for w in want)
+
+
 def test_kv_cache_is_bounded_by_tokens(format_prms):
     scorer = load_scorer(format_prms["token-reward"], engine="hf", kv_cache_tokens=200)
     for n in range(6):

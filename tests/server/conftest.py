@@ -119,7 +119,8 @@ def main_server(server_prms, redis_main, tmp_path_factory):
 
     (d / "keys.txt").write_text(f"# test keys\n{API_KEY}\nsha256:{hashlib.sha256(HASHED_ONLY_KEY.encode()).hexdigest()}\n")
     (d / "config.yaml").write_text(
-        "engine: hf\ncache_salt: null\nlimits:\n  max_items: 8\n  max_candidates: 8\n  max_steps: 10\n"
+        # a generous Redis timeout: on a loaded CI machine 50 ms fails open now and then (server_b tests fail-open)
+        "engine: hf\ncache_salt: null\nredis_timeout_ms: 1000\nlimits:\n  max_items: 8\n  max_candidates: 8\n  max_steps: 10\n"
         "  max_chars: 300\n  max_tokens: 400\n  max_body_bytes: 20000\n")
     args = ["--config", str(d / "config.yaml"), "--redis-url", redis_main.url, "--api-key-file", str(d / "keys.txt"),
             "--prm", f"tr={server_prms['token-reward']}", "--prm", f"qwen={server_prms['qwen-step-tag']}",

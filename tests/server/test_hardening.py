@@ -144,3 +144,40 @@ def test_sigterm_drains_in_flight_requests(server_prms, tmp_path):
         assert "Application shutdown complete" in (tmp_path / "server.log").read_text()
     finally:
         srv.stop()
+
+
+@pytest.mark.asyncio
+async def test_micro_batcher_bounds_splits_and_batches_concurrent_requests():
+    """The batcher on a fake engine: batches never exceed max_batch_items/tokens, a large request is split and
+    reassembled in order, and requests that arrive while the engine is busy share the next batch."""
+    import asyncio
+
+    from server.batching import MicroBatcher
+    from server.metrics import Metrics
+
+    calls: list[list[str]] = []
+
+    def engine(items):
+        calls.append(list(items))
+        time.sleep(0.05)  # busy: later arrivals queue up
+        return [f"r-{x}" for x in items]
+
+    b = MicroBatcher("fake", engine, max_batch_tokens=100, max_batch_items=4, max_wait_ms=1, max_queue_items=100,
+                     metrics=Metrics())
+    b.start()
+    try:
+        first = asyncio.create_task(b.submit(["a0"], [10]))
+        await asyncio.sleep(0.02)  # the engine is now busy with a0
+        rest = [asyncio.create_task(b.submit([f"c{i}"], [10])) for i in range(3)]
+        big = asyncio.create_task(b.submit([f"big{i}" for i in range(6)], [30] * 6))
+        assert await first == ["r-a0"]
+        assert [await t for t in rest] == [["r-c0"], ["r-c1"], ["r-c2"]]
+        assert await big == [f"r-big{i}" for i in range(6)]
+    finally:
+        await b.stop()
+    assert calls[0] == ["a0"]
+    assert calls[1][:3] == ["c0", "c1", "c2"]  # arrived during a0's call: one batch, no extra wait
+    assert all(len(c) <= 4 for c in calls)
+    assert [x for c in calls[1:] for x in c] == ["c0", "c1", "c2"] + [f"big{i}" for i in range(6)]
+    tokens = {x: 30 if x.startswith("big") else 10 for c in calls for x in c}
+    assert all(sum(tokens[x] for x in c) <= 100 for c in calls)

@@ -30,8 +30,9 @@ def main(policy_dir, out_dir):
     torch.manual_seed(0)
     policy = load_causal_lm(policy_dir).train()
     prm = RewardModel("logprob", policy_dir).train()
-    opt_p = torch.optim.AdamW(policy.parameters(), lr=1e-2)
-    opt_r = torch.optim.AdamW(prm.parameters(), lr=1e-2)
+    opt_p = torch.optim.SGD(policy.parameters(), lr=0.5)  # linear in the gradient: Adam's first step is
+    # lr * sign(g), which turns float noise in near-zero gradients into +-lr differences
+    opt_r = torch.optim.SGD(prm.parameters(), lr=0.5)
     mine = [r for r in fixed_rollouts() if r.group % dist.world() == dist.rank()]
     experts = [r for r in mine if r.correct]
     negatives = [r for r in mine if not r.correct]

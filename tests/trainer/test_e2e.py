@@ -38,7 +38,7 @@ def test_repirl_logprob(recipe, tiny_policy_dir):
     assert ROW_KEYS | {"prm_loss", "margin", "ess", "ess_frac", "prm_score"} <= set(rows[0])
     assert rows[0]["ess"] > 0 and 0 < rows[0]["ess_frac"] <= 1
     prm = load_prm_config(cfg.run_dir / "prm")
-    assert prm.format == "implicit" and prm.provenance.algorithm == "repirl"
+    assert prm.format == "implicit" and prm.reference_model == "reference" and prm.provenance.algorithm == "repirl"
     assert _weights_changed(cfg.run_dir / "prm", tiny_policy_dir)  # the PRM learned
     assert _weights_changed(cfg.run_dir / "policy", tiny_policy_dir)  # the policy learned
     assert rows[1]["kl_init"] > 0

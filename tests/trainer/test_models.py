@@ -1,5 +1,7 @@
 """PRM parameterisations against transformers' own numbers, and export round trips."""
 
+import math
+
 import pytest
 import torch
 
@@ -51,13 +53,29 @@ def test_head_prm_is_bounded_and_exports_as_token_classification(tiny_policy_dir
     assert torch.allclose(again, raw, atol=1e-6)
 
 
-def test_logprob_prm_exports_as_implicit_without_reference(tiny_policy_dir, tmp_path, tiny_tokenizer):
+def test_logprob_prm_exports_as_implicit_with_uniform_reference(tiny_policy_dir, tmp_path, tiny_tokenizer):
     from repirl.artifacts import PolicyConfig, Provenance
+    from repirl.scoring.loader import load_scorer
 
-    prm = RewardModel("logprob", tiny_policy_dir, beta=1.0)
+    prm = RewardModel("logprob", tiny_policy_dir, beta=0.5)
     out = prm.export(tmp_path / "prm", tiny_tokenizer, PolicyConfig(), Provenance(algorithm="repirl"))
     cfg = load_prm_config(out)
-    assert cfg.format == "implicit" and cfg.reference_model is None and cfg.beta == 1.0
+    assert cfg.format == "implicit" and cfg.reference_model == "reference" and cfg.beta == 0.5
     b, _ = _batch()
     with torch.no_grad():
-        assert torch.allclose(token_logprobs(load_causal_lm(out), b), prm.token_rewards(b), atol=1e-6)
+        ref_lp = token_logprobs(load_causal_lm(out / "reference"), b)
+        assert torch.allclose(ref_lp[:, 1:], torch.full_like(ref_lp[:, 1:], -math.log(len(tiny_tokenizer))), atol=1e-5)
+    # the project's own scorer serves it: its token rewards are the trained ones + beta * log V
+    item = ("Start with 3. Add 4. What is the result?", ["3+4=7", "Answer: 7"])
+    scores = load_scorer(out, engine="hf").score([item])[0]
+    from repirl.trajectory import TrajectoryEncoder
+
+    t = TrajectoryEncoder(tiny_tokenizer).encode(*item)
+    ids = torch.tensor([t.ids])
+    from trainer.models import Batch
+
+    batch = Batch(ids, torch.ones_like(ids), torch.ones(ids.shape), torch.ones(ids.shape))
+    with torch.no_grad():
+        mine = prm.token_rewards(batch)[0, t.prompt_len :] + 0.5 * math.log(len(tiny_tokenizer))
+    served = [v for step in scores.token_rewards for v in step]
+    assert served == pytest.approx(mine.tolist(), abs=1e-4)

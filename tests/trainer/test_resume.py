@@ -60,7 +60,7 @@ def test_kill_then_resume_matches_uninterrupted(recipe, tmp_path):
 
 
 def test_resume_with_a_different_config_is_refused(recipe, tmp_path):
-    from click.exceptions import Exit
+    from typer import Exit
 
     raw = recipe(name="r", iterations=1, eval_problems=0)
     run_training(parse_config(raw))

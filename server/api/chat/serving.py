@@ -35,7 +35,8 @@ async def serve_chat(state: AppState, req: ChatCompletionRequest, request: Reque
                  "max_step_tokens": req.max_completion_tokens or req.max_tokens}
     params = req.search.model_copy(update={k: v for k, v in overrides.items() if v is not None})
     params = type(params).model_validate(params.model_dump())  # re-validate with the overrides applied
-    params = fit_defaults(state, params, req.search.model_fields_set | {k for k, v in overrides.items() if v is not None})
+    given = req.search.model_fields_set | {k for k, v in overrides.items() if v is not None}
+    params = fit_defaults(state, params, given)
     question = _question(req)
     job = SearchJob(state, params, question, prm, policy)
     steps_seen = []

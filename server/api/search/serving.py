@@ -13,6 +13,7 @@ from typing import AsyncIterator
 from fastapi import Request
 from fastapi.responses import StreamingResponse
 
+from repirl.policy.base import PolicyError
 from repirl.scoring.base import StepScores
 from repirl.search import SearchCancelled, SearchParams, SearchResult, run_search
 from server.api.limits import check_count
@@ -129,6 +130,8 @@ class SearchJob:
         try:
             while True:
                 kind, obj = await self.queue.get()
+                if kind == "error" and isinstance(obj, PolicyError):
+                    raise APIError(503, f"policy: {obj}", "policy")
                 if kind == "error":
                     raise obj  # type: ignore[misc]
                 yield kind, obj

@@ -1,0 +1,44 @@
+"""Rollouts through vLLM: after every policy update the engine samples with the new weights (its log-probs equal the
+trainer's to float precision, while stale weights would be off by far more), and the exported rePIRL PRM loads in
+vLLM's pooling runner with the same token rewards as transformers."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from trainer.rollouts import vllm_available
+
+pytestmark = [pytest.mark.slow, pytest.mark.vllm, pytest.mark.skipif(not vllm_available(), reason="no vLLM")]
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def test_vllm_training_run_and_pooling_export(recipe, tmp_path):
+    raw = recipe(name="v", iterations=3, eval_problems=4, rollouts={"engine": "vllm", "max_new_tokens": 20},
+                 prm={"parameterization": "head", "lr": 1e-3}, optim={"lr": 1e-3})
+    path = tmp_path / "v.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    res = subprocess.run([sys.executable, "-m", "trainer.train_cli", "--config", str(path), "--no-progress"],
+                         cwd=REPO, env={**os.environ, "PYTHONPATH": REPO}, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "v" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["engine"] == "vllm" for r in rows)
+    assert all(r["logprob_max_abs_diff"] < 1e-4 for r in rows), [r["logprob_max_abs_diff"] for r in rows]
+    assert all(r["logprob_diff_if_stale"] > 1e-2 for r in rows[1:])  # the check would catch stale weights
+
+    from repirl.scoring.loader import load_scorer
+
+    prm = tmp_path / "v" / "prm"
+    items = [("Start with 3. Add 4. What is the result?", ["3+4=7", "Answer: 7"]),
+             ("Start with 5. Subtract 2. What is the result?", ["5-2=4", "Answer: 4"])]
+    hf = load_scorer(prm, engine="hf", kv_cache_tokens=0).score(items)
+    engine = load_scorer(prm, engine="vllm", max_model_len=256)
+    try:
+        got = engine.score(items)
+    finally:
+        del engine
+    for g, w in zip(got, hf):
+        assert g.step_rewards == pytest.approx(w.step_rewards, abs=1e-4)

@@ -1,0 +1,112 @@
+"""`repirl eval`: the typer command (options only; the work is in trainer/evaluation/)."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+import typer
+
+
+def _parse_prms(values: list[str]) -> dict[str, str]:
+    out = {}
+    for v in values:
+        name, sep, path = v.partition("=")
+        if not sep:
+            name, path = Path(v).parent.name or v, v
+        if not (Path(path) / "prm.json").is_file():
+            raise typer.BadParameter(f"--prm {v}: {path}/prm.json not found")
+        out[name] = path
+    return out
+
+
+def discover(runs_dir: Path) -> tuple[dict[str, str], list[str], str | None]:
+    """PRMs (named by the run's algorithm), policy runs and an offline GSM8K PRM found under runs_dir."""
+    from trainer.evaluation.policies import describe_run
+
+    prms, runs, gsm8k = {}, [], None
+    for run in sorted(p for p in runs_dir.iterdir() if p.is_dir()) if runs_dir.is_dir() else []:
+        info = describe_run(run)
+        if (run / "prm" / "prm.json").is_file():
+            if info.algorithm == "offline":
+                gsm8k = gsm8k or str(run / "prm")
+            elif info.algorithm in ("repirl", "prime"):
+                prms[f"{'rePIRL' if info.algorithm == 'repirl' else 'PRIME'} ({run.name})"] = str(run / "prm")
+            elif info.algorithm.startswith("sft"):
+                prms[f"untrained ({run.name})"] = str(run / "prm")
+        if (run / "policy" / "config.json").is_file() and info.algorithm != "offline":
+            runs.append(str(run))
+    return prms, runs, gsm8k
+
+
+def eval_command(
+    policy: Path = typer.Option(Path("runs/demo/policy"), help="Policy whose samples are reranked and searched."),
+    prm: list[str] = typer.Option([], help="PRM as NAME=DIR or DIR (repeat). Default: discovered under --runs-dir."),
+    run: list[Path] = typer.Option([], help="Run folders for the policy table (default: discovered)."),
+    gsm8k_prm: Path = typer.Option(None, help="PRM trained offline on GSM8K (default: an `offline` run's prm)."),
+    runs_dir: Path = typer.Option(Path("runs"), help="Where runs are discovered."),
+    sections: str = typer.Option(",".join(("bestofn", "steperror", "gsm8k", "policies", "search")),
+                                 help="Comma-separated: bestofn, steperror, gsm8k, policies, search."),
+    problems: int = typer.Option(100, min=1, help="Held-out problems per best-of-N setting."),
+    dev_problems: int = typer.Option(60, min=1, help="Dev problems for the step-error threshold."),
+    n: int = typer.Option(32, min=1, help="Samples per problem (curves go up to N=n)."),
+    temperatures: str = typer.Option("0.8,1.0", help="Comma-separated sampling temperatures."),
+    subsets: int = typer.Option(8, min=1, help="Random subsets per problem for each N < n."),
+    policy_problems: int = typer.Option(100, min=1),
+    search_problems: int = typer.Option(40, min=1),
+    search_n: int = typer.Option(16, min=1),
+    beam_width: int = typer.Option(4, min=1),
+    gsm8k_limit: int = typer.Option(400, min=1, help="GSM8K questions evaluated (after those the PRM saw)."),
+    max_step_tokens: int = typer.Option(32, min=1, help="Tokens per step (the policy stops a step there)."),
+    max_steps: int = typer.Option(8, min=1, help="Steps before a sample is cut (and counted wrong)."),
+    engine: str = typer.Option("auto", help="Policy engine: auto | vllm | transformers."),
+    prm_engine: str = typer.Option("hf", help="Scorer engine: hf | vllm | auto (they agree; see tests)."),
+    seed: int = typer.Option(0),
+    out: Path = typer.Option(Path("docs/results.md"), help="Markdown report; plots and results.json go to "
+                                                           "<out dir>/results/."),
+    report_only: bool = typer.Option(False, "--report-only", help="Re-render the report from results.json."),
+) -> None:
+    """Evaluate PRMs and policies (best-of-N curves, step-error F1, GSM8K best-of-4, policy accuracy, search cost)
+    and write docs/results.md with PNG plots. Uses the service's own search code and scorers."""
+    import json
+
+    from trainer.evaluation.pipeline import SECTIONS, EvalConfig, run_evaluation
+    from trainer.evaluation.report import render
+
+    data_dir = out.parent / "results"
+    results_json = data_dir / "results.json"
+    command = "repirl eval " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+    if report_only:
+        if not results_json.is_file():
+            raise typer.BadParameter(f"--report-only: {results_json} does not exist; run `repirl eval` first")
+        results = json.loads(results_json.read_text())
+        render(results, out, data_dir, results.get("commands", []))
+        typer.echo(f"wrote {out}")
+        return
+    chosen = tuple(s.strip() for s in sections.split(",") if s.strip())
+    bad = [s for s in chosen if s not in SECTIONS]
+    if bad:
+        raise typer.BadParameter(f"--sections: unknown {', '.join(bad)} (choose from {', '.join(SECTIONS)})")
+    try:
+        temps = tuple(float(t) for t in temperatures.split(","))
+    except ValueError:
+        raise typer.BadParameter(f"--temperatures: not a comma-separated list of numbers: {temperatures!r}") from None
+    found_prms, found_runs, found_gsm8k = discover(runs_dir)
+    prms = _parse_prms(prm) if prm else found_prms
+    if not prms and {"bestofn", "steperror", "search"} & set(chosen):
+        raise typer.BadParameter(f"--prm: none given and none found under {runs_dir}")
+    if not (policy / "config.json").is_file() and not str(policy).startswith("http"):
+        raise typer.BadParameter(f"--policy: {policy} is not a model folder (no config.json)")
+    cfg = EvalConfig(policy=str(policy), prms=prms, runs=[str(r) for r in run] or found_runs,
+                     gsm8k_prm=str(gsm8k_prm) if gsm8k_prm else found_gsm8k, sections=chosen, problems=problems,
+                     dev_problems=dev_problems, n=n, temperatures=temps, n_subsets=subsets, seed=seed,
+                     policy_engine=engine, prm_engine=prm_engine, policy_problems=policy_problems,
+                     search_problems=search_problems, search_n=search_n, beam_width=beam_width,
+                     gsm8k_limit=gsm8k_limit, max_step_tokens=max_step_tokens, max_steps=max_steps,
+                     ns=tuple(k for k in (1, 2, 4, 8, 16, 32, 64) if k <= n))
+    results = run_evaluation(cfg, results_json, log=lambda m: typer.echo(m))
+    results["commands"] = [command]
+    results_json.write_text(json.dumps(results, indent=1, default=str))
+    render(results, out, data_dir, results["commands"])
+    typer.echo(f"wrote {out} and {data_dir}/")

@@ -1,0 +1,210 @@
+"""Runs the evaluation sections and keeps their results in one JSON file (docs/results/results.json), saved after
+every section, so the report can be re-rendered without re-sampling and a crash loses one section at most."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from repirl.artifacts import atomic_write_text
+from repirl.tasks.arithmetic import ArithmeticTask
+from trainer.evaluation import bestofn, gsm8k_rerank, policies, search_cost, steperror
+from trainer.evaluation.metrics import NS
+
+SECTIONS = ("bestofn", "steperror", "gsm8k", "policies", "search")
+
+
+@dataclass
+class EvalConfig:
+    policy: str  # the policy whose samples are reranked and searched (a folder or URL, as load_policy takes)
+    prms: dict[str, str]  # display name -> PRM folder
+    runs: list[str] = field(default_factory=list)  # run folders for the policy-accuracy table
+    gsm8k_prm: str | None = None  # a PRM trained offline on GSM8K (its run folder's parent holds config.yaml)
+    sections: tuple[str, ...] = SECTIONS
+    problems: int = 100  # held-out problems per best-of-N setting
+    dev_problems: int = 60  # dev split for the step-error threshold
+    n: int = 32  # samples per problem (curves go up to this N)
+    temperatures: tuple[float, ...] = (0.8, 1.0)
+    n_subsets: int = 8
+    seed: int = 0
+    policy_engine: str = "auto"
+    prm_engine: str = "hf"
+    policy_problems: int = 100
+    policy_samples: int = 4
+    search_problems: int = 40
+    search_n: int = 16
+    beam_width: int = 4
+    gsm8k_limit: int | None = 400
+    max_step_tokens: int = 32
+    max_steps: int = 8
+    ns: tuple[int, ...] = NS
+
+
+def run_evaluation(cfg: EvalConfig, out_json: Path, log: Callable[[str], None] = print) -> dict:
+    from repirl.policy import load_policy
+    from repirl.scoring.loader import load_scorer
+
+    results = json.loads(out_json.read_text()) if out_json.is_file() else {}
+    results["config"] = asdict(cfg)
+
+    def save():
+        out_json.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out_json, json.dumps(results, indent=1, default=str))
+
+    t0 = time.time()
+    need_policy = {"bestofn", "steperror", "search"} & set(cfg.sections)
+    policy = load_policy(cfg.policy, engine=cfg.policy_engine) if need_policy else None
+    scorers = {name: load_scorer(path, engine=cfg.prm_engine, name=name) for name, path in cfg.prms.items()} \
+        if {"bestofn", "steperror", "search"} & set(cfg.sections) else {}
+    in_dist = bestofn.policy_task_config(policy) if policy is not None else None
+
+    if "bestofn" in cfg.sections or "steperror" in cfg.sections:
+        settings = {}
+        for label, task_cfg in (("in-distribution", in_dist), ("harder", bestofn.harder(in_dist))):
+            task = ArithmeticTask(task_cfg)
+            problems = bestofn.heldout_problems(task_cfg, cfg.problems)
+            for temp in cfg.temperatures:
+                key = f"{label}, T={temp}"
+                t = time.time()
+                samples = bestofn.sample_problems(policy, task, problems, bestofn.SampleConfig(
+                    n=cfg.n, temperature=temp, seed=cfg.seed, max_step_tokens=cfg.max_step_tokens, max_steps=cfg.max_steps))
+                t_sample = time.time() - t
+                for name, scorer in scorers.items():
+                    bestofn.score_samples(scorer, name, [p.question for p in problems], samples)
+                prob = {name: bestofn.is_probability_scorer(s) for name, s in scorers.items()}
+                settings[key] = {"task": asdict(task_cfg), "temperature": temp, "problems": len(problems),
+                                 "samples_per_problem": cfg.n, "sample_seconds": round(t_sample, 1),
+                                 "score_seconds": round(time.time() - t - t_sample, 1),
+                                 "curves": bestofn.curves(samples, list(scorers), prob, cfg.ns, cfg.n_subsets,
+                                                          cfg.seed),
+                                 "mean_sample_accuracy": sum(s.correct for ss in samples for s in ss)
+                                 / sum(len(ss) for ss in samples)}
+                settings[key]["_samples"] = samples  # kept in memory for the step-error section only
+                log(f"best-of-N {key}: {len(problems)} problems x {cfg.n} samples in {t_sample:.0f} s; "
+                    f"pass@1 {settings[key]['curves']['oracle (pass@N)'][1]:.3f}")
+        if "bestofn" in cfg.sections:
+            results["bestofn"] = {k: {kk: vv for kk, vv in v.items() if kk != "_samples"} for k, v in settings.items()}
+            save()
+        if "steperror" in cfg.sections:
+            results["steperror"] = step_error_section(cfg, policy, scorers, in_dist, settings, log)
+            save()
+
+    if "gsm8k" in cfg.sections:
+        results["gsm8k"] = gsm8k_section(cfg, log)
+        save()
+    if "policies" in cfg.sections and cfg.runs:
+        results["policies"] = policies_section(cfg, policy, in_dist, log)
+        save()
+    if "search" in cfg.sections:
+        results["search"] = search_section(cfg, policy, scorers, in_dist, log)
+        save()
+    results["total_seconds"] = round(time.time() - t0, 1)
+    save()
+    return results
+
+
+def step_error_section(cfg, policy, scorers, in_dist, settings, log) -> dict:
+    task = ArithmeticTask(in_dist)
+    out: dict = {"sources": {}}
+    # 1. corrupted references: dev and test from different problem seeds
+    dev_items = steperror.corrupted_set(bestofn.heldout_problems(in_dist, cfg.dev_problems, "dev"), cfg.seed + 1)
+    test_items = steperror.corrupted_set(bestofn.heldout_problems(in_dist, cfg.problems), cfg.seed + 2)
+    steperror.check_corrupted(task, dev_items + test_items)
+    src = {}
+    for name, scorer in scorers.items():
+        dev = steperror.score_items(scorer, name, dev_items)
+        test = steperror.score_items(scorer, name, test_items)
+        src[name] = steperror.localisation(dev, test, name)
+    out["sources"]["corrupted references (in-distribution)"] = {"dev": len(dev_items), "test": len(test_items),
+                                                                 "prms": src}
+    # 2. the policy's own samples (T=1.0 in-distribution and harder), checker-labelled; dev = a sampled dev split
+    key = next((k for k in settings if k.startswith("in-distribution") and k.endswith(f"T={max(cfg.temperatures)}")),
+               None)
+    if key is not None:
+        dev_problems = bestofn.heldout_problems(in_dist, cfg.dev_problems, "dev")
+        dev_samples = bestofn.sample_problems(policy, task, dev_problems, bestofn.SampleConfig(
+            n=8, temperature=max(cfg.temperatures), seed=cfg.seed + 99, max_step_tokens=cfg.max_step_tokens, max_steps=cfg.max_steps))
+        for name, scorer in scorers.items():
+            bestofn.score_samples(scorer, name, [p.question for p in dev_problems], dev_samples)
+        dev = steperror.balanced([s for ss in dev_samples for s in ss if s.steps], cfg.seed)
+        hard_key = key.replace("in-distribution", "harder")
+        pooled = [s for k in (key, hard_key) if k in settings for ss in settings[k]["_samples"] for s in ss if s.steps]
+        test = steperror.balanced(pooled, cfg.seed, cap=400)
+        if not dev or not test:  # the policy never (or always) solved them: no balanced set to score
+            out["notes"] = f"policy samples: no balanced dev/test set (dev {len(dev)}, test {len(test)})"
+            return out
+        src = {name: steperror.localisation(dev, test, name) for name in scorers}
+        out["sources"][f"policy samples ({key} + harder)"] = {"dev": len(dev), "test": len(test), "prms": src}
+    for label, s in out["sources"].items():
+        for name, r in s["prms"].items():
+            log(f"first-error {label} / {name}: F1 {r['f1']:.3f} (err {r['acc_erroneous']:.3f}, "
+                f"correct {r['acc_correct']:.3f}, threshold {r['threshold']:.4g})")
+    return out
+
+
+def gsm8k_section(cfg, log) -> dict:
+    from repirl.scoring.loader import load_scorer
+
+    if not cfg.gsm8k_prm:
+        log("gsm8k: no PRM trained offline on GSM8K given (--gsm8k-prm); section skipped")
+        return {"skipped": "no PRM trained offline on GSM8K was available"}
+    prm_dir = Path(cfg.gsm8k_prm)
+    skip = gsm8k_rerank.offline_limit(prm_dir.parent)
+    questions, problems = gsm8k_rerank.load_candidates(skip, cfg.gsm8k_limit)
+    if not problems:
+        return {"skipped": f"the offline run saw all questions (limit {skip})"}
+    scorer = load_scorer(prm_dir, engine=cfg.prm_engine, name="gsm8k-offline")
+    t = time.time()
+    res = gsm8k_rerank.rerank(scorer, "gsm8k-offline", questions, problems)
+    labelled = gsm8k_rerank.note_labelled(problems)
+    half = len(labelled) // 2  # first half of the questions' labelled solutions: dev; second half: test
+    res["first_error"] = steperror.localisation(steperror.balanced(labelled[:half], cfg.seed),
+                                                steperror.balanced(labelled[half:], cfg.seed), "gsm8k-offline")
+    res.update(prm=str(prm_dir), skipped_first=skip, seconds=round(time.time() - t, 1))
+    log(f"gsm8k best-of-4 on {res['questions']} questions: PRM {res['PRM rerank']:.3f}, majority "
+        f"{res['majority vote']:.3f}, random {res['random (mean candidate accuracy)']:.3f}, oracle {res['oracle']:.3f}")
+    return res
+
+
+def policies_section(cfg, main_policy, in_dist, log) -> dict:
+    from repirl.policy import load_policy
+
+    task = ArithmeticTask(in_dist)
+    problems = bestofn.heldout_problems(in_dist, cfg.policy_problems)
+    rows = []
+    for run in cfg.runs:
+        info = policies.describe_run(Path(run))
+        pol = load_policy(Path(run) / "policy", engine="transformers")
+        t = time.time()
+        greedy = policies.policy_accuracy(pol, task, problems, 0.0, 1, cfg.seed, max_step_tokens=cfg.max_step_tokens, max_steps=cfg.max_steps)
+        sampled = policies.policy_accuracy(pol, task, problems, 0.8, cfg.policy_samples, cfg.seed,
+                                           max_step_tokens=cfg.max_step_tokens, max_steps=cfg.max_steps)
+        rows.append({"run": info.name, "algorithm": info.algorithm, "seed": info.seed, "greedy": greedy,
+                     "sampled": sampled, "seconds": round(time.time() - t, 1)})
+        log(f"policy {info.name} ({info.algorithm}, seed {info.seed}): greedy {greedy:.3f}, sampled {sampled:.3f}")
+        del pol
+    return {"problems": len(problems), "sampled_temperature": 0.8, "samples_per_problem": cfg.policy_samples,
+            "runs": rows, "by_algorithm": policies.by_algorithm(rows)}
+
+
+def search_section(cfg, policy, scorers, in_dist, log) -> dict:
+    task = ArithmeticTask(in_dist)
+    problems = bestofn.heldout_problems(bestofn.harder(in_dist), cfg.search_problems)
+    out = {"problems": len(problems), "task": "harder", "temperature": 0.8, "n": cfg.search_n,
+           "beam_width": cfg.beam_width, "prms": {}}
+    task = ArithmeticTask(bestofn.harder(in_dist))
+    prm_name = next((n for n in scorers if "repirl" in n.lower()), next(iter(scorers), None))
+    if prm_name is None:
+        return {"skipped": "no PRM"}
+    rows = {}
+    for label, knobs in search_cost.strategies(cfg.search_n, cfg.beam_width).items():
+        rows[label] = search_cost.run_strategy(policy, scorers[prm_name], task, problems, knobs, 0.8, cfg.seed,
+                                               max_step_tokens=cfg.max_step_tokens, max_steps=cfg.max_steps)
+        log(f"search {label} with {prm_name}: accuracy {rows[label]['accuracy']:.3f}, policy tokens "
+            f"{rows[label]['policy_tokens_per_problem']:.0f}, PRM tokens computed "
+            f"{rows[label]['prm_tokens_computed_per_problem']:.0f} per problem")
+    out["prms"][prm_name] = rows
+    return out

@@ -1,0 +1,193 @@
+"""The text of docs/results.md: tables, the issue's targets checked against the numbers, data / seeds / commands,
+and what the numbers do not show."""
+
+from __future__ import annotations
+
+import math
+
+from trainer.evaluation.report import _curve_at, _f
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def _se(p, n) -> str:
+    return "" if p is None or n == 0 or math.isnan(p) else f" ± {math.sqrt(max(p * (1 - p), 0) / n):.3f}"
+
+
+def _task(t: dict) -> str:
+    return (f"{t['min_ops']}-{t['max_ops']} operations, operands <= {t['max_operand']}, "
+            f"multipliers <= {t['max_multiplier']}")
+
+
+def bestofn_targets(bestofn: dict) -> list[str]:
+    """The issue's target per setting and PRM: best-of-16 >= max(majority, likelihood) + 3 points, rising curve."""
+    out = []
+    for key, s in bestofn.items():
+        c = s["curves"]
+        base = max(_curve_at(c["majority vote"], 16) or 0, _curve_at(c["policy likelihood rerank"], 16) or 0)
+        for method, cur in c.items():
+            if not method.startswith("PRM rerank"):
+                continue
+            at16 = _curve_at(cur, 16)
+            if at16 is None:
+                continue
+            ns = sorted(int(n) for n in cur)
+            rising = _curve_at(cur, ns[-1]) > _curve_at(cur, 1)
+            ok = at16 >= base + 0.03 and rising
+            out.append(f"- {key}, {method[len('PRM rerank: '):]}: best-of-16 {_f(at16)} vs the better baseline "
+                       f"{_f(base)} ({'+' if at16 >= base else ''}{100 * (at16 - base):.1f} points), curve "
+                       f"{'rises' if rising else 'does not rise'} from N=1 to N={ns[-1]}: "
+                       f"**{'met' if ok else 'missed'}**")
+    return out
+
+
+def section_bestofn(r: dict, plots: dict) -> list[str]:
+    b = r["bestofn"]
+    lines = ["## 1. Best-of-N on held-out synthetic problems", ""]
+    if "bestofn" in plots:
+        lines += [f"![best-of-N curves]({plots['bestofn']})", ""]
+    first = next(iter(b.values()))
+    ns = sorted(int(n) for n in first["curves"]["oracle (pass@N)"])
+    for key, s in b.items():
+        lines += [f"**{key}** ({s['problems']} problems, {s['samples_per_problem']} samples each, mean sample "
+                  f"accuracy {_f(s['mean_sample_accuracy'])}; {_task(s['task'])}; sampling {s['sample_seconds']} s, "
+                  f"PRM scoring {s['score_seconds']} s)", ""]
+        rows = [[m] + [_f(_curve_at(c, n)) for n in ns] for m, c in s["curves"].items()]
+        lines += _table(["method"] + [f"N={n}" for n in ns], rows) + [""]
+    p = first["problems"]
+    lines += [f"Standard error of one accuracy over {p} problems: up to {0.5 / math.sqrt(p):.3f} (at 50%); "
+              "differences between methods on the same samples are paired and vary less, but a few points "
+              "are within noise.", "", "Targets (issue 4):", ""] + bestofn_targets(b) + [""]
+    return lines
+
+
+def section_steperror(r: dict, plots: dict) -> list[str]:
+    lines = ["## 2. Step-error localisation (ProcessBench style)", "",
+             "Prediction: the first step whose PRM step reward is below a threshold (none below: \"no error\"). "
+             "The threshold maximises F1 on a dev split of other problems and is applied unchanged to the test "
+             "split. F1 = harmonic mean of the accuracy on erroneous solutions (exact first wrong step) and on "
+             "correct ones (no step flagged). Target (issue 4): F1 >= 0.7.", ""]
+    for label, s in r["steperror"]["sources"].items():
+        lines += [f"**{label}** (dev {s['dev']}, test {s['test']} solutions, half of each erroneous)", ""]
+        rows = [[name, _f(v["threshold"], 4), _f(v["dev_f1"]), _f(v["acc_erroneous"]), _f(v["acc_correct"]),
+                 f"**{_f(v['f1'])}**", "met" if v["f1"] >= 0.7 else "missed"]
+                for name, v in s["prms"].items()]
+        lines += _table(["PRM", "threshold", "dev F1", "acc. erroneous", "acc. correct", "test F1", ">= 0.7"], rows)
+        if label in plots:
+            lines += ["", f"![confusion]({plots[label]})"]
+        lines += [""]
+    if r["steperror"].get("notes"):
+        lines += [r["steperror"]["notes"], ""]
+    return lines
+
+
+def section_gsm8k(r: dict) -> list[str]:
+    g = r["gsm8k"]
+    lines = ["## 3. Real data: best-of-4 on GSM8K model solutions", ""]
+    if g.get("skipped"):
+        return lines + [f"Not run: {g['skipped']}. `repirl train --config configs/offline_gsm8k.yaml` trains one; "
+                        "`make report` then includes it.", ""]
+    n = g["questions"]
+    lines += [f"PRM `{g['prm']}` (trained by the `offline` algorithm); questions {g['skipped_first']}..."
+              f"{g['skipped_first'] + n - 1} of model_solutions.jsonl ({n} questions the offline run never saw: "
+              "it trained on the first `offline.limit`). Four real solutions per question (GPT-3 6B/175B, "
+              "fine-tuned and verification samples).", ""]
+    keys = ["PRM rerank", "PRM-weighted vote", "majority vote", "random (mean candidate accuracy)", "first candidate",
+            "oracle"]
+    lines += _table(["method", "accuracy"], [[k, _f(g[k]) + _se(g[k], n)] for k in keys if k in g]) + [""]
+    fe = g.get("first_error")
+    if fe:
+        lines += [f"First-error localisation from calculator notes (dev/test = first/second half of the labelled "
+                  f"solutions, balanced): threshold {_f(fe['threshold'], 4)}, accuracy erroneous "
+                  f"{_f(fe['acc_erroneous'])}, correct {_f(fe['acc_correct'])}, F1 {_f(fe['f1'])} "
+                  f"({fe['n_erroneous']} + {fe['n_correct']} solutions).", ""]
+    return lines
+
+
+def section_policies(r: dict, plots: dict) -> list[str]:
+    p = r["policies"]
+    lines = ["## 4. Policies per algorithm", "",
+             f"Held-out in-distribution problems: {p['problems']}; greedy = one T=0 solution; sampled = mean "
+             f"accuracy of {p['samples_per_problem']} samples at T={p['sampled_temperature']} per problem. "
+             "Spread = standard deviation over the training seeds available (0 with one seed).", ""]
+    rows = [[a["algorithm"], ", ".join(a["runs"]), ", ".join(map(str, a["seeds"])),
+             f"{_f(a['greedy_mean'])} ± {_f(a['greedy_std'])}", f"{_f(a['sampled_mean'])} ± {_f(a['sampled_std'])}"]
+            for a in p["by_algorithm"]]
+    lines += _table(["algorithm", "runs", "seeds", "greedy", "sampled"], rows) + [""]
+    if "policies" in plots:
+        lines += [f"![policies]({plots['policies']})", ""]
+    return lines
+
+
+def section_search(r: dict, plots: dict) -> list[str]:
+    s = r["search"]
+    if s.get("skipped"):
+        return ["## 5. Search accuracy and cost", "", f"Not run: {s['skipped']}.", ""]
+    lines = ["## 5. Search accuracy and cost at equal budget", "",
+             f"{s['problems']} held-out {s['task']} problems, T={s['temperature']}, n={s['n']} samples "
+             f"(beam/DVTS: n candidates per step, beam width {s['beam_width']}). Every search starts with a cold "
+             "PRM KV cache. Tokens are per problem.", ""]
+    for prm, rows in s["prms"].items():
+        lines += [f"PRM: {prm}", ""]
+        lines += _table(["strategy", "accuracy", "policy tokens", "PRM tokens handed", "PRM tokens computed",
+                         "wall s"],
+                        [[k, _f(v["accuracy"]) + _se(v["accuracy"], v["problems"]),
+                          f"{v['policy_tokens_per_problem']:.0f}", f"{v['prm_tokens_total_per_problem']:.0f}",
+                          f"{v['prm_tokens_computed_per_problem']:.0f}", f"{v['wall_time_s_per_problem']:.2f}"]
+                         for k, v in rows.items()]) + [""]
+    if "search" in plots:
+        lines += [f"![search]({plots['search']})", ""]
+    return lines
+
+
+def markdown(r: dict, plots: dict, commands: list[str]) -> str:
+    cfg = r.get("config", {})
+    lines = ["# Results: is the learned PRM any good?", "",
+             "Generated by `repirl eval` (`make report`); do not edit by hand. Every number below comes from "
+             "`docs/results/results.json`, written by the same run.", "",
+             "## Data, seeds, commands", "",
+             f"- Policy whose samples are reranked and searched: `{cfg.get('policy')}` (engine "
+             f"`{cfg.get('policy_engine')}`); PRMs: "
+             + ", ".join(f"{k} = `{v}`" for k, v in (cfg.get("prms") or {}).items())
+             + f" (scorer engine `{cfg.get('prm_engine')}`, each PRM's default aggregation from prm.json).",
+             "- Held-out problems: `ArithmeticTask(cfg).sample(n, seed=12345, prefix='heldout')` (the trainer's "
+             "held-out seed: no training run trains on them); in-distribution cfg = the policy's `policy.json` task "
+             "config; harder = two more operations, operands x2.5. Dev split (thresholds): seed 54321, test "
+             "questions removed.",
+             f"- Samples: `run_search(policy, None, q, SearchParams(strategy='best-of-n', n={cfg.get('n')}, "
+             f"seed={cfg.get('seed')} + 7919 * problem_index, ...))`, i.e. the service's search code; every "
+             f"selection rule is `repirl.search.choose` on the same samples. Curves for N < {cfg.get('n')} average "
+             f"{cfg.get('n_subsets')} random subsets per problem (all singletons for N=1), seed {cfg.get('seed')}.",
+             f"- Total evaluation time: {r.get('total_seconds', 'n/a')} s on 2 shared CPU cores.", ""]
+    if commands:
+        lines += ["```bash"] + commands + ["```", ""]
+    if r.get("bestofn"):
+        lines += section_bestofn(r, plots)
+    if r.get("steperror"):
+        lines += section_steperror(r, plots)
+    if r.get("gsm8k"):
+        lines += section_gsm8k(r)
+    if r.get("policies"):
+        lines += section_policies(r, plots)
+    if r.get("search"):
+        lines += section_search(r, plots)
+    lines += ["## What these numbers do not show", ""] + NOT_SHOWN + [""]
+    if r.get("notes"):
+        lines += ["## Notes", ""] + [f"- {n}" for n in r["notes"]] + [""]
+    return "\n".join(lines)
+
+
+NOT_SHOWN = [
+    "- Tiny models (a ~1 M parameter byte-level Qwen2) on a synthetic arithmetic task: nothing here says how rePIRL "
+    "behaves at scale or on natural-language reasoning; GSM8K is scored by a tiny PRM trained on a few hundred "
+    "questions.",
+    "- One training seed per algorithm unless the policy table lists more: the spread over training seeds is not "
+    "measured where it shows 0.",
+    "- Best-of-N curves subsample one set of samples per problem: the N points are not independent, and the "
+    "problem-level noise (see the standard errors) is shared by all methods.",
+    "- The step-error test set with corrupted references contains errors of one kind (a wrong result, propagated); "
+    "the policy's own errors (wrong operand, skipped step, early answer) are in the policy-sample source only.",
+    "- Search costs count tokens, not time: wall time on 2 shared CPU cores says little about a GPU deployment.",
+]
