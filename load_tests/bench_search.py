@@ -1,5 +1,5 @@
 """Search benchmark: PRM tokens computed per unique token of the search tree, for step beam search (n=16,
-beam_width=4) on arithmetic problems, with three PRM set-ups in the same run:
+beam_width=4) on held-out arithmetic problems, with three PRM set-ups in the same run:
 
   kv-reuse     the transformers PRM engine with its prefix KV cache (scores only tokens it has not seen)  target <= 1.3
   rescore      the same engine with the KV cache off: every step re-scores whole trajectories (search-and-learn)
@@ -9,7 +9,7 @@ beam_width=4) on arithmetic problems, with three PRM set-ups in the same run:
 "tree tokens" counts the prompt plus every distinct step prefix once: the least any PRM must compute. Each set-up
 runs its own search (same seeds), so each ratio is against its own tree; the policy is the transformers engine.
 
-Usage: python load_tests/bench_search.py [--policy DIR] [--prm DIR] [--problems 4] [--no-vllm]
+Usage: OMP_NUM_THREADS=1 python load_tests/bench_search.py [--policy DIR] [--prm DIR] [--problems 8] [--no-vllm]
 Defaults: runs/demo/policy and runs/demo/prm when present, else the toy policy and a PRM initialised from it.
 """
 
@@ -23,6 +23,25 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+
+HELDOUT_SEED = 12345  # the demo's held-out problems: `repirl bootstrap` evaluates task.sample(n, seed=12345)
+
+
+class TimedScorer:
+    """Times the PRM calls of a search (the wall time also holds the policy's sampling, the same for each set-up)."""
+
+    def __init__(self, inner):
+        self.inner, self.seconds = inner, 0.0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def score(self, items):
+        t0 = time.perf_counter()
+        try:
+            return self.inner.score(items)
+        finally:
+            self.seconds += time.perf_counter() - t0
 
 
 class StepCacheScorer:
@@ -82,7 +101,7 @@ def _questions(policy_dir: Path, k: int) -> list[str]:
         return [TOY_QUESTION] * k
     cfg = ArithmeticConfig(**{k2: v for k2, v in (task.get("config") or {}).items()
                               if k2 in ArithmeticConfig.__dataclass_fields__})
-    return [p.question for p in ArithmeticTask(cfg).sample(k, seed=12345, prefix="bench")]
+    return [p.question for p in ArithmeticTask(cfg).sample(k, seed=HELDOUT_SEED, prefix="heldout")]
 
 
 def _forget(scorer) -> None:
@@ -110,36 +129,57 @@ def run(args) -> None:
         from repirl.scoring.vllm_engine import VLLMScorer
 
         setups["vllm+cache"] = StepCacheScorer(VLLMScorer(prm_dir, cfg))
-    print(f"policy {policy_dir}  prm {prm_dir}  problems {len(questions)}  beam search n=16 beam_width=4")
-    rows = {}
+    print(f"policy {policy_dir}  prm {prm_dir}  held-out problems {len(questions)}  "
+          f"beam search n=16 beam_width=4 max_steps={args.max_steps}")
+
+    def params(i: int) -> SearchParams:
+        return SearchParams(strategy="beam", n=16, beam_width=4, max_steps=args.max_steps,
+                            max_step_tokens=args.max_step_tokens, seed=1000 + i)
+
+    rows, searches = {}, {}
     for name, scorer in setups.items():
+        run_search(policy, scorer, questions[0], params(-1))  # warm-up (first-call costs), not counted
+        timed = TimedScorer(scorer)
         computed = tree = total = 0
         t0 = time.perf_counter()
         for i, q in enumerate(questions):
             _forget(scorer)  # each search starts cold: reuse counted only inside its own tree
-            params = SearchParams(strategy="beam", n=16, beam_width=4, max_steps=args.max_steps,
-                                  max_step_tokens=args.max_step_tokens, seed=1000 + i)
-            st = run_search(policy, scorer, q, params).stats
+            st = run_search(policy, timed, q, params(i)).stats
             computed += st.prm_tokens_computed
             tree += st.tree_tokens
             total += st.prm_tokens_total
-        rows[name] = (computed, tree, total, time.perf_counter() - t0)
+            searches.setdefault(name, []).append(st)
+        rows[name] = (computed, tree, total, timed.seconds, time.perf_counter() - t0)
+    first = next(iter(searches.values()))
+    print(f"search trees (per problem, mean): steps {_mean(s.steps for s in first):.1f}, candidates "
+          f"{_mean(s.candidates for s in first):.1f}, duplicates dropped {_mean(s.duplicates_dropped for s in first):.1f}, "
+          f"unique tree tokens {_mean(s.tree_tokens for s in first):.1f}")
     print(f"{'set-up':<12} {'PRM tokens computed':>20} {'tree tokens':>12} {'computed/tree':>14} "
-          f"{'tokens handed to PRM':>21} {'wall s':>8}")
-    for name, (computed, tree, total, wall) in rows.items():
-        print(f"{name:<12} {computed:>20} {tree:>12} {computed / max(tree, 1):>14.3f} {total:>21} {wall:>8.2f}")
+          f"{'tokens handed to PRM':>21} {'PRM s':>7} {'wall s':>8}")
+    for name, (computed, tree, total, prm_s, wall) in rows.items():
+        print(f"{name:<12} {computed:>20} {tree:>12} {computed / max(tree, 1):>14.3f} {total:>21} {prm_s:>7.2f} "
+              f"{wall:>8.2f}")
     base = rows["rescore"][0] / max(rows["rescore"][1], 1)
-    for name, (computed, tree, _, _) in rows.items():
+    for name, (computed, tree, *_rest) in rows.items():
         ratio = computed / max(tree, 1)
         print(f"{name}: computed/tree = {ratio:.3f} ({base / max(ratio, 1e-9):.1f}x fewer than rescore)"
               + ("  target <= 1.3: " + ("MET" if ratio <= 1.3 else "MISSED") if name == "kv-reuse" else ""))
+    for scorer in setups.values():
+        close = getattr(getattr(scorer, "inner", scorer), "close", None)
+        if callable(close):
+            close()
+
+
+def _mean(xs) -> float:
+    xs = list(xs)
+    return sum(xs) / max(len(xs), 1)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--policy")
     ap.add_argument("--prm")
-    ap.add_argument("--problems", type=int, default=4)
+    ap.add_argument("--problems", type=int, default=8)
     ap.add_argument("--max-steps", type=int, default=8)
     ap.add_argument("--max-step-tokens", type=int, default=64)
     ap.add_argument("--no-vllm", action="store_true", help="skip the vLLM pooling set-up")

@@ -27,6 +27,8 @@ def discover(runs_dir: Path) -> tuple[dict[str, str], list[str], str | None]:
 
     prms, runs, gsm8k = {}, [], None
     for run in sorted(p for p in runs_dir.iterdir() if p.is_dir()) if runs_dir.is_dir() else []:
+        if not ((run / "config.yaml").is_file() or (run / "bootstrap.json").is_file()):
+            continue  # not a run of ours (a bare model folder, a copy): its algorithm would be a guess
         info = describe_run(run)
         if (run / "prm" / "prm.json").is_file():
             if info.algorithm == "offline":

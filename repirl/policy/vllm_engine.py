@@ -44,6 +44,21 @@ class VLLMPolicy:
         self.encoder = encoder_for(self.tokenizer, self.config)
         self._lock = threading.Lock()
 
+    def close(self) -> None:
+        """Stop vLLM's engine-core process now. Left to interpreter exit it outlived a SIGTERM'd server (seen with
+        `python -m server --policy vllm:DIR`): the app's shutdown calls this. Idempotent."""
+        engine = getattr(self, "llm", None) and getattr(self.llm, "llm_engine", None)
+        core = getattr(engine, "engine_core", None)
+        if core is None:
+            return
+        # let a running generate() finish first, but never hang a shutdown on it
+        locked = self._lock.acquire(timeout=30)
+        try:
+            core.shutdown()
+        finally:
+            if locked:
+                self._lock.release()
+
     def sample_steps(self, prefixes: Sequence[Prefix], params: SamplingConfig) -> list[list[StepSample]]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt

@@ -132,18 +132,22 @@ class HFScorer:
         return (), None
 
     def _prefill_shared_prefixes(self, trajs: list[TrajectoryIds]) -> dict[tuple[int, ...], int]:
-        """Items of one call that share a step prefix (best-of-N candidates, beam expansions) compute it once: the
-        longest prefix shared by two or more items and not cached yet is scored first (recursively, so a tree of
-        prefixes costs each node once), then the items resume from its KV. Returns prefix -> tokens computed."""
+        """Items of one call that share a prefix (the prompt, or the prompt and some steps: best-of-N candidates,
+        beam expansions) compute it once: the longest prefix shared by two or more items and not cached yet is
+        scored first (recursively, so a tree of prefixes costs each node once), then the items resume from its KV.
+        Returns prefix -> tokens computed."""
         counts: Counter[tuple[int, ...]] = Counter()
         for t in trajs:
-            for k in range(1, len(t.step_spans)):  # proper prefixes only
+            # k = 0 is the prompt (at step 1 of a search the candidates share only the prompt); the item's whole
+            # length counts too, so an item that is a prefix of others (a prompt-only prefix in the recursion) is
+            # computed once and the others resume from it
+            for k in range(len(t.step_spans) + 1):
                 counts[tuple(t.ids[: t.prefix_len(k)])] += 1
         todo: dict[tuple[int, ...], TrajectoryIds] = {}
         for t in trajs:
-            for k in range(len(t.step_spans) - 1, 0, -1):
+            for k in range(len(t.step_spans) - 1, -1, -1):  # proper prefixes, longest first
                 key = tuple(t.ids[: t.prefix_len(k)])
-                if self.kv.get(key) is not None:
+                if not key or self.kv.get(key) is not None:
                     break  # already as good as it gets for this item
                 if counts[key] >= 2 and len(key) <= self.kv.max_tokens:
                     todo.setdefault(key, TrajectoryIds(list(key), t.prompt_len, t.step_spans[:k]))
@@ -235,7 +239,7 @@ class HFScorer:
         full = len(traj.ids)
         kv_rows = [[(k[row: row + 1, :, :full].clone(), v[row: row + 1, :, :full].clone()) for k, v in layers]
                    for layers in caches]
-        for k in range(1, len(traj.step_spans) + 1):
+        for k in range(len(traj.step_spans) + 1):  # the prompt too: the next call's candidates all resume from it
             end = traj.prefix_len(k)
             if end <= start:
                 continue

@@ -62,10 +62,22 @@ def _check_sampling(policy):
 def vllm_policy(toy_dir):
     policy = load_policy(f"vllm:{toy_dir}", max_model_len=256)
     yield policy
-    policy.llm.llm_engine.engine_core.shutdown()  # free the engine core process before the api_server test starts
+    policy.close()  # free the engine core process before the api_server test starts (a no-op if a test closed it)
 
 
 def test_vllm_in_process_matches_transformers(vllm_policy, hf_policy):
     assert vllm_policy.llm.llm_engine.vllm_config.cache_config.enable_prefix_caching
     _check_against_transformers(vllm_policy, hf_policy)
     _check_sampling(vllm_policy)
+
+
+def test_close_stops_the_engine_core_process(vllm_policy):
+    """The server's shutdown calls close(): the engine core must not outlive it (it did before close() existed).
+    Runs last in this module: the engine is gone afterwards."""
+    procs = vllm_policy.llm.llm_engine.engine_core.resources.engine_manager.processes
+    assert procs and all(p.is_alive() for p in procs)
+    vllm_policy.close()
+    vllm_policy.close()  # idempotent (the app and the fixture may both call it)
+    for p in procs:
+        p.join(timeout=15)
+    assert not any(p.is_alive() for p in procs)

@@ -108,8 +108,9 @@ def test_shared_prefix_within_one_call_is_computed_once(format_prms, fmt):
     got, want = warm.score(items), cold.score(items)
     for g, w in zip(got, want):
         assert g.step_rewards == pytest.approx(w.step_rewards, abs=1e-4)
-    prefix = warm.encode(q, shared).prefix_len(2)
-    expected = prefix + sum(w.tokens_total - prefix for w in want[:3]) + want[3].tokens_total
+    prefix, prompt = warm.encode(q, shared).prefix_len(2), warm.encode(q, []).prompt_len
+    # the shared 2-step prefix once, each item's own tail; the 4th item shares only the prompt, computed once too
+    expected = prefix + sum(w.tokens_total - prefix for w in want[:3]) + want[3].tokens_total - prompt
     assert sum(g.tokens_computed for g in got) == expected < sum(w.tokens_computed for w in want)
 
 

@@ -194,3 +194,26 @@ def test_weighted_vote_with_probability_scores_sums_the_scores():
     assert choose(cands, "weighted", probability_scores=True)[1] == "2"  # 1.0 > 0.9
     # read as log-weights at T=0.1: answer 1 -> 1, answer 2 -> 2 * e^-4 = 0.04
     assert choose(cands, "weighted", vote_temperature=0.1, probability_scores=False)[1] == "1"
+
+
+@pytest.fixture(scope="module")
+def tiny_token_reward_prm(tmp_path_factory):
+    from repirl.scoring.tiny_prms import build_tiny_prm
+
+    return build_tiny_prm(tmp_path_factory.mktemp("search_prm") / "prm", "token-reward")
+
+
+def test_kv_reusing_prm_computes_each_tree_token_once(tiny_token_reward_prm):
+    """Beam search with the transformers PRM engine's KV reuse: PRM tokens computed == unique tokens of the search
+    tree (bench_search.py's target is <= 1.3). Step 1 has three distinct candidates sharing only the prompt: the
+    prompt is computed once, not once per candidate. Scores equal a cold engine's (no KV reuse)."""
+    from repirl.scoring.loader import load_scorer
+
+    params = SearchParams(strategy="beam", n=4, beam_width=2, select="naive", seed=0)
+    warm = run_search(ScriptedPolicy(), load_scorer(tiny_token_reward_prm, engine="hf", kv_cache_tokens=100_000),
+                      Q, params)
+    cold = run_search(ScriptedPolicy(), load_scorer(tiny_token_reward_prm, engine="hf", kv_cache_tokens=0), Q, params)
+    assert warm.stats.prm_tokens_computed == warm.stats.tree_tokens == cold.stats.tree_tokens
+    assert cold.stats.prm_tokens_computed == cold.stats.prm_tokens_total > 2 * warm.stats.tree_tokens
+    assert [c.steps for c in warm.candidates] == [c.steps for c in cold.candidates]
+    assert [c.score for c in warm.candidates] == pytest.approx([c.score for c in cold.candidates], abs=1e-5)

@@ -71,10 +71,29 @@ def test_default_search_and_prm_as_model(client):
 def test_openai_errors(client):
     with pytest.raises(openai.NotFoundError, match="not loaded"):
         client.chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": TOY_QUESTION}])
-    with pytest.raises(openai.BadRequestError, match="stream"):
-        client.chat.completions.create(model="policy", messages=[{"role": "user", "content": TOY_QUESTION}], stream=True)
+    with pytest.raises(openai.NotFoundError, match="not loaded"):  # a streamed request fails before its 200
+        client.chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": TOY_QUESTION}], stream=True)
     with pytest.raises(openai.UnprocessableEntityError, match="beam_width"):
         client.chat.completions.create(model="policy", messages=[{"role": "user", "content": TOY_QUESTION}],
                                        extra_body={"search": {"strategy": "beam", "n": 6, "beam_width": 4}})
     with pytest.raises(openai.UnprocessableEntityError, match="user message"):
         client.chat.completions.create(model="policy", messages=[{"role": "system", "content": "hi"}])
+
+
+def test_openai_client_streams_the_same_completion(client):
+    """stream=True: OpenAI chunks that the official client parses; joined, they are the non-streamed completion."""
+    search = {"strategy": "beam", "n": 4, "beam_width": 2, "max_steps": 6}
+    kwargs = dict(model="policy", messages=[{"role": "user", "content": TOY_QUESTION}], temperature=0.8, seed=5,
+                  extra_body={"search": search, "return_trace": True})
+    plain = client.chat.completions.create(**kwargs)
+    chunks = list(client.chat.completions.create(stream=True, stream_options={"include_usage": True}, **kwargs))
+    assert all(c.object == "chat.completion.chunk" for c in chunks) and len({c.id for c in chunks}) == 1
+    assert chunks[0].choices[0].delta.role == "assistant"
+    content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert content == plain.choices[0].message.content
+    finals = [c for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert len(finals) == 1 and finals[0].choices[0].finish_reason == "stop"
+    assert finals[0].model_extra["search"]["answer"] == plain.model_extra["search"]["answer"]
+    steps = [c.model_extra["search_step"] for c in chunks if not c.choices and c.model_extra.get("search_step")]
+    assert [s["step"] for s in steps] == [s["step"] for s in plain.model_extra["search"]["trace"]["steps"]]
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == plain.usage.completion_tokens

@@ -142,7 +142,9 @@ def inproc(toy_prm_dir):
     from server.settings import Settings
 
     policy = SlowEndlessPolicy()
-    settings = Settings(prm=[f"tr={toy_prm_dir}"], engine="hf", limits={"max_steps": 64, "max_search_samples": 10_000})
+    # an in-flight budget of 200 samples: one search of n=2 x 60 steps (120) fits, two do not
+    settings = Settings(prm=[f"tr={toy_prm_dir}"], engine="hf",
+                        limits={"max_steps": 64, "max_search_samples": 200, "max_search_samples_in_flight": 200})
     app = create_app(settings, on_startup=lambda st: st.policies.update(policy=policy))
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -185,3 +187,33 @@ def test_disconnect_of_a_plain_request_stops_the_search(inproc):
     time.sleep(1.0)
     assert policy.calls <= at_close + 1 and _calls_settle(policy) == 0
     assert policy.calls - start < 60
+
+
+def test_streams_over_the_in_flight_budget_get_a_real_429(inproc):
+    """A streamed search (or chat completion) that would exceed the in-flight budget is refused with 429 and
+    Retry-After before any 200, so clients see an ordinary error; the budget comes back when the first ends."""
+    import openai
+
+    url, policy = inproc
+    body = {"question": "q?", "strategy": "beam", "n": 2, "beam_width": 1, "max_steps": 60}
+    start = policy.calls
+    first = threading.Thread(target=lambda: pytest.raises(httpx.ReadTimeout, httpx.post, url + "/v1/search",
+                                                          json=body, timeout=3.0))
+    first.start()
+    while policy.calls == start:  # the first search is admitted and running
+        time.sleep(0.02)
+    r = httpx.post(url + "/v1/search", json=body | {"stream": True}, timeout=10)
+    assert r.status_code == 429 and r.headers["retry-after"] and r.json()["error"]["type"] == "queue_full"
+    chat = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
+    with pytest.raises(openai.RateLimitError):
+        chat.chat.completions.create(model="policy", messages=[{"role": "user", "content": "q?"}], stream=True,
+                                     extra_body={"search": {k: v for k, v in body.items() if k != "question"}})
+    first.join(10)  # its client gave up: the search is cancelled and its samples released
+    time.sleep(0.5)
+    with httpx.Client(base_url=url, timeout=30) as c:
+        with c.stream("POST", "/v1/search", json=body | {"stream": True}) as r2:
+            assert r2.status_code == 200
+            for line in r2.iter_lines():
+                if line.startswith("event: step"):
+                    break
+    _calls_settle(policy)  # leave no search running for the next test

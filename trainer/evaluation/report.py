@@ -32,14 +32,16 @@ def plot_bestofn(bestofn: dict, path: Path) -> None:
             style = "--" if method.startswith("oracle") else ":" if "weighted" in method else "-"
             ax.plot(ns, [_curve_at(c, n) for n in ns], style, marker="o", ms=3, label=method)
         ax.set_xscale("log", base=2)
+        ax.set_ylim(0, 1)
         ax.set_xlabel("N (samples)")
         ax.set_ylabel("accuracy")
         ax.set_title(f"{key} ({bestofn[key]['problems']} problems)")
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(keys):]:
         ax.axis("off")
-    axes.flat[0].legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8)
+    fig.tight_layout(rect=(0, 0.04 + 0.02 * math.ceil(len(labels) / 3), 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -76,12 +78,14 @@ def plot_search(search: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    for prm, rows in search["prms"].items():
+    fig, ax = plt.subplots(figsize=(7, 4))
+    markers = "osD^v<>"
+    for k, (prm, rows) in enumerate(search["prms"].items()):
         for label, r in rows.items():
-            ax.scatter(r["policy_tokens_per_problem"] + r["prm_tokens_computed_per_problem"], r["accuracy"], s=30)
-            ax.annotate(label, (r["policy_tokens_per_problem"] + r["prm_tokens_computed_per_problem"], r["accuracy"]),
-                        fontsize=7, xytext=(4, 2), textcoords="offset points")
+            ax.scatter(r["policy_tokens_per_problem"] + r["prm_tokens_computed_per_problem"], r["accuracy"], s=40,
+                       marker=markers[k % len(markers)], label=f"{label} [{prm}]")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7)
     ax.set_xlabel("tokens per problem (policy generated + PRM computed)")
     ax.set_ylabel("accuracy")
     ax.grid(alpha=0.3)
@@ -113,9 +117,14 @@ def plot_policies(pol: dict, path: Path) -> None:
 
 def render(results: dict, md_path: Path, plot_dir: Path, commands: list[str] | None = None) -> str:
     """Writes the markdown and the plots; returns the markdown."""
+    import json
+
     from trainer.evaluation.report_text import markdown
 
     plot_dir.mkdir(parents=True, exist_ok=True)
+    check = plot_dir / "service_check.json"  # written by load_tests/check_service_vs_eval.py --out
+    if check.is_file():
+        results = {**results, "service_check": json.loads(check.read_text())}
     plots = {}
     if results.get("bestofn"):
         plots["bestofn"] = plot_dir / "bestofn.png"

@@ -36,10 +36,11 @@ def bestofn_targets(bestofn: dict) -> list[str]:
             ns = sorted(int(n) for n in cur)
             rising = _curve_at(cur, ns[-1]) > _curve_at(cur, 1)
             ok = at16 >= base + 0.03 and rising
+            verdict = "control, no target" if "untrained" in method else "met" if ok else "missed"
             out.append(f"- {key}, {method[len('PRM rerank: '):]}: best-of-16 {_f(at16)} vs the better baseline "
                        f"{_f(base)} ({'+' if at16 >= base else ''}{100 * (at16 - base):.1f} points), curve "
                        f"{'rises' if rising else 'does not rise'} from N=1 to N={ns[-1]}: "
-                       f"**{'met' if ok else 'missed'}**")
+                       f"**{verdict}**")
     return out
 
 
@@ -72,7 +73,8 @@ def section_steperror(r: dict, plots: dict) -> list[str]:
     for label, s in r["steperror"]["sources"].items():
         lines += [f"**{label}** (dev {s['dev']}, test {s['test']} solutions, half of each erroneous)", ""]
         rows = [[name, _f(v["threshold"], 4), _f(v["dev_f1"]), _f(v["acc_erroneous"]), _f(v["acc_correct"]),
-                 f"**{_f(v['f1'])}**", "met" if v["f1"] >= 0.7 else "missed"]
+                 f"**{_f(v['f1'])}**",
+                 "control" if "untrained" in name else "met" if v["f1"] >= 0.7 else "missed"]
                 for name, v in s["prms"].items()]
         lines += _table(["PRM", "threshold", "dev F1", "acc. erroneous", "acc. correct", "test F1", ">= 0.7"], rows)
         if label in plots:
@@ -142,6 +144,28 @@ def section_search(r: dict, plots: dict) -> list[str]:
     return lines
 
 
+def section_service(c: dict, r: dict) -> list[str]:
+    names = [k for k, v in (r.get("config", {}).get("prms") or {}).items() if v.rstrip("/") == c["prm"].rstrip("/")]
+    setting = (r.get("bestofn") or {}).get(f"{c['task']}, T={c['temperature']}", {})
+    curve_n = _curve_at(setting.get("curves", {}).get(f"PRM rerank: {names[0]}", {}), c["n"]) if names else None
+    extra = ([f"Section 1 reports {_f(curve_n)} for the same PRM and setting at N={c['n']} (subsampled from "
+              f"{setting.get('samples_per_problem')} samples on {setting.get('problems')} problems, other seeds): "
+              f"the two agree within {_f(abs(curve_n - c['service_accuracy']))}; with "
+              f"{c['problems']} problems one standard error is about {_f(c['two_se'] / 2)}.", ""]
+             if curve_n is not None else [])
+    return ["## 6. The service gives what the evaluator measures", "",
+            f"`python load_tests/check_service_vs_eval.py --policy {c['policy']} --prm {c['prm']} --problems "
+            f"{c['problems']} --n {c['n']} --engine {c['engine']} --out docs/results/service_check.json`: "
+            f"best-of-{c['n']} (PRM rerank, T={c['temperature']}) on {c['problems']} held-out {c['task']} problems, "
+            "once through the evaluator's code in-process and once through `POST /v1/best-of-n` of a service "
+            "started with the same PRM and policy.", "",
+            *_table(["", "accuracy"], [["evaluator", _f(c["evaluator_accuracy"])],
+                                       ["service", _f(c["service_accuracy"])]]), "",
+            f"Same answer on {c['same_answer']}/{c['problems']} problems, same solution on "
+            f"{c.get('same_solution', 'n/a')}/{c['problems']} (seeded sampling, {c['engine']} engines on both "
+            f"sides); check {'passed' if c['passed'] else 'FAILED'}.", "", *extra]
+
+
 def markdown(r: dict, plots: dict, commands: list[str]) -> str:
     cfg = r.get("config", {})
     lines = ["# Results: is the learned PRM any good?", "",
@@ -154,12 +178,14 @@ def markdown(r: dict, plots: dict, commands: list[str]) -> str:
              + f" (scorer engine `{cfg.get('prm_engine')}`, each PRM's default aggregation from prm.json).",
              "- Held-out problems: `ArithmeticTask(cfg).sample(n, seed=12345, prefix='heldout')` (the trainer's "
              "held-out seed: no training run trains on them); in-distribution cfg = the policy's `policy.json` task "
-             "config; harder = two more operations, operands x2.5. Dev split (thresholds): seed 54321, test "
+             "config; harder = the longest trained length or one more operation, operands x2. Dev split (thresholds): seed 54321, test "
              "questions removed.",
              f"- Samples: `run_search(policy, None, q, SearchParams(strategy='best-of-n', n={cfg.get('n')}, "
              f"seed={cfg.get('seed')} + 7919 * problem_index, ...))`, i.e. the service's search code; every "
              f"selection rule is `repirl.search.choose` on the same samples. Curves for N < {cfg.get('n')} average "
-             f"{cfg.get('n_subsets')} random subsets per problem (all singletons for N=1), seed {cfg.get('seed')}.",
+             f"{cfg.get('n_subsets')} random subsets per problem (all singletons for N=1), seed {cfg.get('seed')}; the "
+             "oracle is the exact unbiased pass@N from the same samples. A sample that never states an answer "
+             "counts as wrong.",
              f"- Total evaluation time: {r.get('total_seconds', 'n/a')} s on 2 shared CPU cores.", ""]
     if commands:
         lines += ["```bash"] + commands + ["```", ""]
@@ -173,6 +199,8 @@ def markdown(r: dict, plots: dict, commands: list[str]) -> str:
         lines += section_policies(r, plots)
     if r.get("search"):
         lines += section_search(r, plots)
+    if r.get("service_check"):
+        lines += section_service(r["service_check"], r)
     lines += ["## What these numbers do not show", ""] + NOT_SHOWN + [""]
     if r.get("notes"):
         lines += ["## Notes", ""] + [f"- {n}" for n in r["notes"]] + [""]

@@ -28,6 +28,11 @@ class ChatMessage(BaseModel):
         return self.content or ""
 
 
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    include_usage: bool = False
+
+
 class ChatCompletionRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")  # unknown OpenAI fields (user, metadata, ...) do not fail a request
     model: str = Field(description="the policy ('policy' in GET /v1/models) or a PRM name")
@@ -38,7 +43,9 @@ class ChatCompletionRequest(BaseModel):
     max_completion_tokens: int | None = Field(None, ge=1)
     seed: int | None = None
     n: int = Field(1, ge=1, le=1, description="one choice: the search's pick (use search.n for the sample budget)")
-    stream: bool = Field(False, description="not supported here; /v1/search streams search steps")
+    stream: bool = Field(False, description="chat.completion.chunk events: the role at once, the chosen trajectory "
+                         "step by step when the search ends, then [DONE] (/v1/search streams every search step)")
+    stream_options: StreamOptions | None = None
     # repirl extensions
     search: SearchParams = Field(default_factory=lambda: SearchParams(strategy="best-of-n", n=4))
     prm: str | None = Field(None, description="PRM name; default: the first loaded")
@@ -81,3 +88,29 @@ class ChatCompletionResponse(BaseModel):
     choices: list[Choice]
     usage: Usage
     search: SearchInfo
+
+
+class Delta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChunkChoice(BaseModel):
+    index: int = 0
+    delta: Delta
+    finish_reason: Literal["stop", "length"] | None = None
+    logprobs: None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    """One `data:` line of a streamed chat completion. repirl's extras: `search_step` (with return_trace, one chunk
+    per search step, choices empty) and `search` (on the chunk that carries finish_reason)."""
+
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    usage: Usage | None = None
+    search: SearchInfo | None = None
+    search_step: dict[str, Any] | None = None

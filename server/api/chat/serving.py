@@ -1,15 +1,26 @@
 """Chat completions through the same SearchJob as /v1/search: the last user message is the question, the search's
-pick is the assistant message (steps joined by the policy's separator), the search itself is in `search`."""
+pick is the assistant message (steps joined by the policy's separator), the search itself is in `search`.
+
+`stream: true` follows OpenAI's chunk format: the role chunk at once, then (the pick is only known when the search
+ends) the chosen trajectory one step per chunk, a chunk with finish_reason (and repirl's `search`), the usage chunk
+when `stream_options.include_usage`, and `data: [DONE]`. Errors before the stream starts (validation, limits, the
+in-flight budget) are ordinary 4xx/429 responses; after it, an OpenAI-style `{"error": ...}` data line."""
 
 from __future__ import annotations
 
+import json
+import time
+import uuid
+from typing import AsyncIterator
+
 from fastapi import Request
 
-from server.api.chat.protocol import (ChatCompletionRequest, ChatCompletionResponse, Choice, ResponseMessage,
-                                      SearchInfo, Usage)
-from server.api.search.serving import SearchJob, fit_defaults, run_job
+from repirl.search import SearchResult
+from server.api.chat.protocol import (ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse, Choice,
+                                      ChunkChoice, Delta, ResponseMessage, SearchInfo, Usage)
+from server.api.search.serving import SearchJob, fit_defaults, run_job, streaming_response
 from server.deps import AppState
-from server.errors import APIError
+from server.errors import APIError, error_body, to_response
 
 
 def _question(req: ChatCompletionRequest) -> str:
@@ -19,10 +30,7 @@ def _question(req: ChatCompletionRequest) -> str:
     return users[-1].text()
 
 
-async def serve_chat(state: AppState, req: ChatCompletionRequest, request: Request) -> ChatCompletionResponse:
-    if req.stream:
-        raise APIError(400, "stream: chat streaming is not supported; POST /v1/search with stream: true streams "
-                       "search steps", "stream")
+def _make_job(state: AppState, req: ChatCompletionRequest) -> SearchJob:
     prm, policy = req.prm, None
     if req.model in state.policies:
         policy = req.model
@@ -37,21 +45,76 @@ async def serve_chat(state: AppState, req: ChatCompletionRequest, request: Reque
     params = type(params).model_validate(params.model_dump())  # re-validate with the overrides applied
     given = req.search.model_fields_set | {k for k, v in overrides.items() if v is not None}
     params = fit_defaults(state, params, given)
-    question = _question(req)
-    job = SearchJob(state, params, question, prm, policy)
-    steps_seen = []
+    return SearchJob(state, params, _question(req), prm, policy)
+
+
+def _usage(job: SearchJob, result: SearchResult) -> Usage:
+    prompt_tokens = len(job.policy.encoder.prompt_ids(job.question))
+    return Usage(prompt_tokens=prompt_tokens, completion_tokens=result.stats.policy_tokens,
+                 total_tokens=prompt_tokens + result.stats.policy_tokens)
+
+
+def _search_info(job: SearchJob, result: SearchResult, trace_steps: list | None) -> SearchInfo:
+    best = result.best
+    trace = None
+    if trace_steps is not None:
+        trace = {"steps": [e.to_dict() for e in trace_steps], "candidates": [c.to_dict() for c in result.candidates]}
+    return SearchInfo(strategy=job.params.strategy, select=job.params.select, prm=job.runtime.name,
+                      answer=result.answer, score=best.score if best else None, stats=result.stats.to_dict(),
+                      trace=trace)
+
+
+def _finish_reason(result: SearchResult) -> str:
+    return "length" if result.best is None or result.best.truncated else "stop"
+
+
+async def serve_chat(state: AppState, req: ChatCompletionRequest, request: Request):
+    job = _make_job(state, req)  # every 4xx (model, search knobs, limits) before anything runs
+    if req.stream:
+        job.admit()  # over the in-flight budget: 429 before the stream's 200
+        return streaming_response(_chunks(job, req), job)
+    steps_seen: list = []
     result = await run_job(job, request, on_step=steps_seen.append if req.return_trace else None)
     best = result.best
     sep = job.policy.config.step_separator
-    trace = None
-    if req.return_trace:
-        trace = {"steps": [e.to_dict() for e in steps_seen], "candidates": [c.to_dict() for c in result.candidates]}
-    prompt_tokens = len(job.policy.encoder.prompt_ids(question))
     return ChatCompletionResponse(
         model=req.model,
         choices=[Choice(message=ResponseMessage(content=sep.join(best.steps) if best else ""),
-                        finish_reason="length" if best is None or best.truncated else "stop")],
-        usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=result.stats.policy_tokens,
-                    total_tokens=prompt_tokens + result.stats.policy_tokens),
-        search=SearchInfo(strategy=params.strategy, select=params.select, prm=job.runtime.name, answer=result.answer,
-                          score=best.score if best else None, stats=result.stats.to_dict(), trace=trace))
+                        finish_reason=_finish_reason(result))],
+        usage=_usage(job, result),
+        search=_search_info(job, result, steps_seen if req.return_trace else None))
+
+
+def _data(chunk: ChatCompletionChunk | dict) -> str:
+    body = chunk if isinstance(chunk, dict) else chunk.model_dump(exclude_none=True)
+    return f"data: {json.dumps(body)}\n\n"
+
+
+async def _chunks(job: SearchJob, req: ChatCompletionRequest) -> AsyncIterator[str]:
+    ident = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": req.model}
+    steps_seen: list = []
+    try:
+        yield _data(ChatCompletionChunk(**ident, choices=[ChunkChoice(delta=Delta(role="assistant", content=""))]))
+        result = None
+        async for kind, obj in job.run():  # a disconnect closes this generator: job.run() cancels the search
+            if kind == "result":
+                result = obj
+            elif req.return_trace:
+                steps_seen.append(obj)
+                yield _data(ChatCompletionChunk(**ident, choices=[], search_step=obj.to_dict()))
+        steps = result.best.steps if result.best else []
+        sep = job.policy.config.step_separator
+        for k, step in enumerate(steps):
+            yield _data(ChatCompletionChunk(**ident, choices=[ChunkChoice(delta=Delta(content=(sep if k else "")
+                                                                                      + step))]))
+        info = _search_info(job, result, steps_seen if req.return_trace else None)
+        yield _data(ChatCompletionChunk(**ident, choices=[ChunkChoice(delta=Delta(), finish_reason=_finish_reason(
+            result))], search=info))
+        if req.stream_options and req.stream_options.include_usage:
+            yield _data(ChatCompletionChunk(**ident, choices=[], usage=_usage(job, result)))
+    except Exception as e:  # the 200 is sent: an OpenAI-style error line (the openai client raises APIError on it)
+        resp = to_response(e)
+        yield _data(json.loads(resp.body) if resp.body else error_body(500, "internal error"))
+    finally:
+        job.release()
+    yield "data: [DONE]\n\n"

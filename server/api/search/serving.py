@@ -12,6 +12,7 @@ from typing import AsyncIterator
 
 from fastapi import Request
 from fastapi.responses import StreamingResponse
+from starlette.background import BackgroundTask
 
 from repirl.policy.base import PolicyError
 from repirl.scoring.base import StepScores
@@ -86,8 +87,12 @@ class PRMBridge:
 
     def score(self, items):
         items = [(q, list(steps)) for q, steps in items]
-        fut = asyncio.run_coroutine_threadsafe(
-            self.runtime.score(items, [f"candidates[{i}]" for i in range(len(items))]), self.loop)
+        coro = self.runtime.score(items, [f"candidates[{i}]" for i in range(len(items))])
+        try:
+            fut = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        except RuntimeError:  # the loop closed (server shutting down under a cancelled search)
+            coro.close()
+            raise
         out = []
         for r in fut.result():
             s = r.scores
@@ -106,15 +111,36 @@ class SearchJob:
         self.cost = check_search_limits(state, params, question)
         self.cancel = threading.Event()
         self.queue: asyncio.Queue = asyncio.Queue()
+        self._admitted = False
 
-    async def run(self) -> AsyncIterator[tuple[str, object]]:
-        """Yields ("step", SearchEvent) per step, then ("result", SearchResult); raises what the search raised."""
+    def admit(self) -> None:
+        """Take this search's samples from the in-flight budget, or raise 429. Streaming responses call it before
+        the status line goes out, so an over-budget stream gets a real 429 (not an error event after a 200)."""
+        if self._admitted:
+            return
         admission = _admission(self.state)
         if admission.in_flight + self.cost > self.state.settings.limits.max_search_samples_in_flight:
             raise QueueFull()
         admission.in_flight += self.cost
+        self._admitted = True
+
+    def release(self) -> None:
+        """Give the samples back (idempotent: the stream's generator and its response's background task both call
+        it, since a client can vanish before the generator ever starts)."""
+        if self._admitted:
+            self._admitted = False
+            _admission(self.state).in_flight -= self.cost
+
+    async def run(self) -> AsyncIterator[tuple[str, object]]:
+        """Yields ("step", SearchEvent) per step, then ("result", SearchResult); raises what the search raised."""
+        self.admit()
         loop = asyncio.get_running_loop()
-        put = lambda kind, obj: loop.call_soon_threadsafe(self.queue.put_nowait, (kind, obj))  # noqa: E731
+
+        def put(kind: str, obj: object) -> None:
+            try:
+                loop.call_soon_threadsafe(self.queue.put_nowait, (kind, obj))
+            except RuntimeError:  # loop closed: nobody is listening any more (a cancelled search at shutdown)
+                pass
 
         def work():
             try:
@@ -139,7 +165,7 @@ class SearchJob:
                     return
         finally:
             self.cancel.set()  # no-op after a result; stops the search after its current step otherwise
-            admission.in_flight -= self.cost
+            self.release()
 
 
 def to_search_response(job: SearchJob, result: SearchResult, with_candidates: bool) -> SearchResponse:
@@ -197,6 +223,8 @@ async def serve_search(state: AppState, req: SearchRequest, request: Request):
         result = await run_job(job, request)
         return to_search_response(job, result, req.return_candidates)
 
+    job.admit()  # over the in-flight budget: 429 now, before the 200 of the stream
+
     async def events():
         try:
             async for kind, obj in job.run():
@@ -207,7 +235,13 @@ async def serve_search(state: AppState, req: SearchRequest, request: Request):
         except Exception as e:  # the status line is sent: errors become an `error` event with the usual body
             resp = to_response(e)
             yield _sse("error", json.loads(resp.body) if resp.body else error_body(500, "internal error"))
-        # a disconnect cancels this generator: job.run()'s finally sets the cancel flag
+        finally:  # a disconnect cancels this generator: job.run()'s finally sets the cancel flag
+            job.release()
 
-    return StreamingResponse(events(), media_type="text/event-stream",
+    return streaming_response(events(), job)
+
+
+def streaming_response(body: AsyncIterator[str], job: SearchJob) -> StreamingResponse:
+    """text/event-stream for an admitted job; the budget comes back even if the body never starts."""
+    return StreamingResponse(body, media_type="text/event-stream", background=BackgroundTask(job.release),
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
