@@ -22,13 +22,17 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The demo: a tiny SFT'd policy + untrained PRM (repirl bootstrap), then rePIRL on it (configs/demo.yaml).
 runs/demo/prm/prm.json: | $(STAMP)
 	$(BIN)/repirl bootstrap --out runs/demo
 
-demo: runs/demo/prm/prm.json
+runs/demo-repirl/prm/prm.json: | runs/demo/prm/prm.json $(STAMP)
+	$(BIN)/repirl train --config configs/demo.yaml --no-progress
+
+demo: runs/demo-repirl/prm/prm.json
 
 serve: demo
-	$(BIN)/repirl serve
+	$(BIN)/repirl serve --prm repirl=runs/demo-repirl/prm --prm untrained=runs/demo/prm --policy runs/demo-repirl/policy
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

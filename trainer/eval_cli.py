@@ -65,6 +65,8 @@ def eval_command(
     engine: str = typer.Option("auto", help="Policy engine: auto | vllm | transformers."),
     prm_engine: str = typer.Option("hf", help="Scorer engine: hf | vllm | auto (they agree; see tests)."),
     seed: int = typer.Option(0),
+    cache_dir: Path = typer.Option(Path("runs/eval-cache"), help="Sampled rollouts kept here (keyed by the policy's "
+                                   "content hash and the sampling knobs) and reused; '' disables."),
     out: Path = typer.Option(Path("docs/results.md"), help="Markdown report; plots and results.json go to "
                                                            "<out dir>/results/."),
     report_only: bool = typer.Option(False, "--report-only", help="Re-render the report from results.json."),
@@ -106,6 +108,7 @@ def eval_command(
                      policy_engine=engine, prm_engine=prm_engine, policy_problems=policy_problems,
                      search_problems=search_problems, search_n=search_n, beam_width=beam_width,
                      gsm8k_limit=gsm8k_limit, max_step_tokens=max_step_tokens, max_steps=max_steps,
+                     cache_dir=str(cache_dir) if str(cache_dir) not in ("", ".") else None,
                      ns=tuple(k for k in (1, 2, 4, 8, 16, 32, 64) if k <= n))
     results = run_evaluation(cfg, results_json, log=lambda m: typer.echo(m))
     results["commands"] = [command]

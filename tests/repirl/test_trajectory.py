@@ -1,3 +1,5 @@
+import unicodedata
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -13,7 +15,7 @@ def encoder(tiny_tokenizer):
     return TrajectoryEncoder(tiny_tokenizer)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None, derandomize=True)
 @given(question=st.text(min_size=1, max_size=40), steps=st.lists(step_text, min_size=0, max_size=5),
        extra=st.lists(step_text, min_size=1, max_size=3))
 def test_prefix_ids_never_change_when_steps_are_appended(encoder, question, steps, extra):
@@ -24,7 +26,7 @@ def test_prefix_ids_never_change_when_steps_are_appended(encoder, question, step
     assert long.prefix_len(len(steps)) == len(short.ids)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None, derandomize=True)
 @given(question=st.text(min_size=1, max_size=40), steps=st.lists(step_text, min_size=1, max_size=5))
 def test_spans_cover_each_step_exactly(encoder, tiny_tokenizer, question, steps):
     traj = encoder.encode(question, steps)
@@ -32,9 +34,10 @@ def test_spans_cover_each_step_exactly(encoder, tiny_tokenizer, question, steps)
     assert traj.step_spans[-1][1] == len(traj.ids)
     for (a, b), (c, _) in zip(traj.step_spans, traj.step_spans[1:]):
         assert b == c  # contiguous, no gaps or overlaps
+    nfc = lambda s: unicodedata.normalize("NFC", s)  # noqa: E731 - Qwen2's tokenizer normalizes text to NFC
     for step, (a, b) in zip(steps, traj.step_spans):
-        assert tiny_tokenizer.decode(traj.ids[a:b]) == step + encoder.sep
-    assert tiny_tokenizer.decode(traj.ids[: traj.prompt_len]) == encoder.template.render(question)
+        assert tiny_tokenizer.decode(traj.ids[a:b]) == nfc(step + encoder.sep)
+    assert tiny_tokenizer.decode(traj.ids[: traj.prompt_len]) == nfc(encoder.template.render(question))
 
 
 def test_split_and_join_are_inverse_for_clean_steps():
@@ -54,3 +57,11 @@ def test_chat_template_uses_the_tokenizer(tiny_tokenizer):
 def test_empty_separator_is_refused(tiny_tokenizer):
     with pytest.raises(ValueError, match="separator"):
         TrajectoryEncoder(tiny_tokenizer, sep="")
+
+
+def test_spans_hold_for_text_the_tokenizer_normalizes(encoder, tiny_tokenizer):
+    # U+F900 is NFC-normalized to U+8C48 by Qwen2's tokenizer (found by hypothesis): the span still covers the step.
+    traj = encoder.encode("q", ["\uf900", "x"])
+    a, b = traj.step_spans[0]
+    assert tiny_tokenizer.decode(traj.ids[a:b]) == "\u8c48\n\n"
+    assert encoder.encode("q", ["\uf900"]).ids == traj.ids[:b]

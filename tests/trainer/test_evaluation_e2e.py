@@ -16,7 +16,8 @@ def test_repirl_eval_writes_the_report(tmp_path, tiny_policy_dir, tiny_prm_dir):
             "--gsm8k-prm", str(tiny_prm_dir), "--gsm8k-limit", "2", "--problems", "2", "--dev-problems", "2",
             "--n", "2", "--temperatures", "1.0", "--policy-problems", "1", "--search-problems", "1",
             "--search-n", "2", "--beam-width", "1", "--max-steps", "2", "--max-step-tokens", "3",
-            "--engine", "transformers", "--runs-dir", str(tmp_path / "none"), "--out", str(out)]
+            "--engine", "transformers", "--runs-dir", str(tmp_path / "none"), "--out", str(out),
+            "--cache-dir", str(tmp_path / "cache")]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     results = json.loads((out.parent / "results" / "results.json").read_text())
@@ -33,6 +34,13 @@ def test_repirl_eval_writes_the_report(tmp_path, tiny_policy_dir, tiny_prm_dir):
         assert heading in text
     for png in ("bestofn.png", "first_error_corrupted.png", "search.png", "policies.png"):
         assert (out.parent / "results" / png).stat().st_size > 1000
+    # a second evaluation reuses the sampled rollouts and reports the same curves
+    again = CliRunner().invoke(app, args[:args.index("--sections") if "--sections" in args else len(args)]
+                               + ["--sections", "bestofn"])
+    assert again.exit_code == 0, again.output
+    assert "samples from the cache" in again.output
+    results2 = json.loads((out.parent / "results" / "results.json").read_text())
+    assert results2["bestofn"]["in-distribution, T=1.0"]["curves"] == curves
     # the report re-renders from results.json alone
     (out).unlink()
     res = CliRunner().invoke(app, ["eval", "--report-only", "--out", str(out)])

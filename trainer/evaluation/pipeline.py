@@ -40,6 +40,7 @@ class EvalConfig:
     gsm8k_limit: int | None = 400
     max_step_tokens: int = 32
     max_steps: int = 8
+    cache_dir: str | None = "runs/eval-cache"  # sampled rollouts, reused across evaluations (None: never cached)
     ns: tuple[int, ...] = NS
 
 
@@ -55,6 +56,7 @@ def run_evaluation(cfg: EvalConfig, out_json: Path, log: Callable[[str], None] =
         atomic_write_text(out_json, json.dumps(results, indent=1, default=str))
 
     t0 = time.time()
+    results["runs"] = run_summaries(cfg)
     need_policy = {"bestofn", "steperror", "search"} & set(cfg.sections)
     policy = load_policy(cfg.policy, engine=cfg.policy_engine) if need_policy else None
     scorers = {name: load_scorer(path, engine=cfg.prm_engine, name=name) for name, path in cfg.prms.items()} \
@@ -68,16 +70,16 @@ def run_evaluation(cfg: EvalConfig, out_json: Path, log: Callable[[str], None] =
             problems = bestofn.heldout_problems(task_cfg, cfg.problems)
             for temp in cfg.temperatures:
                 key = f"{label}, T={temp}"
-                t = time.time()
-                samples = bestofn.sample_problems(policy, task, problems, bestofn.SampleConfig(
-                    n=cfg.n, temperature=temp, seed=cfg.seed, max_step_tokens=cfg.max_step_tokens, max_steps=cfg.max_steps))
-                t_sample = time.time() - t
+                sample_cfg = bestofn.SampleConfig(n=cfg.n, temperature=temp, seed=cfg.seed,
+                                                  max_step_tokens=cfg.max_step_tokens, max_steps=cfg.max_steps)
+                samples, t_sample = cached_samples(cfg, policy, task, problems, sample_cfg, key, log)
+                t_score = time.time()
                 for name, scorer in scorers.items():
                     bestofn.score_samples(scorer, name, [p.question for p in problems], samples)
                 prob = {name: bestofn.is_probability_scorer(s) for name, s in scorers.items()}
                 settings[key] = {"task": asdict(task_cfg), "temperature": temp, "problems": len(problems),
                                  "samples_per_problem": cfg.n, "sample_seconds": round(t_sample, 1),
-                                 "score_seconds": round(time.time() - t - t_sample, 1),
+                                 "score_seconds": round(time.time() - t_score, 1),
                                  "curves": bestofn.curves(samples, list(scorers), prob, cfg.ns, cfg.n_subsets,
                                                           cfg.seed),
                                  "mean_sample_accuracy": sum(s.correct for ss in samples for s in ss)
@@ -104,6 +106,53 @@ def run_evaluation(cfg: EvalConfig, out_json: Path, log: Callable[[str], None] =
     results["total_seconds"] = round(time.time() - t0, 1)
     save()
     return results
+
+
+def run_summaries(cfg) -> list[dict]:
+    """What each run behind the report is (algorithm, seed, iterations) and how long it trained (summary.json)."""
+    folders = {Path(r) for r in cfg.runs} | {Path(p).parent for p in cfg.prms.values()}
+    if cfg.gsm8k_prm:
+        folders.add(Path(cfg.gsm8k_prm).parent)
+    out = []
+    for run in sorted(folders):
+        info = policies.describe_run(run)
+        summary = {}
+        for name in ("summary.json", "bootstrap.json"):
+            if (run / name).is_file():
+                summary = json.loads((run / name).read_text())
+                break
+        seconds = next((summary[k] for k in ("total_time_s", "total_seconds", "wall_time_s", "train_time_s", "elapsed_s", "seconds")
+                        if isinstance(summary.get(k), (int, float))), None)
+        iters = summary.get("iterations", summary.get("steps"))
+        out.append({"run": str(run), "algorithm": info.algorithm, "seed": info.seed, "iterations": iters,
+                    "train_seconds": seconds})
+    return out
+
+
+def cached_samples(cfg, policy, task, problems, sample_cfg, key, log):
+    """Samples are the expensive part and do not depend on the PRMs: they are kept in cfg.cache_dir, keyed by the
+    policy's content hash and every sampling knob, so evaluating a new PRM re-scores without re-sampling."""
+    import hashlib
+
+    from repirl.artifacts import content_hash
+
+    t = time.time()
+    if not cfg.cache_dir or not Path(cfg.policy).is_dir():
+        return bestofn.sample_problems(policy, task, problems, sample_cfg), time.time() - t
+    ident = json.dumps({"policy": content_hash(cfg.policy), "engine": type(policy).__name__, "setting": key,
+                        "questions": [p.question for p in problems], "sample": asdict(sample_cfg)}, sort_keys=True)
+    path = Path(cfg.cache_dir) / f"samples-{hashlib.sha256(ident.encode()).hexdigest()[:16]}.json"
+    if path.is_file():
+        data = json.loads(path.read_text())
+        log(f"best-of-N {key}: samples from the cache {path}")
+        return bestofn.samples_from_json(data["samples"]), data["seconds"]
+    samples = bestofn.sample_problems(policy, task, problems, sample_cfg)
+    seconds = round(time.time() - t, 1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    plain = [[{**vars(s), "scores": {k: v for k, v in s.scores.items() if k == bestofn.LIKELIHOOD},
+               "step_rewards": {}} for s in ss] for ss in samples]
+    atomic_write_text(path, json.dumps({"ident": json.loads(ident), "seconds": seconds, "samples": plain}))
+    return samples, seconds
 
 
 def step_error_section(cfg, policy, scorers, in_dist, settings, log) -> dict:

@@ -94,8 +94,10 @@ def section_gsm8k(r: dict) -> list[str]:
     n = g["questions"]
     lines += [f"PRM `{g['prm']}` (trained by the `offline` algorithm); questions {g['skipped_first']}..."
               f"{g['skipped_first'] + n - 1} of model_solutions.jsonl ({n} questions the offline run never saw: "
-              "it trained on the first `offline.limit`). Four real solutions per question (GPT-3 6B/175B, "
-              "fine-tuned and verification samples).", ""]
+              "it trained on the first `offline.limit`). Four real solutions per question (the file's 6B and 175B "
+              "model samples, fine-tuning and verification). The offline recipe starts from a random tiny "
+              "byte-level model (no GSM8K-capable model is available offline) and truncates trajectories to "
+              "`offline.max_tokens`; about half of these solutions are longer than the model's 512 positions.", ""]
     keys = ["PRM rerank", "PRM-weighted vote", "majority vote", "random (mean candidate accuracy)", "first candidate",
             "oracle"]
     lines += _table(["method", "accuracy"], [[k, _f(g[k]) + _se(g[k], n)] for k in keys if k in g]) + [""]
@@ -189,6 +191,13 @@ def markdown(r: dict, plots: dict, commands: list[str]) -> str:
              f"- Total evaluation time: {r.get('total_seconds', 'n/a')} s on 2 shared CPU cores.", ""]
     if commands:
         lines += ["```bash"] + commands + ["```", ""]
+    if r.get("runs"):
+        lines += ["Runs evaluated (trained by `make report` when missing; times from each run's summary.json / "
+                  "bootstrap.json, 2 shared CPU cores):", ""]
+        lines += _table(["run", "algorithm", "seed", "iterations / steps", "training time (s)"],
+                        [[f"`{x['run']}`", x["algorithm"], str(x["seed"]), str(x["iterations"] or "n/a"),
+                          _f(x["train_seconds"], 0) if x["train_seconds"] is not None else "n/a"]
+                         for x in r["runs"]]) + [""]
     if r.get("bestofn"):
         lines += section_bestofn(r, plots)
     if r.get("steperror"):
