@@ -58,6 +58,8 @@ def eval_command(
     policy_problems: int = typer.Option(100, min=1),
     search_problems: int = typer.Option(40, min=1),
     search_n: int = typer.Option(16, min=1),
+    search_task: str = typer.Option("in-distribution", help="Problems for the search comparison: in-distribution "
+                                    "| harder."),
     beam_width: int = typer.Option(4, min=1),
     gsm8k_limit: int = typer.Option(400, min=1, help="GSM8K questions evaluated (after those the PRM saw)."),
     max_step_tokens: int = typer.Option(32, min=1, help="Tokens per step (the policy stops a step there)."),
@@ -96,6 +98,8 @@ def eval_command(
         temps = tuple(float(t) for t in temperatures.split(","))
     except ValueError:
         raise typer.BadParameter(f"--temperatures: not a comma-separated list of numbers: {temperatures!r}") from None
+    if search_task not in ("in-distribution", "harder"):
+        raise typer.BadParameter(f"--search-task: in-distribution or harder, got {search_task!r}")
     found_prms, found_runs, found_gsm8k = discover(runs_dir)
     prms = _parse_prms(prm) if prm else found_prms
     if not prms and {"bestofn", "steperror", "search"} & set(chosen):
@@ -106,12 +110,14 @@ def eval_command(
                      gsm8k_prm=str(gsm8k_prm) if gsm8k_prm else found_gsm8k, sections=chosen, problems=problems,
                      dev_problems=dev_problems, n=n, temperatures=temps, n_subsets=subsets, seed=seed,
                      policy_engine=engine, prm_engine=prm_engine, policy_problems=policy_problems,
-                     search_problems=search_problems, search_n=search_n, beam_width=beam_width,
+                     search_problems=search_problems, search_n=search_n, search_task=search_task, beam_width=beam_width,
                      gsm8k_limit=gsm8k_limit, max_step_tokens=max_step_tokens, max_steps=max_steps,
                      cache_dir=str(cache_dir) if str(cache_dir) not in ("", ".") else None,
                      ns=tuple(k for k in (1, 2, 4, 8, 16, 32, 64) if k <= n))
     results = run_evaluation(cfg, results_json, log=lambda m: typer.echo(m))
-    results["commands"] = [command]
+    # a partial re-run (some sections) keeps the commands behind the sections it did not touch
+    earlier = results.get("commands", []) if set(chosen) != set(SECTIONS) else []
+    results["commands"] = [c for c in earlier if c != command] + [command]
     results_json.write_text(json.dumps(results, indent=1, default=str))
     render(results, out, data_dir, results["commands"])
     typer.echo(f"wrote {out} and {data_dir}/")

@@ -36,6 +36,7 @@ class EvalConfig:
     policy_samples: int = 4
     search_problems: int = 40
     search_n: int = 16
+    search_task: str = "in-distribution"  # or "harder"
     beam_width: int = 4
     gsm8k_limit: int | None = 400
     max_step_tokens: int = 32
@@ -50,6 +51,13 @@ def run_evaluation(cfg: EvalConfig, out_json: Path, log: Callable[[str], None] =
 
     results = json.loads(out_json.read_text()) if out_json.is_file() else {}
     results["config"] = asdict(cfg)
+
+    section_times: dict[str, float] = {}
+    mark = [time.time()]
+
+    def lap(name: str) -> None:
+        section_times[name] = round(time.time() - mark[0], 1)
+        mark[0] = time.time()
 
     def save():
         out_json.parent.mkdir(parents=True, exist_ok=True)
@@ -89,21 +97,28 @@ def run_evaluation(cfg: EvalConfig, out_json: Path, log: Callable[[str], None] =
                     f"pass@1 {settings[key]['curves']['oracle (pass@N)'][1]:.3f}")
         if "bestofn" in cfg.sections:
             results["bestofn"] = {k: {kk: vv for kk, vv in v.items() if kk != "_samples"} for k, v in settings.items()}
+            lap("bestofn")
             save()
         if "steperror" in cfg.sections:
             results["steperror"] = step_error_section(cfg, policy, scorers, in_dist, settings, log)
+            lap("steperror")
             save()
 
     if "gsm8k" in cfg.sections:
         results["gsm8k"] = gsm8k_section(cfg, log)
+        lap("gsm8k")
         save()
     if "policies" in cfg.sections and cfg.runs:
         results["policies"] = policies_section(cfg, policy, in_dist, log)
+        lap("policies")
         save()
     if "search" in cfg.sections:
         results["search"] = search_section(cfg, policy, scorers, in_dist, log)
+        lap("search")
         save()
-    results["total_seconds"] = round(time.time() - t0, 1)
+    # per section (a partial re-run replaces only its own), so the total stays the sum of what the report shows
+    results.setdefault("section_seconds", {}).update({k: v for k, v in section_times.items()})
+    results["total_seconds"] = round(sum(results["section_seconds"].values()), 1)
     save()
     return results
 
@@ -240,11 +255,11 @@ def policies_section(cfg, main_policy, in_dist, log) -> dict:
 
 
 def search_section(cfg, policy, scorers, in_dist, log) -> dict:
-    task = ArithmeticTask(in_dist)
-    problems = bestofn.heldout_problems(bestofn.harder(in_dist), cfg.search_problems)
-    out = {"problems": len(problems), "task": "harder", "temperature": 0.8, "n": cfg.search_n,
+    task_cfg = bestofn.harder(in_dist) if cfg.search_task == "harder" else in_dist
+    task = ArithmeticTask(task_cfg)
+    problems = bestofn.heldout_problems(task_cfg, cfg.search_problems)
+    out = {"problems": len(problems), "task": cfg.search_task, "temperature": 0.8, "n": cfg.search_n,
            "beam_width": cfg.beam_width, "prms": {}}
-    task = ArithmeticTask(bestofn.harder(in_dist))
     prm_name = next((n for n in scorers if "repirl" in n.lower()), next(iter(scorers), None))
     if prm_name is None:
         return {"skipped": "no PRM"}
