@@ -5,7 +5,6 @@ scorers), then compute every N and every selection rule by subsampling (metrics.
 
 from __future__ import annotations
 
-import random
 from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
 
@@ -120,8 +119,3 @@ def samples_to_json(problems: list[list[Sample]]) -> list[list[dict]]:
 def samples_from_json(rows: list[list[dict]]) -> list[list[Sample]]:
     return [[Sample(**s) for s in samples] for samples in rows]
 
-
-def shuffled(seq, seed: int):
-    out = list(seq)
-    random.Random(seed).shuffle(out)
-    return out

@@ -152,8 +152,8 @@ def section_service(c: dict, r: dict) -> list[str]:
     curve_n = _curve_at(setting.get("curves", {}).get(f"PRM rerank: {names[0]}", {}), c["n"]) if names else None
     extra = ([f"Section 1 reports {_f(curve_n)} for the same PRM and setting at N={c['n']} (subsampled from "
               f"{setting.get('samples_per_problem')} samples on {setting.get('problems')} problems, other seeds): "
-              f"the two agree within {_f(abs(curve_n - c['service_accuracy']))}; with "
-              f"{c['problems']} problems one standard error is about {_f(c['two_se'] / 2)}.", ""]
+              f"they differ by {_f(abs(curve_n - c['service_accuracy']))}, against a standard error of the difference "
+              f"of about {_f(c['two_se'] / 2)} at {c['problems']} problems.", ""]
              if curve_n is not None else [])
     return ["## 6. The service gives what the evaluator measures", "",
             f"`python load_tests/check_service_vs_eval.py --policy {c['policy']} --prm {c['prm']} --problems "
@@ -188,7 +188,10 @@ def markdown(r: dict, plots: dict, commands: list[str]) -> str:
              f"{cfg.get('n_subsets')} random subsets per problem (all singletons for N=1), seed {cfg.get('seed')}; the "
              "oracle is the exact unbiased pass@N from the same samples. A sample that never states an answer "
              "counts as wrong.",
-             f"- Total evaluation time: {r.get('total_seconds', 'n/a')} s on 2 shared CPU cores.", ""]
+             f"- Evaluation time: {r.get('total_seconds', 'n/a')} s on 2 shared CPU cores (per section: "
+             + ", ".join(f"{k} {v} s" for k, v in (r.get("section_seconds") or {}).items())
+             + "), not counting sampling reused from the rollout cache (`runs/eval-cache`; each setting's "
+             "original sampling time is listed with it).", ""]
     if commands:
         lines += ["```bash"] + commands + ["```", ""]
     if r.get("runs"):
@@ -227,4 +230,10 @@ NOT_SHOWN = [
     "- The step-error test set with corrupted references contains errors of one kind (a wrong result, propagated); "
     "the policy's own errors (wrong operand, skipped step, early answer) are in the policy-sample source only.",
     "- Search costs count tokens, not time: wall time on 2 shared CPU cores says little about a GPU deployment.",
+    "- Step rewards of implicit-format PRMs (rePIRL's logprob parameterization, PRIME) are sums of token values "
+    "over the step, so one fixed threshold also reacts to step length; the localisation figures measure the PRMs "
+    "as exported, with no per-length calibration.",
+    "- Best-of-N and search samples come from the policy engine named above (auto = vLLM when installed); the "
+    "policy table samples with the transformers engine; the service check used the transformers engines on "
+    "both sides (identical seeded samples). A vLLM-on-both-sides check was not run.",
 ]
