@@ -12,6 +12,7 @@ from typing import Sequence
 
 from repirl.tasks.base import Problem, StepCheck
 from repirl.trajectory import TrajectoryEncoder, split_steps
+from trainer.rollouts import vllm_available  # noqa: F401 - re-exported for the bootstrap
 
 
 @dataclass
@@ -42,14 +43,6 @@ class AccuracyReport:
         for s in self.samples:
             out.setdefault(s.problem.id, []).append(s)
         return out
-
-
-def vllm_available() -> bool:
-    try:
-        import vllm  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def sample_solutions_vllm(policy_dir: str | Path, encoder: TrajectoryEncoder, problems: Sequence[Problem], task,
