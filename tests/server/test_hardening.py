@@ -25,19 +25,30 @@ def redis_b(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server_b(server_prms, redis_b, tmp_path_factory):
+def slow_prm(tmp_path_factory):
+    """A wider PRM with room for long items: a `_big` request keeps the engine busy for seconds even on a quiet
+    machine (with the 2-layer, 128-wide PRM it finished in ~0.2 s, before the queue could fill)."""
+    from repirl.scoring.tiny_prms import build_tiny_prm
+
+    return build_tiny_prm(tmp_path_factory.mktemp("slow_prm") / "prm", "token-reward", hidden_size=256,
+                          intermediate_size=1024, max_position_embeddings=4096)
+
+
+@pytest.fixture(scope="module")
+def server_b(slow_prm, redis_b, tmp_path_factory):
     """One PRM, no engine KV reuse (so big requests stay slow), a 70-item queue, limits from REPIRL_* env vars."""
     env = {"REPIRL_ENGINE": "hf", "REPIRL_HF_KV_CACHE_TOKENS": "0", "REPIRL_LIMITS__MAX_QUEUE_ITEMS": "70",
            "REPIRL_REDIS_BACKOFF_S": "0.5"}
-    srv = ServerProc(["--prm", str(server_prms["token-reward"]), "--redis-url", redis_b.url], env=env,
+    srv = ServerProc(["--prm", str(slow_prm), "--redis-url", redis_b.url], env=env,
                      log=tmp_path_factory.mktemp("server_b") / "server.log").wait_ready()
     yield srv
     srv.stop()
 
 
 def _big(tag: str, n: int = 64) -> dict:
-    """~64 x 300 tokens: keeps the tiny engine busy for a moment on 2 cores."""
-    return {"items": [{"question": f"{tag} {i}", "steps": ["1+2+3+4+5+6+7+8+9 = 45 " * 6] * 2} for i in range(n)]}
+    """n items of ~2,000 tokens for `slow_prm`: 8 items per micro-batch, so a 64-item request holds the engine for
+    several batches and whatever arrives meanwhile waits in the queue."""
+    return {"items": [{"question": f"{tag} {i}", "steps": ["1+2+3+4+5+6+7+8+9 = 45 " * 40] * 2} for i in range(n)]}
 
 
 def _post_in_thread(url: str, payload: dict, out: dict, key: str, timeout: float = 120):
@@ -63,12 +74,12 @@ def test_queue_full_gives_429_with_retry_after(server_b):
     out: dict = {}
     with httpx.Client(base_url=server_b.url, timeout=60) as c:
         base = metric(c, "repirl_batch_items_count")
-        a = _post_in_thread(server_b.url, _big("busy-a"), out, "a")
+        a = _post_in_thread(server_b.url, _big("busy-a", 16), out, "a")  # one batch in the engine, 8 items wait
         while metric(c, "repirl_batch_items_count") <= base:
             time.sleep(0.02)
-        b = _post_in_thread(server_b.url, _big("queued-b", 40), out, "b")  # waits in the queue (40 of 70)
+        b = _post_in_thread(server_b.url, _big("queued-b", 40), out, "b")  # waits in the queue (<= 48 of 70)
         time.sleep(0.3)
-        r = c.post("/v1/score", json=_big("refused-c", 40))  # 40 + 40 > 70
+        r = c.post("/v1/score", json=_big("refused-c", 40))  # b's 40 + 40 > 70
         a.join(), b.join()
         assert r.status_code == 429, r.text
         assert r.headers["retry-after"] == "1" and r.json()["error"]["type"] == "queue_full"
@@ -126,8 +137,8 @@ def test_refuses_to_start_on_missing_model(tmp_path):
     assert p.returncode == 2 and "none.yaml" in p.stderr
 
 
-def test_sigterm_drains_in_flight_requests(server_prms, tmp_path):
-    srv = ServerProc(["--prm", str(server_prms["token-reward"])], env={"REPIRL_ENGINE": "hf",
+def test_sigterm_drains_in_flight_requests(slow_prm, tmp_path):
+    srv = ServerProc(["--prm", str(slow_prm)], env={"REPIRL_ENGINE": "hf",
                      "REPIRL_HF_KV_CACHE_TOKENS": "0"}, log=tmp_path / "server.log").wait_ready()
     out: dict = {}
     try:
