@@ -12,7 +12,7 @@ from typing import Sequence
 
 from repirl.tasks.base import Problem, StepCheck
 from repirl.trajectory import TrajectoryEncoder, split_steps
-from trainer.rollouts import vllm_available  # noqa: F401 - re-exported for the bootstrap
+from trainer.rollouts import generate_left_padded, vllm_available  # noqa: F401 - vllm_available: re-exported
 
 
 @dataclass
@@ -75,25 +75,13 @@ def sample_solutions_hf(model, tokenizer, encoder: TrajectoryEncoder, problems: 
 
     torch.manual_seed(seed)
     eos = tokenizer.eos_token_id
-    samples = []
     expanded = [p for p in problems for _ in range(n)]
-    for start in range(0, len(expanded), batch_size):
-        chunk = expanded[start : start + batch_size]
-        prompts = [encoder.prompt_ids(p.question) for p in chunk]
-        width = max(map(len, prompts))
-        ids = torch.full((len(prompts), width), eos, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, pr in enumerate(prompts):
-            ids[i, width - len(pr) :] = torch.tensor(pr)
-            mask[i, width - len(pr) :] = 1
-        with torch.no_grad():
-            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_tokens,
-                                 do_sample=temperature > 0, temperature=temperature if temperature > 0 else None,
-                                 top_p=None, top_k=None, pad_token_id=eos, eos_token_id=eos)
-        for p, row in zip(chunk, out[:, width:].tolist()):
-            if eos in row:
-                row = row[: row.index(eos)]
-            text = tokenizer.decode(row)
-            steps = split_steps(text, encoder.sep)
-            samples.append(Sampled(p, text, steps, task.check(p, steps), row))
+    rows = generate_left_padded(model, [encoder.prompt_ids(p.question) for p in expanded], eos, max_tokens,
+                                temperature, batch_size=batch_size)
+    samples = []
+    for p, row in zip(expanded, rows):
+        row = row[:-1] if row and row[-1] == eos else row
+        text = tokenizer.decode(row)
+        steps = split_steps(text, encoder.sep)
+        samples.append(Sampled(p, text, steps, task.check(p, steps), row))
     return AccuracyReport(samples, "transformers")

@@ -51,31 +51,39 @@ class HFEngine:
     def sync(self, policy_dir: Path | None = None) -> None:  # same object: nothing to do
         pass
 
-    @torch.no_grad()
     def generate(self, prompts: Sequence[list[int]], n: int, temperature: float, top_p: float, max_new_tokens: int,
                  seed: int, batch_size: int = 64) -> list[list[tuple[list[int], list[float] | None]]]:
         torch.manual_seed(seed)
         was_training = self.model.training
         self.model.eval()
-        flat = [p for p in prompts for _ in range(n)]
-        outs: list[tuple[list[int], None]] = []
-        for start in range(0, len(flat), batch_size):
-            chunk = flat[start : start + batch_size]
-            width = max(map(len, chunk))
-            ids = torch.full((len(chunk), width), self.eos_id, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for i, pr in enumerate(chunk):
-                ids[i, width - len(pr) :] = torch.tensor(pr)
-                mask[i, width - len(pr) :] = 1
-            gen = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-                                      do_sample=True, temperature=temperature, top_p=top_p if top_p < 1 else None,
-                                      top_k=None, pad_token_id=self.eos_id, eos_token_id=self.eos_id)
-            for row in gen[:, width:].tolist():
-                if self.eos_id in row:
-                    row = row[: row.index(self.eos_id) + 1]
-                outs.append((row, None))
+        rows = generate_left_padded(self.model, [p for p in prompts for _ in range(n)], self.eos_id, max_new_tokens,
+                                    temperature, top_p, batch_size)
         self.model.train(was_training)
+        outs = [(row, None) for row in rows]
         return [outs[i * n : (i + 1) * n] for i in range(len(prompts))]
+
+
+@torch.no_grad()
+def generate_left_padded(model, prompts: Sequence[list[int]], eos_id: int, max_new_tokens: int, temperature: float,
+                         top_p: float = 1.0, batch_size: int = 64) -> list[list[int]]:
+    """transformers generate over left-padded batches; each row is the sampled ids up to and including the first
+    EOS (if any). Temperature 0 means greedy."""
+    out: list[list[int]] = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start : start + batch_size]
+        width = max(map(len, chunk))
+        ids = torch.full((len(chunk), width), eos_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, pr in enumerate(chunk):
+            ids[i, width - len(pr) :] = torch.tensor(pr)
+            mask[i, width - len(pr) :] = 1
+        gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                             do_sample=temperature > 0, temperature=temperature if temperature > 0 else None,
+                             top_p=top_p if 0 < top_p < 1 else None, top_k=None, pad_token_id=eos_id,
+                             eos_token_id=eos_id)
+        for row in gen[:, width:].tolist():
+            out.append(row[: row.index(eos_id) + 1] if eos_id in row else row)
+    return out
 
 
 class VLLMEngine:
