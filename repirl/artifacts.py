@@ -25,6 +25,7 @@ from repirl.trajectory import DEFAULT_SEP, PromptTemplate
 PRM_JSON = "prm.json"
 PRMFormat = Literal["token-reward", "qwen-step-tag", "math-shepherd", "implicit"]
 Aggregation = Literal["mean-token", "min", "last", "prod", "sum"]
+StepReward = Literal["mean", "sum", "min"]
 
 
 class ArtifactError(ValueError):
@@ -48,6 +49,9 @@ class PRMConfig(BaseModel):
     step_separator: str = DEFAULT_SEP
     prompt_template: PromptTemplate = Field(default_factory=PromptTemplate)
     default_aggregation: Aggregation = "mean-token"
+    # token formats: how a step's token values become its step reward; None = the format's own rule (token-reward:
+    # mean, implicit: sum as in PRIME). "min" flags a step by its least likely token (docs/results.md, section 2).
+    step_reward: StepReward | None = None
     step_tag: str | None = None  # qwen-step-tag / math-shepherd: the text marking the end of a step
     positive_token: str | None = None  # math-shepherd: the token whose probability is the step reward ("+")
     negative_token: str | None = None  # math-shepherd: ("-")
@@ -55,6 +59,12 @@ class PRMConfig(BaseModel):
     beta: float | None = None  # implicit: reward = beta * log(pi_phi / pi_ref)
     provenance: Provenance = Field(default_factory=Provenance)
     revision: str = ""  # content hash of the model files; filled in by save_prm
+
+
+def scoring_revision(cfg: PRMConfig) -> str:
+    """The revision cache keys and /v1/models use: the weights' hash, plus the step rule when prm.json overrides it
+    (cached step rewards computed under another rule must never be served)."""
+    return f"{cfg.revision}+step-{cfg.step_reward}" if cfg.step_reward else cfg.revision
 
 
 POLICY_JSON = "policy.json"

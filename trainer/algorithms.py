@@ -27,7 +27,9 @@ def batch_of(rollouts: Sequence[Rollout], pad_id: int) -> Batch:
 
 
 def _step(model, opt, grad_clip: float) -> None:
-    dist.allreduce_grads(model)
+    # Distributed runs: FSDP2 (trainer/distributed.py wrap) already reduce-scattered the SUM of the ranks' gradients
+    # during backward; each rank holds its shard, as DTensors, whose global norm clip_grad_norm_ computes (all-reduce).
+    dist.check_synced(model)
     torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     opt.step()
     opt.zero_grad(set_to_none=True)

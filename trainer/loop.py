@@ -65,10 +65,20 @@ class Trainer:
         self.task, self.train_pool, self.heldout = make_task_and_pools(cfg)
         if cfg.algorithm == "ttt":  # test-time training: the unlabeled test questions are the training pool
             self.train_pool = self.heldout
+        if min(cfg.questions_per_iter, len(self.train_pool)) % dist.world():
+            # sharded models all-gather weights inside every forward, so every rank must run the same forwards
+            # (generate batches, PRM and policy steps): equal question shards guarantee that
+            raise ValueError(f"questions_per_iter ({cfg.questions_per_iter}) must be a multiple of the number of "
+                             f"processes ({dist.world()})")
         torch.manual_seed(cfg.seed)
-        self.policy = load_causal_lm(self.init_dir).train()
+        # WORLD_SIZE > 1: the trainable models are sharded with FSDP2 before the optimizers are built (fully_shard
+        # replaces the parameters); single process: dist.wrap returns the model untouched. The frozen initial policy
+        # stays a full replica (forward only, no gradients to reduce).
+        self.policy = dist.wrap(load_causal_lm(self.init_dir).train())
         self.init_policy = load_causal_lm(self.init_dir).eval().requires_grad_(False)
         self.prm = self._build_prm()
+        if self.prm is not None:
+            dist.wrap(self.prm.model)  # the HF module: FSDP's root hooks run on its forward (token_rewards calls it)
         self.opt_policy = torch.optim.AdamW(self.policy.parameters(), lr=cfg.optim.lr, weight_decay=0.0)
         self.opt_prm = (torch.optim.AdamW(self.prm.parameters(), lr=cfg.prm.lr, weight_decay=0.0)
                         if self.prm is not None else None)
@@ -115,16 +125,24 @@ class Trainer:
         use_vllm = c.engine == "vllm" or (c.engine == "auto" and vllm_available() and dist.world() == 1)
         if not use_vllm:
             return HFEngine(self.policy, self.eos_id)
-        live = self.run_dir / "live_policy"
-        self.policy.save_pretrained(live)
-        self.tokenizer.save_pretrained(live)
+        live = self._save_live_policy()
+        if self.is_main:
+            self.tokenizer.save_pretrained(live)
+        dist.barrier()
         return VLLMEngine(live, self.cfg.seed, c.max_model_len)
+
+    def _save_live_policy(self) -> Path:
+        """The policy's current weights for the vLLM engine(s). Sharded: every rank gathers, rank 0 writes, all wait."""
+        live = self.run_dir / "live_policy"
+        policy = dist.saveable(self.policy)
+        if self.is_main:
+            policy.save_pretrained(live)
+        dist.barrier()
+        return live
 
     def _sync_engine(self) -> None:
         if isinstance(self.engine, VLLMEngine):
-            live = self.run_dir / "live_policy"
-            self.policy.save_pretrained(live)
-            self.engine.sync(live)
+            self.engine.sync(self._save_live_policy())
 
     # --------------------------------------------------------------------------------------------------- the loop
     def run(self, progress: bool = True) -> dict:
@@ -251,15 +269,19 @@ class Trainer:
         return sum(r.correct for r in rs) / len(rs)
 
     def save_checkpoint(self, iteration: int) -> None:
+        # Single process: the state dicts themselves. Sharded: FULL weights and optimizer state (keyed by parameter
+        # name) gathered to rank 0, so a checkpoint does not depend on how many ranks wrote it; every rank gathers.
+        state = {"iteration": iteration, "policy": dist.model_state(self.policy),
+                 "opt_policy": dist.optim_state(self.policy, self.opt_policy),
+                 "prm": dist.model_state(self.prm) if self.prm is not None else None,
+                 "opt_prm": dist.optim_state(self.prm, self.opt_prm) if self.opt_prm is not None else None}
         if not self.is_main:
             return
-        state = {"iteration": iteration, "policy": self.policy.state_dict(), "opt_policy": self.opt_policy.state_dict(),
-                 "prm": self.prm.state_dict() if self.prm is not None else None,
-                 "opt_prm": self.opt_prm.state_dict() if self.opt_prm is not None else None}
+        meta = {"iteration": iteration, **({"sharded": True} if dist.world() > 1 else {})}
         root = self.run_dir / "checkpoints"
         with atomic_dir(root / f"iter_{iteration:06d}") as tmp:
             torch.save(state, tmp / "state.pt")
-            (tmp / "state.json").write_text(json.dumps({"iteration": iteration}))
+            (tmp / "state.json").write_text(json.dumps(meta))
         for old in sorted(root.glob("iter_*"))[:-2]:  # keep the two newest
             shutil.rmtree(old, ignore_errors=True)
 
@@ -269,12 +291,17 @@ class Trainer:
             if self.is_main:  # killed before the first checkpoint: start over, cleanly
                 truncate_rows(self.metrics_path, 0)
             return 0
-        state = torch.load(ckpts[-1] / "state.pt", weights_only=False)
-        self.policy.load_state_dict(state["policy"])
-        self.opt_policy.load_state_dict(state["opt_policy"])
+        meta = json.loads((ckpts[-1] / "state.json").read_text())  # read by every rank: they must agree
+        if meta.get("sharded", False) != (dist.world() > 1):  # the optimizer state layouts differ
+            raise ResumeError(f"--resume: {ckpts[-1]} was written by a {'multi' if meta.get('sharded') else 'single'}"
+                              f"-process run; resume it with {'several processes' if meta.get('sharded') else 'one'}")
+        if self.is_main or dist.world() == 1:
+            state = torch.load(ckpts[-1] / "state.pt", weights_only=False)
+        else:  # sharded: rank 0 broadcasts its copy into every rank's shards (dist.load_state)
+            state = {"iteration": meta["iteration"], "policy": {}, "opt_policy": {}, "prm": {}, "opt_prm": {}}
+        dist.load_state(self.policy, self.opt_policy, state["policy"], state["opt_policy"])
         if self.prm is not None and state["prm"] is not None:
-            self.prm.load_state_dict(state["prm"])
-            self.opt_prm.load_state_dict(state["opt_prm"])
+            dist.load_state(self.prm, self.opt_prm, state["prm"], state["opt_prm"])
         if self.is_main:
             truncate_rows(self.metrics_path, state["iteration"])
         return int(state["iteration"])
@@ -282,6 +309,9 @@ class Trainer:
     def finish(self) -> dict:
         cfg = self.cfg
         eval_acc = self.evaluate() if cfg.eval_problems else None
+        # FULL weights: sharded models are gathered here, on every rank (rank 0 gets them); unsharded: the models
+        policy = dist.saveable(self.policy)
+        prm_model = dist.saveable(self.prm.model) if self.prm is not None else None
         if not self.is_main:
             return {}
         rows = read_rows(self.metrics_path)
@@ -289,13 +319,13 @@ class Trainer:
                           iterations=cfg.iterations, metrics={"eval_accuracy": eval_acc})
         pol_cfg = PolicyConfig(step_separator=self.policy_cfg.step_separator,
                                prompt_template=self.policy_cfg.prompt_template, task=self.policy_cfg.task, provenance=prov)
-        save_model_folder(self.policy, self.tokenizer, self.run_dir / "policy", policy_config=pol_cfg)
+        save_model_folder(policy, self.tokenizer, self.run_dir / "policy", policy_config=pol_cfg)
         if self.prm is not None:
             if cfg.algorithm == "prime":
-                _export_prime(self.prm.model, self.init_policy, self.tokenizer, self.run_dir / "prm", pol_cfg,
+                _export_prime(prm_model, self.init_policy, self.tokenizer, self.run_dir / "prm", pol_cfg,
                               cfg.prime.beta, prov)
             else:
-                self.prm.export(self.run_dir / "prm", self.tokenizer, pol_cfg, prov)
+                self.prm.export(self.run_dir / "prm", self.tokenizer, pol_cfg, prov, model=prm_model)
         plot(rows, self.run_dir / "plots")
         summary = {"name": cfg.name, "algorithm": cfg.algorithm, "iterations": cfg.iterations,
                    "eval_accuracy": eval_acc, "eval_problems": min(cfg.eval_problems, len(self.heldout)),

@@ -12,6 +12,8 @@ step rewards off the step spans of the trajectory contract (`repirl.trajectory.T
 - implicit (PRIME): value of token t = beta * (log pi_phi(x_t | x_<t) - log pi_ref(x_t | x_<t)); step reward = sum
   of the step's token values (PRIME's process reward of a step); token rewards are kept.
 
+prm.json's `step_reward` (mean | sum | min) overrides how the token formats reduce a step's token values.
+
 Token ids (step tag, "+", "-") are resolved from the tokenizer, never hard-coded.
 """
 
@@ -49,6 +51,7 @@ class FormatSpec:
     positive_id: int | None = None
     negative_id: int | None = None
     beta: float = 1.0
+    step_reward: str = "mean"  # token formats: mean | sum | min of the step's token values
 
     @property
     def needs_previous_logits(self) -> bool:
@@ -58,13 +61,16 @@ class FormatSpec:
     @classmethod
     def resolve(cls, cfg: PRMConfig, tokenizer, where: str) -> "FormatSpec":
         if cfg.format == "token-reward":
-            return cls("token-reward")
+            return cls("token-reward", step_reward=cfg.step_reward or "mean")
         if cfg.format == "implicit":
             if cfg.beta is None or cfg.beta <= 0:
                 raise ArtifactError(f"{where}: field 'beta' must be a positive number for format 'implicit'")
             if not cfg.reference_model:
                 raise ArtifactError(f"{where}: field 'reference_model' is required for format 'implicit'")
-            return cls("implicit", beta=float(cfg.beta))
+            return cls("implicit", beta=float(cfg.beta), step_reward=cfg.step_reward or "sum")
+        if cfg.step_reward is not None:
+            raise ArtifactError(f"{where}: field 'step_reward' applies to the token formats (token-reward, implicit); "
+                                f"format {cfg.format!r} reads one value per step at its step tag")
         tag = single_token_id(tokenizer, cfg.step_tag, "step_tag", where)
         if tag not in tokenizer.encode("x" + cfg.step_separator, add_special_tokens=False):
             raise ArtifactError(f"{where}: field 'step_separator' {cfg.step_separator!r} must contain the step tag "
@@ -101,10 +107,8 @@ class FormatSpec:
         token_rewards: list[list[float]] | None = [] if self.format in TOKEN_FORMATS else None
         for k, (start, end) in enumerate(traj.step_spans):
             span = values[start:end]
-            if self.format == "token-reward":
-                step_rewards.append(sum(span) / len(span) if span else 0.0)
-            elif self.format == "implicit":
-                step_rewards.append(sum(span))
+            if self.format in TOKEN_FORMATS:
+                step_rewards.append(_reduce_step(span, self.step_reward))
             else:
                 tag_positions = [i for i in range(start, end) if traj.ids[i] == self.step_tag_id]
                 if not tag_positions:
@@ -114,6 +118,16 @@ class FormatSpec:
                 token_rewards.append(list(span))
         return StepScores(step_rewards=step_rewards, token_rewards=token_rewards,
                           tokens_computed=tokens_computed, tokens_total=len(traj.ids))
+
+
+def _reduce_step(span: list[float], how: str) -> float:
+    if not span:
+        return 0.0
+    if how == "sum":
+        return sum(span)
+    if how == "min":
+        return min(span)
+    return sum(span) / len(span)
 
 
 class Qwen2ForProcessRewardModel(nn.Module):

@@ -17,7 +17,7 @@ from typing import Sequence
 
 import torch
 
-from repirl.artifacts import ArtifactError, PRMConfig, check_model_folder
+from repirl.artifacts import ArtifactError, PRMConfig, check_model_folder, scoring_revision
 from repirl.scoring.base import Item, StepScores
 from repirl.scoring.formats import FormatSpec, Qwen2ForProcessRewardModel
 from repirl.trajectory import TrajectoryEncoder, TrajectoryIds
@@ -94,7 +94,7 @@ class HFScorer:
         self.prm_dir = prm_dir
         self.config = cfg
         self.name = name or prm_dir.name
-        self.revision = cfg.revision
+        self.revision = scoring_revision(cfg)
         self.tokenizer = AutoTokenizer.from_pretrained(prm_dir)
         self.encoder = TrajectoryEncoder(self.tokenizer, cfg.prompt_template, cfg.step_separator)
         self.spec = FormatSpec.resolve(cfg, self.tokenizer, str(prm_dir / "prm.json"))

@@ -179,3 +179,35 @@ def test_aggregations_on_engine_output(format_prms):
     flat = [r for t in sc.token_rewards for r in t]
     assert aggregate(sc.step_rewards, "mean-token", sc.token_rewards) == pytest.approx(sum(flat) / len(flat))
     assert aggregate(sc.step_rewards, "prod") == pytest.approx(math.prod(sc.step_rewards))
+
+
+@pytest.mark.parametrize("fmt,rule", [("implicit", "min"), ("implicit", "mean"), ("token-reward", "sum"),
+                                      ("token-reward", "min")])
+def test_step_reward_rule_from_prm_json(format_prms, tmp_path, fmt, rule):
+    """prm.json `step_reward` reduces each step's token values by its rule, and scopes the cache revision."""
+    import shutil
+
+    d = tmp_path / fmt
+    shutil.copytree(format_prms[fmt], d)
+    cfg = json.loads((d / "prm.json").read_text())
+    default_revision = load_scorer(d, engine="hf").revision
+    cfg["step_reward"] = rule
+    (d / "prm.json").write_text(json.dumps(cfg))
+    scorer = load_scorer(d, engine="hf", kv_cache_tokens=0)
+    reduce = {"min": min, "sum": sum, "mean": lambda t: sum(t) / len(t)}[rule]
+    for (q, steps), got in zip(ITEMS, scorer.score(ITEMS)):
+        _, want_tokens = _reference(d, q, steps)
+        assert got.step_rewards == pytest.approx([reduce(t) for t in want_tokens], abs=1e-4)
+    assert scorer.revision != default_revision and scorer.revision.startswith(default_revision)
+
+
+def test_step_reward_rule_refused_for_tag_formats(format_prms, tmp_path):
+    import shutil
+
+    d = tmp_path / "tag"
+    shutil.copytree(format_prms["qwen-step-tag"], d)
+    cfg = json.loads((d / "prm.json").read_text())
+    cfg["step_reward"] = "min"
+    (d / "prm.json").write_text(json.dumps(cfg))
+    with pytest.raises(ArtifactError, match="step_reward"):
+        load_scorer(d, engine="hf")

@@ -35,3 +35,37 @@ def test_vllm_and_hf_engines_agree(tmp_path_factory, fmt):
         if w.token_rewards is not None:
             for gt, wt in zip(g.token_rewards, w.token_rewards):
                 assert gt == pytest.approx(wt, abs=1e-4)
+
+
+def test_vllm_implicit_format_agrees_with_hf(tmp_path_factory, tiny_policy_dir):
+    """`implicit` on vLLM's generate runner (prompt log-probs): PRIME-style with a real reference (two engines), and
+    the rePIRL log-prob export whose all-zero reference is exactly uniform (one engine, -log V)."""
+    from transformers import AutoTokenizer
+
+    from repirl.artifacts import Provenance, load_policy_config
+    from trainer.models import RewardModel
+
+    root = tmp_path_factory.mktemp("vllm_implicit")
+    prime_like = build_tiny_prm(root / "prime", "implicit")
+    repirl = RewardModel("logprob", tiny_policy_dir, beta=0.5).export(
+        root / "repirl", AutoTokenizer.from_pretrained(tiny_policy_dir), load_policy_config(tiny_policy_dir),
+        Provenance(algorithm="repirl"))
+    for prm, engines in ((prime_like, 2), (repirl, 1)):
+        hf = load_scorer(prm, engine="hf", kv_cache_tokens=0).score(ITEMS)
+        engine = load_scorer(prm, engine="vllm", max_model_len=256)
+        assert (engine.ref_llm is None) == (engines == 1)
+        try:
+            got = engine.score(ITEMS)
+        finally:
+            engine.close()
+            del engine
+        for g, w in zip(got, hf):
+            assert g.step_rewards == pytest.approx(w.step_rewards, abs=1e-4)
+            for gt, wt in zip(g.token_rewards, w.token_rewards):
+                assert gt == pytest.approx(wt, abs=1e-4)
+        assert len({round(r, 3) for g in got for r in g.step_rewards}) > 2  # not a constant scorer
+    from repirl.scoring.loader import resolve_engine
+
+    # engine "auto" keeps implicit on transformers: its KV reuse computes shared prefixes once
+
+    assert resolve_engine("implicit", "auto") == "hf"

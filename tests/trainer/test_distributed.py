@@ -1,17 +1,26 @@
-"""Two processes (torchrun, gloo on CPU) take half the questions each; after one PRM step and one policy step their
-weights must equal a single process's on the whole batch (gradients are summed over ranks; losses divide by global
-counts)."""
+"""Two processes (torchrun, gloo on CPU), with the policy and the PRMs sharded by FSDP2 (trainer/distributed.py):
 
+1. one PRM step (logprob and head PRMs) + one policy step on half the questions each give the same weights as a
+   single process on the whole batch (FSDP sums the ranks' gradients; losses divide by global counts), each rank
+   holds about half of the policy's parameters, and a gathered checkpoint loads back into the shards exactly;
+2. a whole 2-process training run (Trainer: generate under FSDP, collective checkpoints, export of full weights)
+   resumed from an earlier checkpoint ends bit-identical to the uninterrupted run.
+"""
+
+import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
 
 import pytest
 import torch
+import yaml
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_dist_worker.py")
+ENV = {**os.environ, "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1"}
 
 
 def _free_port():
@@ -20,25 +29,73 @@ def _free_port():
         return s.getsockname()[1]
 
 
+def _torchrun(*args):
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
+                          "127.0.0.1", "--master_port", str(_free_port()), *args], env=ENV, cwd=REPO,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
 @pytest.mark.slow
 def test_two_process_step_equals_single_process(tiny_policy_dir, tmp_path):
     from safetensors.torch import load_file
 
-    env = {**os.environ, "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1"}
-    single = subprocess.run([sys.executable, WORKER, str(tiny_policy_dir), str(tmp_path / "one")], env=env,
+    single = subprocess.run([sys.executable, WORKER, str(tiny_policy_dir), str(tmp_path / "one")], env=ENV,
                             capture_output=True, text=True, timeout=300)
     assert single.returncode == 0, single.stderr[-3000:]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                          "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), WORKER,
-                          str(tiny_policy_dir), str(tmp_path / "two")], env=env, capture_output=True, text=True,
-                         timeout=300)
-    assert two.returncode == 0, two.stderr[-3000:]
-    loss = lambda out: float(out.split("prm_loss")[1].split()[0])  # noqa: E731
-    assert loss(two.stdout) == pytest.approx(loss(single.stdout), rel=1e-5)
+    two = _torchrun(WORKER, str(tiny_policy_dir), str(tmp_path / "two"))
+
+    held = {int(r): (int(n), int(full)) for r, n, full in
+            (line.split()[1:] for line in two.stdout.splitlines() if line.startswith("local_numel"))}
+    assert sorted(held) == [0, 1]
+    full = held[0][1]
+    assert sum(n for n, _ in held.values()) == full  # every element held exactly once...
+    assert all(0.45 * full <= n <= 0.55 * full for n, _ in held.values()), held  # ...about half on each rank
+    assert "roundtrip ok" in two.stdout and "roundtrip ok" in single.stdout
+
+    for kind in ("logprob", "head"):
+        loss = lambda out: float(out.split(f"prm_loss_{kind}")[1].split()[0])  # noqa: E731
+        assert loss(two.stdout) == pytest.approx(loss(single.stdout), rel=1e-5)
     init = load_file(str(tiny_policy_dir / "model.safetensors"))
-    for sub in ("policy", "prm"):
+    for sub in ("policy", "prm_logprob", "prm_head"):
         a = load_file(str(tmp_path / "one" / sub / "model.safetensors"))
         b = load_file(str(tmp_path / "two" / sub / "model.safetensors"))
-        assert any(not torch.equal(a[k], init[k]) for k in a), f"{sub}: the step changed nothing"
+        assert a.keys() == b.keys(), sub  # full weights, tied embeddings saved once as in a single process
+        assert any(k in init and not torch.equal(a[k], init[k]) for k in a), f"{sub}: the step changed nothing"
         for k in a:
             assert torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4), f"{sub}.{k}"
+
+
+@pytest.mark.slow
+def test_two_process_training_run_resumes_exactly(recipe, tmp_path):
+    from safetensors.torch import load_file
+
+    raw = recipe(name="d2", questions_per_iter=4, checkpoint_every=1)  # 4: an equal question shard per rank
+    path = tmp_path / "d2.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    _torchrun("-m", "trainer.train_cli", "--config", str(path), "--no-progress")
+    run = tmp_path / "d2"
+    assert json.loads((run / "checkpoints" / "iter_000001" / "state.json").read_text())["sharded"] is True
+
+    # the same run, resumed from its first checkpoint (as if killed during iteration 2)
+    raw["name"] = "d2b"
+    (tmp_path / "d2b.yaml").write_text(yaml.safe_dump(raw))
+    shutil.copytree(run, tmp_path / "d2b")
+    saved = yaml.safe_load((run / "config.yaml").read_text())  # --resume requires the run's own (normalised) config
+    (tmp_path / "d2b" / "config.yaml").write_text(yaml.safe_dump({**saved, "name": "d2b"}, sort_keys=False))
+    for gone in ("checkpoints/iter_000002", "policy", "prm", "summary.json"):
+        p = tmp_path / "d2b" / gone
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+    _torchrun("-m", "trainer.train_cli", "--config", str(tmp_path / "d2b.yaml"), "--no-progress", "--resume")
+
+    rows = lambda r: [{k: v for k, v in json.loads(x).items() if not k.startswith("t_")}  # noqa: E731
+                      for x in (r / "metrics.jsonl").read_text().splitlines()]
+    assert rows(run) == rows(tmp_path / "d2b") and len(rows(run)) == 2
+    init = load_file(str(raw["policy"]) + "/model.safetensors")
+    for sub in ("policy", "prm"):
+        a = load_file(str(run / sub / "model.safetensors"))
+        b = load_file(str(tmp_path / "d2b" / sub / "model.safetensors"))
+        assert a.keys() == init.keys(), sub  # full weights (tied embeddings once), as a single process saves them
+        assert any(not torch.equal(a[k], init[k]) for k in a), f"{sub}: training changed nothing"
+        assert all(torch.equal(a[k], b[k]) for k in a), sub

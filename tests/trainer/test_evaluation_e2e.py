@@ -25,6 +25,11 @@ def test_repirl_eval_writes_the_report(tmp_path, tiny_policy_dir, tiny_prm_dir):
     assert set(curves) >= {"oracle (pass@N)", "majority vote", "policy likelihood rerank", "PRM rerank: ctl"}
     assert set(curves["PRM rerank: ctl"]) == {"1", "2"}
     assert "corrupted references (in-distribution)" in results["steperror"]["sources"]
+    # the policy's own likelihood is scored as the untrained step-error baseline, beside every PRM
+    from trainer.evaluation.pipeline import LIKELIHOOD_BASELINE
+
+    for source in results["steperror"]["sources"].values():
+        assert set(source["prms"]) == {"ctl", LIKELIHOOD_BASELINE}
     assert results["gsm8k"]["questions"] == 2 and 0 <= results["gsm8k"]["oracle"] <= 1
     assert [r["run"] for r in results["policies"]["runs"]] == [tiny_policy_dir.parent.name]
     assert len(results["search"]["prms"]["ctl"]) == 4

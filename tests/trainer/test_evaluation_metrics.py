@@ -114,3 +114,16 @@ def test_corrupted_references_carry_the_checkers_label():
     check_corrupted(task, items)  # raises if any constructed label disagrees with the step checker
     ks = [k for _, _, k in items if k is not None]
     assert len(ks) == 60 and len(set(ks)) >= 3  # errors spread over positions
+
+
+def test_policy_target_compares_seed_means():
+    from trainer.evaluation.report_text import policy_target
+
+    def alg(name, g, s):
+        return {"algorithm": name, "runs": [], "seeds": [0, 1, 2], "greedy_mean": g, "greedy_std": 0.01,
+                "sampled_mean": s, "sampled_std": 0.02}
+
+    text = " ".join(policy_target([alg("repirl", 0.60, 0.50), alg("rloo", 0.55, 0.52)]))
+    assert "greedy 0.600 vs 0.550 (+5.0 points" in text and "**met**" in text
+    assert "sampled 0.500 vs 0.520 (-2.0 points" in text and "**missed**" in text
+    assert policy_target([alg("repirl", 0.6, 0.5)]) == []  # no RLOO run: no verdict

@@ -79,3 +79,6 @@ def test_logprob_prm_exports_as_implicit_with_uniform_reference(tiny_policy_dir,
         mine = prm.token_rewards(batch)[0, t.prompt_len :] + 0.5 * math.log(len(tiny_tokenizer))
     served = [v for step in scores.token_rewards for v in step]
     assert served == pytest.approx(mine.tolist(), abs=1e-4)
+    # step reward = mean of the step's token rewards (prm.json step_reward "mean"), not PRIME's length-tracking sum
+    assert cfg.step_reward == "mean"
+    assert scores.step_rewards == pytest.approx([sum(s) / len(s) for s in scores.token_rewards], abs=1e-5)

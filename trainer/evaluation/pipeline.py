@@ -93,10 +93,12 @@ def run_evaluation(cfg: EvalConfig, out_json: Path, log: Callable[[str], None] =
                                  "mean_sample_accuracy": sum(s.correct for ss in samples for s in ss)
                                  / sum(len(ss) for ss in samples)}
                 settings[key]["_samples"] = samples  # kept in memory for the step-error section only
+                settings[key]["_questions"] = [p.question for p in problems]
                 log(f"best-of-N {key}: {len(problems)} problems x {cfg.n} samples in {t_sample:.0f} s; "
                     f"pass@1 {settings[key]['curves']['oracle (pass@N)'][1]:.3f}")
         if "bestofn" in cfg.sections:
-            results["bestofn"] = {k: {kk: vv for kk, vv in v.items() if kk != "_samples"} for k, v in settings.items()}
+            results["bestofn"] = {k: {kk: vv for kk, vv in v.items() if not kk.startswith("_")}
+                                  for k, v in settings.items()}
             lap("bestofn")
             save()
         if "steperror" in cfg.sections:
@@ -170,9 +172,40 @@ def cached_samples(cfg, policy, task, problems, sample_cfg, key, log):
     return samples, seconds
 
 
+LIKELIHOOD_BASELINE = "policy likelihood (baseline, no training)"
+
+
+def likelihood_scorer(cfg, log):
+    """The policy's own log-likelihood as a step scorer (step reward = mean token log-prob of the step): the
+    untrained baseline a PRM's first-error F1 must be read against. Built once per policy revision in the cache."""
+    from repirl.artifacts import content_hash, load_policy_config
+    from repirl.scoring.loader import load_scorer
+    from trainer.models import RewardModel
+
+    if not Path(cfg.policy).is_dir():
+        return None
+    out = Path(cfg.cache_dir or "runs/eval-cache") / f"likelihood-prm-{content_hash(cfg.policy)}"
+    if not (out / "prm.json").is_file():
+        from transformers import AutoTokenizer
+
+        from repirl.artifacts import Provenance
+
+        RewardModel("logprob", cfg.policy).export(out, AutoTokenizer.from_pretrained(cfg.policy),
+                                                  load_policy_config(cfg.policy),
+                                                  Provenance(algorithm="init", base_model=str(cfg.policy)))
+        log(f"likelihood baseline for step errors: {out}")
+    return load_scorer(out, engine="hf", name=LIKELIHOOD_BASELINE)
+
+
 def step_error_section(cfg, policy, scorers, in_dist, settings, log) -> dict:
     task = ArithmeticTask(in_dist)
     out: dict = {"sources": {}}
+    baseline = likelihood_scorer(cfg, log)
+    if baseline is not None:
+        scorers = {**scorers, LIKELIHOOD_BASELINE: baseline}
+        for key, setting in settings.items():  # the policy-sample source reads step rewards off these samples
+            if key.endswith(f"T={max(cfg.temperatures)}"):
+                bestofn.score_samples(baseline, LIKELIHOOD_BASELINE, setting["_questions"], setting["_samples"])
     # 1. corrupted references: dev and test from different problem seeds
     dev_items = steperror.corrupted_set(bestofn.heldout_problems(in_dist, cfg.dev_problems, "dev"), cfg.seed + 1)
     test_items = steperror.corrupted_set(bestofn.heldout_problems(in_dist, cfg.problems), cfg.seed + 2)
