@@ -8,10 +8,10 @@ from typing import Annotated, Awaitable, TypeVar
 
 from fastapi import Depends, Header, Request
 
-from server.auth import key_matches
+from server.auth import hash_key, key_matches
 from server.errors import APIError
 from server.metrics import Metrics
-from server.runtime import GuardedCache, PRMRuntime
+from server.runtime import TENANT, GuardedCache, PRMRuntime
 from server.settings import Settings
 
 T = TypeVar("T")
@@ -46,6 +46,8 @@ async def require_api_key(request: Request, state: StateDep, authorization: Anno
     if not key_matches(presented, state.api_key_hashes):
         raise APIError(401, "missing or invalid API key (Authorization: Bearer KEY)", "authorization",
                        headers={"WWW-Authenticate": "Bearer"})
+    if state.settings.cache_scope == "api-key":
+        TENANT.set(hash_key(presented))  # this request's cache entries are this key's only
 
 
 def get_runtime(state: AppState, model: str | None) -> PRMRuntime:

@@ -9,6 +9,8 @@ log line), and after an error the cache is skipped for `backoff_s` so an outage 
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import hashlib
 import logging
 import time
 from dataclasses import dataclass
@@ -57,6 +59,11 @@ class GuardedCache:
             return False
 
 
+# The API key's hash when `cache_scope: api-key` (set by the auth dependency for the request, read by `score`);
+# None: the deployment-wide cache. Search threads get it passed explicitly (a context var does not follow them).
+TENANT: contextvars.ContextVar[str | None] = contextvars.ContextVar("repirl_tenant", default=None)
+
+
 @dataclass
 class ItemScore:
     scores: StepScores
@@ -80,15 +87,23 @@ class PRMRuntime:
     def config(self):
         return self.scorer.config
 
-    async def score(self, items: list[tuple[str, list[str]]], params: list[str]) -> list[ItemScore]:
-        """`params[i]` names item i in errors (e.g. "items[3]")."""
+    def cache_salt(self, tenant: str | None) -> str | None:
+        if tenant is None:
+            return self.salt
+        return hashlib.sha256(f"{self.salt or ''}\0tenant\0{tenant}".encode()).hexdigest()
+
+    async def score(self, items: list[tuple[str, list[str]]], params: list[str],
+                    tenant: str | None = None) -> list[ItemScore]:
+        """`params[i]` names item i in errors (e.g. "items[3]"). `tenant` (default: the request's TENANT) scopes the
+        cache entries read and written."""
+        salt = self.cache_salt(tenant if tenant is not None else TENANT.get())
         trajs = []
         for (question, steps), param in zip(items, params):
             traj = self.scorer.encoder.encode(question, steps)
             if len(traj.ids) > self.limits.max_tokens:
                 raise LimitExceeded(param, len(traj.ids), self.limits.max_tokens, "tokens")
             trajs.append(traj)
-        keys = [prefix_keys(self.scorer.revision, t, self.salt) for t in trajs]
+        keys = [prefix_keys(self.scorer.revision, t, salt) for t in trajs]
         flat_keys = [k for ks in keys for k in ks]
         raw = await self.cache.get_many(flat_keys) if flat_keys else []
         results: list[ItemScore | None] = [None] * len(items)

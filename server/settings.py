@@ -58,11 +58,21 @@ class Settings(BaseSettings):
     cache_ttl_s: int = Field(7 * 86400, gt=0)
     cache_max_entries: int = Field(200_000, gt=0)
     cache_salt: str | None = None  # tenant salt: isolates this deployment's cache entries
+    # "api-key": each API key gets its own cache entries (its hash is mixed into every key), so one tenant's
+    # requests never hit, nor time, another's cached steps; "deployment": all keys share the cache (more hits)
+    cache_scope: Literal["deployment", "api-key"] = "deployment"
     api_key_file: str | None = None
     public_paths: list[str] = Field(default_factory=lambda: ["/livez", "/readyz", "/metrics"])
     drain_timeout_s: float = Field(30.0, ge=0)
     log_level: str = "info"
     limits: Limits = Field(default_factory=Limits)
+
+    @model_validator(mode="after")
+    def _cache_scope_needs_keys(self) -> "Settings":
+        if self.cache_scope == "api-key" and not self.api_key_file:
+            raise ValueError("cache_scope 'api-key' needs api_key_file (without API keys there is no tenant to "
+                             "scope the cache by)")
+        return self
 
     def prm_entries(self) -> list[tuple[str, Path]]:
         """(name, folder) per --prm; the name defaults to the folder's name, made unique."""

@@ -21,7 +21,7 @@ from server.api.limits import check_count
 from server.api.search.protocol import CandidateOut, SearchRequest, SearchResponse
 from server.deps import AppState, get_runtime
 from server.errors import APIError, LimitExceeded, QueueFull, error_body, to_response
-from server.runtime import PRMRuntime
+from server.runtime import TENANT, PRMRuntime
 
 log = logging.getLogger("repirl.server")
 POLL_S = 0.05
@@ -81,13 +81,13 @@ def check_search_limits(state: AppState, params: SearchParams, question: str) ->
 class PRMBridge:
     """A synchronous StepScorer for the search thread: each call runs `PRMRuntime.score` on the event loop."""
 
-    def __init__(self, runtime: PRMRuntime, loop: asyncio.AbstractEventLoop):
-        self.runtime, self.loop = runtime, loop
+    def __init__(self, runtime: PRMRuntime, loop: asyncio.AbstractEventLoop, tenant: str | None = None):
+        self.runtime, self.loop, self.tenant = runtime, loop, tenant
         self.name, self.revision, self.config = runtime.name, runtime.scorer.revision, runtime.config
 
     def score(self, items):
         items = [(q, list(steps)) for q, steps in items]
-        coro = self.runtime.score(items, [f"candidates[{i}]" for i in range(len(items))])
+        coro = self.runtime.score(items, [f"candidates[{i}]" for i in range(len(items))], tenant=self.tenant)
         try:
             fut = asyncio.run_coroutine_threadsafe(coro, self.loop)
         except RuntimeError:  # the loop closed (server shutting down under a cancelled search)
@@ -109,6 +109,7 @@ class SearchJob:
         self.runtime = get_runtime(state, prm)
         self.policy_name, self.policy = get_policy(state, policy)
         self.cost = check_search_limits(state, params, question)
+        self.tenant = TENANT.get()  # captured in the request's context: the search thread scores on its behalf
         self.cancel = threading.Event()
         self.queue: asyncio.Queue = asyncio.Queue()
         self._admitted = False
@@ -144,7 +145,7 @@ class SearchJob:
 
         def work():
             try:
-                result = run_search(self.policy, PRMBridge(self.runtime, loop), self.question, self.params,
+                result = run_search(self.policy, PRMBridge(self.runtime, loop, self.tenant), self.question, self.params,
                                     on_event=lambda e: put("step", e) if e.kind == "step" else None,
                                     should_stop=self.cancel.is_set)
                 put("result", result)

@@ -1,0 +1,55 @@
+"""Cache scope over real HTTP: `cache_scope: api-key` gives every API key its own cached steps (one tenant never
+reads, or times, another's); the default `deployment` scope shares them between keys."""
+
+from __future__ import annotations
+
+import uuid
+
+import httpx
+import pytest
+
+from server.settings import Settings
+from tests.server.conftest import API_KEY, HASHED_ONLY_KEY, ServerProc
+
+pytestmark = pytest.mark.slow
+
+
+def _score(url: str, key: str, question: str) -> dict:
+    r = httpx.post(url + "/v1/score", json={"model": "tr", "question": question, "steps": ["a", "b"]},
+                   headers={"Authorization": f"Bearer {key}"}, timeout=60)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+@pytest.fixture(scope="module")
+def per_key_server(server_prms, redis_main, tmp_path_factory):
+    d = tmp_path_factory.mktemp("per_key_server")
+    (d / "keys.txt").write_text(f"{API_KEY}\n{HASHED_ONLY_KEY}\n")
+    (d / "config.yaml").write_text("engine: hf\ncache_scope: api-key\nredis_timeout_ms: 1000\n")
+    srv = ServerProc(["--config", str(d / "config.yaml"), "--redis-url", redis_main.url, "--api-key-file",
+                      str(d / "keys.txt"), "--prm", f"tr={server_prms['token-reward']}"], log=d / "server.log")
+    yield srv.wait_ready()
+    srv.stop()
+
+
+def test_api_key_scope_keeps_tenants_apart(per_key_server):
+    q = f"tenant question {uuid.uuid4().hex[:8]}"
+    a1 = _score(per_key_server.url, API_KEY, q)
+    a2 = _score(per_key_server.url, API_KEY, q)
+    b1 = _score(per_key_server.url, HASHED_ONLY_KEY, q)
+    b2 = _score(per_key_server.url, HASHED_ONLY_KEY, q)
+    assert a1["usage"]["cached_steps"] == 0 and a2["usage"]["cached_steps"] == 2  # a key hits its own entries
+    assert b1["usage"]["cached_steps"] == 0, "another key's cached steps were served"
+    assert b2["usage"]["cached_steps"] == 2
+    assert b1["data"][0]["step_rewards"] == pytest.approx(a1["data"][0]["step_rewards"], abs=1e-5)
+
+
+def test_deployment_scope_shares_between_keys(main_server):
+    q = f"shared question {uuid.uuid4().hex[:8]}"
+    assert _score(main_server.url, API_KEY, q)["usage"]["cached_steps"] == 0
+    assert _score(main_server.url, HASHED_ONLY_KEY, q)["usage"]["cached_steps"] == 2
+
+
+def test_api_key_scope_without_keys_is_refused():
+    with pytest.raises(ValueError, match="cache_scope 'api-key' needs api_key_file"):
+        Settings(cache_scope="api-key", api_key_file=None)
