@@ -53,3 +53,29 @@ def test_deployment_scope_shares_between_keys(main_server):
 def test_api_key_scope_without_keys_is_refused():
     with pytest.raises(ValueError, match="cache_scope 'api-key' needs api_key_file"):
         Settings(cache_scope="api-key", api_key_file=None)
+
+
+def test_api_key_scope_reaches_the_search_thread(tmp_path, redis_main):
+    """Searches score from a worker thread: the request's tenant must travel with them (a context var does not)."""
+    from repirl.artifacts import init_token_reward_prm
+    from repirl.policy.toy import TOY_QUESTION, build_toy_policy
+
+    policy = build_toy_policy()
+    prm = init_token_reward_prm(policy, tmp_path / "prm")
+    (tmp_path / "keys.txt").write_text(f"{API_KEY}\n{HASHED_ONLY_KEY}\n")
+    (tmp_path / "config.yaml").write_text("engine: hf\ncache_scope: api-key\nredis_timeout_ms: 1000\n")
+    srv = ServerProc(["--config", str(tmp_path / "config.yaml"), "--redis-url", redis_main.url, "--api-key-file",
+                      str(tmp_path / "keys.txt"), "--prm", f"tr={prm}", "--policy", str(policy)],
+                     log=tmp_path / "server.log").wait_ready(timeout=180)
+    try:
+        def hits(key: str) -> int:
+            r = httpx.post(srv.url + "/v1/best-of-n", json={"question": TOY_QUESTION, "n": 4, "seed": 3},
+                           headers={"Authorization": f"Bearer {key}"}, timeout=120)
+            assert r.status_code == 200, r.text
+            return r.json()["stats"]["cache_hits"]
+
+        assert hits(API_KEY) == 0
+        assert hits(API_KEY) > 0  # the same seeded search again: this key's own entries
+        assert hits(HASHED_ONLY_KEY) == 0, "the search thread read another key's cached steps"
+    finally:
+        srv.stop()
