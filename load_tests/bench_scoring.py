@@ -156,7 +156,7 @@ def bench_prefix_cache(scorer, redis_url, trials=3, n=16, kv_scorer=None) -> flo
                           for j in range(n)]}
 
     cold_t, warm_t = [], []
-    tokens = len(scorer.encoder.encode(f"long shared prefix 0", _long_prefix(0) + ["candidate 0 ends"]).ids)
+    tokens = len(scorer.encoder.encode("long shared prefix 0", _long_prefix(0) + ["candidate 0 ends"]).ids)
     with ThreadedServer(_app(scorer, redis_url)) as port:
         for t in range(trials):
             for bucket in (cold_t, warm_t):

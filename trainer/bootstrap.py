@@ -131,7 +131,8 @@ def run_bootstrap(cfg: BootstrapConfig, console=None) -> dict:
 
 
 def evaluate_policy(policy_dir: Path, encoder: TrajectoryEncoder, problems, task, cfg: BootstrapConfig):
-    from trainer.rollout_eval import sample_solutions_hf, sample_solutions_vllm, vllm_available
+    from trainer.rollout_eval import sample_solutions_hf, sample_solutions_vllm
+    from trainer.rollouts import vllm_available
 
     if vllm_available():
         return sample_solutions_vllm(policy_dir, encoder, problems, task, n=1, temperature=cfg.eval_temperature,

@@ -29,7 +29,6 @@ def bootstrap(
 
     from rich.console import Console
 
-    from repirl.tasks.arithmetic import ArithmeticConfig
     from trainer.bootstrap import BootstrapConfig, run_bootstrap
 
     console = Console()

@@ -12,7 +12,7 @@ from typing import Sequence
 
 from repirl.tasks.base import Problem, StepCheck
 from repirl.trajectory import TrajectoryEncoder, split_steps
-from trainer.rollouts import generate_left_padded, vllm_available  # noqa: F401 - vllm_available: re-exported
+from trainer.rollouts import generate_left_padded
 
 
 @dataclass

@@ -51,7 +51,7 @@ def test_step_checker_finds_the_first_wrong_step():
     assert task.check(p, steps[:1]).first_wrong_step == 1  # truncated
     assert task.check(p, steps + ["extra"]).first_wrong_step == n_eq + 1
     assert task.check(p, []).first_wrong_step == 0 and not task.check(p, []).correct
-    lucky = [f"0+0=0"] * n_eq + [steps[-1]]  # right answer, wrong process
+    lucky = ["0+0=0"] * n_eq + [steps[-1]]  # right answer, wrong process
     check = task.check(p, lucky)
     assert check.correct and check.first_wrong_step == 0
 

@@ -63,7 +63,6 @@ def run_evaluation(cfg: EvalConfig, out_json: Path, log: Callable[[str], None] =
         out_json.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out_json, json.dumps(results, indent=1, default=str))
 
-    t0 = time.time()
     results["runs"] = run_summaries(cfg)
     need_policy = {"bestofn", "steperror", "search"} & set(cfg.sections)
     policy = load_policy(cfg.policy, engine=cfg.policy_engine) if need_policy else None
