@@ -153,6 +153,31 @@ def save_model_folder(model, tokenizer, out_dir: str | Path, prm_config: PRMConf
     return Path(out_dir)
 
 
+REFERENCE_DIR = "reference"  # where an implicit-format PRM keeps pi_ref, inside its folder
+
+
+def save_implicit_prm(model, reference, tokenizer, out_dir: str | Path, prm_config: PRMConfig) -> Path:
+    """An implicit-format PRM folder, atomically: pi_phi at the top, pi_ref (+ tokenizer) in `reference/`, and
+    prm.json pointing at it, with the revision of everything written."""
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        reference.save_pretrained(tmp / REFERENCE_DIR)
+        tokenizer.save_pretrained(tmp / REFERENCE_DIR)
+        cfg = prm_config.model_copy(update={"format": "implicit", "reference_model": REFERENCE_DIR,
+                                            "revision": content_hash(tmp)})
+        (tmp / PRM_JSON).write_text(cfg.model_dump_json(indent=2), encoding="utf-8")
+    return Path(out_dir)
+
+
+def reference_dir(prm_dir: str | Path, cfg: PRMConfig) -> Path:
+    """The implicit format's pi_ref folder (prm.json `reference_model`, relative to the PRM folder or absolute)."""
+    if not cfg.reference_model:
+        raise ArtifactError(f"{Path(prm_dir) / PRM_JSON}: field 'reference_model' is required for format 'implicit'")
+    ref = Path(cfg.reference_model)
+    return check_model_folder(ref if ref.is_absolute() else Path(prm_dir) / ref)
+
+
 def load_prm_config(prm_dir: str | Path) -> PRMConfig:
     """Read and validate prm.json; every failure names the path."""
     path = Path(prm_dir) / PRM_JSON

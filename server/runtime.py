@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import hashlib
 import logging
 import time
 from dataclasses import dataclass
@@ -88,9 +87,8 @@ class PRMRuntime:
         return self.scorer.config
 
     def cache_salt(self, tenant: str | None) -> str | None:
-        if tenant is None:
-            return self.salt
-        return hashlib.sha256(f"{self.salt or ''}\0tenant\0{tenant}".encode()).hexdigest()
+        """The deployment salt, plus the tenant's key hash when the cache is scoped per key (prefix_keys hashes it)."""
+        return self.salt if tenant is None else f"{self.salt or ''}\0tenant\0{tenant}"
 
     async def score(self, items: list[tuple[str, list[str]]], params: list[str],
                     tenant: str | None = None) -> list[ItemScore]:

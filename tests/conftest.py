@@ -15,6 +15,25 @@ from hypothesis import settings  # noqa: E402
 settings.register_profile("repirl", derandomize=True, deadline=None)
 settings.load_profile("repirl")
 
+def assert_vllm_matches_hf(prm_dir, items, **vllm_kwargs):
+    """Score `items` on the transformers engine and on the vLLM engine: step rewards (and token rewards, where the
+    format has them) must agree to 1e-4. Returns (vLLM scores, the closed vLLM scorer) for further checks."""
+    from repirl.scoring.loader import load_scorer
+
+    want = load_scorer(prm_dir, engine="hf", kv_cache_tokens=0).score(items)
+    engine = load_scorer(prm_dir, engine="vllm", **{"max_model_len": 256, **vllm_kwargs})
+    try:
+        got = engine.score(items)
+    finally:
+        engine.close()
+    for g, w in zip(got, want, strict=True):
+        assert g.step_rewards == pytest.approx(w.step_rewards, abs=1e-4)
+        if w.token_rewards is not None:
+            for gt, wt in zip(g.token_rewards, w.token_rewards, strict=True):
+                assert gt == pytest.approx(wt, abs=1e-4)
+    return got, engine
+
+
 REPO = Path(__file__).resolve().parents[1]
 GSM8K_DIR = REPO.parent / "shared" / "data" / "gsm8k"
 

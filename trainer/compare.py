@@ -17,7 +17,7 @@ import typer
 
 
 def _load_prm_scorer(prm_dir: Path):
-    from repirl.artifacts import load_prm_config
+    from repirl.artifacts import load_prm_config, reference_dir
     from trainer.models import RewardModel, load_causal_lm, token_logprobs
 
     cfg = load_prm_config(prm_dir)
@@ -25,7 +25,7 @@ def _load_prm_scorer(prm_dir: Path):
         model = RewardModel("logprob", prm_dir, beta=cfg.beta or 1.0).eval()
         if cfg.reference_model is None:
             return model.token_rewards
-        ref = load_causal_lm(prm_dir / cfg.reference_model).eval()
+        ref = load_causal_lm(reference_dir(prm_dir, cfg)).eval()
         return lambda b: model.token_rewards(b) - (cfg.beta or 1.0) * token_logprobs(ref, b)
     if cfg.format == "token-reward":
         return RewardModel("head", prm_dir, bound=None).eval().token_rewards

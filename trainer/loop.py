@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 import yaml
 
-from repirl.artifacts import PolicyConfig, Provenance, atomic_dir, atomic_write_text, save_model_folder
+from repirl.artifacts import (PolicyConfig, PRMConfig, Provenance, atomic_dir, atomic_write_text, save_implicit_prm,
+                              save_model_folder)
 from repirl.trajectory import TrajectoryEncoder
 from trainer import distributed as dist
 from trainer.algorithms import (
@@ -322,8 +323,10 @@ class Trainer:
         save_model_folder(policy, self.tokenizer, self.run_dir / "policy", policy_config=pol_cfg)
         if self.prm is not None:
             if cfg.algorithm == "prime":
-                _export_prime(prm_model, self.init_policy, self.tokenizer, self.run_dir / "prm", pol_cfg,
-                              cfg.prime.beta, prov)
+                # PRIME's implicit PRM: pi_phi in the folder, the frozen initial policy as pi_ref in `reference/`
+                save_implicit_prm(prm_model, self.init_policy, self.tokenizer, self.run_dir / "prm", PRMConfig(
+                    format="implicit", beta=cfg.prime.beta, step_separator=pol_cfg.step_separator,
+                    prompt_template=pol_cfg.prompt_template, provenance=prov))
             else:
                 self.prm.export(self.run_dir / "prm", self.tokenizer, pol_cfg, prov, model=prm_model)
         plot(rows, self.run_dir / "plots")
@@ -335,22 +338,6 @@ class Trainer:
         live = self.run_dir / "live_policy"
         shutil.rmtree(live, ignore_errors=True)
         return summary
-
-
-def _export_prime(model, ref_model, tokenizer, out: Path, pol_cfg: PolicyConfig, beta: float, prov: Provenance):
-    """PRIME's implicit PRM: pi_phi in the folder, pi_ref in `reference/` inside it (prm.json: format implicit)."""
-    from repirl.artifacts import PRM_JSON, PRMConfig, content_hash
-
-    with atomic_dir(out) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        ref_model.save_pretrained(tmp / "reference")
-        tokenizer.save_pretrained(tmp / "reference")
-        cfg = PRMConfig(format="implicit", beta=beta, reference_model="reference",
-                        step_separator=pol_cfg.step_separator, prompt_template=pol_cfg.prompt_template,
-                        provenance=prov)
-        cfg = cfg.model_copy(update={"revision": content_hash(tmp)})
-        (tmp / PRM_JSON).write_text(cfg.model_dump_json(indent=2), encoding="utf-8")
 
 
 @torch.no_grad()

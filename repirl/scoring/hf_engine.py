@@ -17,7 +17,7 @@ from typing import Sequence
 
 import torch
 
-from repirl.artifacts import ArtifactError, PRMConfig, check_model_folder, scoring_revision
+from repirl.artifacts import ArtifactError, PRMConfig, check_model_folder, reference_dir, scoring_revision
 from repirl.scoring.base import Item, StepScores
 from repirl.scoring.formats import FormatSpec, Qwen2ForProcessRewardModel
 from repirl.trajectory import TrajectoryEncoder, TrajectoryIds
@@ -73,11 +73,8 @@ def _load_models(prm_dir: Path, cfg: PRMConfig, dtype: torch.dtype) -> list[torc
         return [Qwen2ForProcessRewardModel.from_pretrained(prm_dir, AutoConfig.from_pretrained(prm_dir)).to(dtype)]
     if cfg.format == "math-shepherd":
         return [AutoModelForCausalLM.from_pretrained(prm_dir, dtype=dtype)]
-    ref = Path(cfg.reference_model)
-    ref = ref if ref.is_absolute() else prm_dir / ref
-    check_model_folder(ref)
     return [AutoModelForCausalLM.from_pretrained(prm_dir, dtype=dtype),
-            AutoModelForCausalLM.from_pretrained(ref, dtype=dtype)]
+            AutoModelForCausalLM.from_pretrained(reference_dir(prm_dir, cfg), dtype=dtype)]
 
 
 class HFScorer:

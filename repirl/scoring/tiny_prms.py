@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from repirl.artifacts import PRMConfig, Provenance, atomic_dir, content_hash, init_token_reward_prm
+from repirl.artifacts import PRMConfig, Provenance, atomic_dir, content_hash, init_token_reward_prm, save_implicit_prm
 from repirl.tiny import build_tokenizer, tiny_qwen2_config
 
 # Step tags must be single tokens; the byte-level tiny tokenizer has these special tokens.
@@ -78,16 +78,8 @@ def build_tiny_prm(out_dir: str | Path, fmt: str, seed: int = 0, **config_overri
         return _write(out_dir, lambda d: (model.save_pretrained(d), tok.save_pretrained(d)), cfg)
     if fmt == "implicit":
         phi, ref = _causal_lm(tok, seed, **config_overrides), _causal_lm(tok, seed + 100, **config_overrides)
-        cfg = PRMConfig(format="implicit", reference_model="reference", beta=0.5, default_aggregation="mean-token",
-                        provenance=prov)
-
-        def save(d):
-            phi.save_pretrained(d)
-            tok.save_pretrained(d)
-            ref.save_pretrained(d / "reference")
-            tok.save_pretrained(d / "reference")
-
-        return _write(out_dir, save, cfg)
+        return save_implicit_prm(phi, ref, tok, out_dir, PRMConfig(format="implicit", beta=0.5,
+                                                                   default_aggregation="mean-token", provenance=prov))
     raise ValueError(f"unknown PRM format {fmt!r}")
 
 

@@ -21,7 +21,7 @@ from typing import Sequence
 
 import torch
 
-from repirl.artifacts import ArtifactError, PRMConfig, check_model_folder, scoring_revision
+from repirl.artifacts import ArtifactError, PRMConfig, check_model_folder, reference_dir, scoring_revision
 from repirl.scoring.base import Item, StepScores
 from repirl.scoring.formats import FormatSpec
 from repirl.trajectory import TrajectoryEncoder, TrajectoryIds
@@ -72,8 +72,7 @@ class VLLMScorer:
     def _init_implicit(self, prm_dir: Path, cfg: PRMConfig, dtype: str, enforce_eager: bool, llm_kwargs) -> None:
         from vllm import LLM, SamplingParams
 
-        ref = Path(cfg.reference_model)
-        ref = check_model_folder(ref if ref.is_absolute() else prm_dir / ref)
+        ref = reference_dir(prm_dir, cfg)
         kw = dict(runner="generate", dtype=dtype, enforce_eager=enforce_eager, max_model_len=self.max_model_len,
                   **llm_kwargs)
         self.llm = LLM(model=str(prm_dir), **kw)

@@ -10,6 +10,7 @@ import sys
 import pytest
 import yaml
 
+from tests.conftest import assert_vllm_matches_hf
 from trainer.rollouts import vllm_available
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm, pytest.mark.skipif(not vllm_available(), reason="no vLLM")]
@@ -29,16 +30,7 @@ def test_vllm_training_run_and_pooling_export(recipe, tmp_path):
     assert all(r["logprob_max_abs_diff"] < 1e-4 for r in rows), [r["logprob_max_abs_diff"] for r in rows]
     assert all(r["logprob_diff_if_stale"] > 1e-2 for r in rows[1:])  # the check would catch stale weights
 
-    from repirl.scoring.loader import load_scorer
-
     prm = tmp_path / "v" / "prm"
     items = [("Start with 3. Add 4. What is the result?", ["3+4=7", "Answer: 7"]),
              ("Start with 5. Subtract 2. What is the result?", ["5-2=4", "Answer: 4"])]
-    hf = load_scorer(prm, engine="hf", kv_cache_tokens=0).score(items)
-    engine = load_scorer(prm, engine="vllm", max_model_len=256)
-    try:
-        got = engine.score(items)
-    finally:
-        del engine
-    for g, w in zip(got, hf):
-        assert g.step_rewards == pytest.approx(w.step_rewards, abs=1e-4)
+    assert_vllm_matches_hf(prm, items)
