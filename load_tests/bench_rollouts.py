@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
@@ -68,11 +67,12 @@ def main() -> None:
                                  pad_token_id=eos)
         assert out.shape[1] - width == args.tokens
 
-    from vllm import LLM, SamplingParams
+    from vllm import SamplingParams
 
-    llm = LLM(model=str(policy), dtype="float32", enforce_eager=True, max_model_len=512, seed=0,
-              gpu_memory_utilization=0.3,
-              max_num_batched_tokens=32768)  # see trainer/rollouts.py: no chunked prefill with seeded requests
+    from repirl.vllm_setup import start_llm
+
+    llm = start_llm(policy, "the benchmark policy", dtype="float32", enforce_eager=True, max_model_len=512, seed=0,
+                    max_num_batched_tokens=32768)  # see trainer/rollouts.py: no chunked prefill with seeded requests
     params = SamplingParams(n=args.n, temperature=0.8, max_tokens=args.tokens, ignore_eos=True, seed=0, logprobs=0)
 
     def vllm_once():

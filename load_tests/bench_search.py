@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 HELDOUT_SEED = 12345  # the demo's held-out problems: `repirl bootstrap` evaluates task.sample(n, seed=12345)
 

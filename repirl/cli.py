@@ -23,10 +23,12 @@ app = typer.Typer(
 )
 
 
-
 @app.callback()
-def _root() -> None:
-    """Keeps `repirl` a command group even while only one sub-command is installed."""
+def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="show vLLM's and transformers' INFO logs "
+                                       "(default: warnings only; also REPIRL_LOG_LEVEL=info)")) -> None:
+    """Train process reward models with rePIRL and serve them next to a policy."""
+    if verbose:
+        os.environ["REPIRL_LOG_LEVEL"] = "info"
 
 
 # (module, function) pairs; a module that is not there yet (a later issue) simply adds no command.

@@ -33,16 +33,18 @@ def byte_level_symbols() -> list[str]:
     return [chr(table[b]) for b in range(256)]
 
 
-def build_tokenizer(merges: list[str] | None = None):
-    """A byte-level Qwen2Tokenizer: 256 byte symbols + special tokens, optional BPE merges."""
+def build_tokenizer(merges: list[tuple[str, str]] | None = None):
+    """A byte-level Qwen2Tokenizer: 256 byte symbols + special tokens, optional BPE merges (pairs of symbols)."""
     from transformers import Qwen2Tokenizer
 
     vocab = {sym: i for i, sym in enumerate(byte_level_symbols())}
     for tok in SPECIAL_TOKENS:
         vocab[tok] = len(vocab)
+    for merge in merges or []:  # each merge's result is a token of its own (after the specials: their ids stay)
+        vocab.setdefault("".join(merge), len(vocab))
     tok = Qwen2Tokenizer(
         vocab=vocab,
-        merges=list(merges or []),
+        merges=[tuple(m) for m in merges or []],
         unk_token="<|endoftext|>",
         eos_token="<|endoftext|>",
         pad_token="<|endoftext|>",

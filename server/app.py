@@ -46,17 +46,42 @@ def build_scorers(settings: Settings) -> dict:
         if engine == "hf":
             kwargs = {"kv_cache_tokens": settings.hf_kv_cache_tokens, "max_batch_tokens": settings.limits.max_batch_tokens,
                       "forward_tokens": settings.hf_forward_tokens}
-        elif settings.vllm_max_model_len:
-            kwargs = {"max_model_len": settings.vllm_max_model_len}
+        else:
+            kwargs = settings.vllm_engine_kwargs()
         scorers[name] = load_scorer(path, engine=engine, name=name, **kwargs)
         log.info("loaded PRM %s from %s (format %s, engine %s, revision %s)", name, path,
                  scorers[name].config.format, engine, scorers[name].revision)
     return scorers
 
 
+def build_engines(settings: Settings) -> tuple[dict, dict]:
+    """(PRM scorers, policies) from settings; engines already started are closed when a later one fails."""
+    scorers: dict = {}
+    try:
+        scorers = build_scorers(settings)
+        return scorers, load_policies(settings)
+    except BaseException:
+        _close_all(scorers.values())
+        raise
+
+
+def _close_all(engines) -> None:
+    for obj in engines:
+        close = getattr(obj, "close", None)
+        if callable(close):
+            try:
+                close()
+            except Exception:  # shutting down: log and go on with the others
+                log.exception("closing %r failed", obj)
+
+
 def create_app(settings: Settings, scorers: dict | None = None,
-               extra_routers: list | None = None, on_startup: Callable[[AppState], None] | None = None) -> FastAPI:
-    """`scorers` (name -> StepScorer) skips loading from settings (benchmarks and tests that share engines)."""
+               extra_routers: list | None = None, on_startup: Callable[[AppState], None] | None = None,
+               policies: dict | None = None, close_engines: bool | None = None) -> FastAPI:
+    """`scorers` (name -> StepScorer) and `policies` skip loading from settings (`repirl serve` starts them first;
+    benchmarks and tests share engines). `close_engines` (default: when this app loads them) stops them at shutdown."""
+    if close_engines is None:
+        close_engines = scorers is None
     metrics = Metrics()
     state = AppState(settings=settings, metrics=metrics)
     if settings.api_key_file:
@@ -82,7 +107,7 @@ def create_app(settings: Settings, scorers: dict | None = None,
             rt.batcher.start()
             state.runtimes[name] = rt
         state.policy = settings.policy
-        state.policies.update(load_policies(settings))
+        state.policies.update(policies if policies is not None else load_policies(settings))
         if on_startup:
             on_startup(state)
         log.info("serving %d PRM(s): %s", len(state.runtimes), ", ".join(state.runtimes))
@@ -92,14 +117,8 @@ def create_app(settings: Settings, scorers: dict | None = None,
             for rt in state.runtimes.values():
                 await rt.batcher.stop()
             await raw_cache.close()
-            if scorers is None:  # engines this app built (vLLM: its engine-core process) stop with it
-                for obj in [*loaded.values(), *state.policies.values()]:
-                    close = getattr(obj, "close", None)
-                    if callable(close):
-                        try:
-                            close()
-                        except Exception:  # shutting down: log and go on with the others
-                            log.exception("closing %r failed", obj)
+            if close_engines:  # engines this app owns (vLLM: its engine-core process) stop with it
+                _close_all([*loaded.values(), *state.policies.values()])
 
     public_docs = state.api_key_hashes is None  # with API keys, no unauthenticated schema pages either
     app = FastAPI(title="repirl", version="0.1.0", lifespan=lifespan, dependencies=[Depends(require_api_key)],

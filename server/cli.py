@@ -51,6 +51,9 @@ def serve(
                                                    "and flags override it)")] = None,
 ) -> None:
     """Serve PRMs over HTTP: /v1/score, /v1/rerank, /v1/models, /livez, /readyz, /metrics."""
+    from repirl.vllm_setup import quiet_logs
+
+    quiet_logs()  # before vLLM is imported
     import uvicorn
     from pydantic import ValidationError
 
@@ -70,11 +73,35 @@ def serve(
     preflight(settings)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    from server.app import create_app
+    from repirl.vllm_setup import EngineStartError
+    from server.app import build_engines, create_app
 
+    # Engines start here, not in the app's lifespan, so one that cannot start ends the command with exit 2 and one
+    # line naming the setting to change (a failure inside uvicorn's lifespan prints a traceback and exits 3).
     try:
-        app = create_app(settings)
+        scorers, policies = build_engines(settings)
+    except EngineStartError as e:
+        _fail(str(e))
+    try:
+        app = create_app(settings, scorers=scorers, policies=policies, close_engines=True, on_startup=_banner)
     except ValueError as e:  # e.g. an unreadable API key file
         _fail(str(e))
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
                 timeout_graceful_shutdown=int(settings.drain_timeout_s) or None)
+
+
+def _banner(state) -> None:
+    """What a user wants once the service is up: where, what, and one request to try."""
+    s = state.settings
+    url = f"http://{'127.0.0.1' if s.host in ('0.0.0.0', '::') else s.host}:{s.port}"
+    key = " -H 'Authorization: Bearer YOUR_KEY'" if state.api_key_hashes is not None else ""
+    lines = [f"repirl serving on {url}"]
+    for name, rt in state.runtimes.items():
+        lines.append(f"  PRM {name}: {rt.config.format} on {rt.scorer.engine}")
+    for name, policy in state.policies.items():
+        lines.append(f"  {name}: {getattr(policy, 'name', policy)} ({type(policy).__name__})")
+    body = '{"question": "Start with 9. Multiply by 4, then subtract 2. What is the result?", ' \
+           '"steps": ["9*4=36", "36-2=34", "Answer: 34"]}'
+    lines += [f"  try: curl -s {url}/v1/score{key} -H 'Content-Type: application/json' -d '{body}'",
+              f"  docs: {url}/docs   metrics: {url}/metrics   (Ctrl+C stops)"]
+    typer.echo("\n".join(lines))

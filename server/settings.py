@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     hf_kv_cache_tokens: int = Field(65536, ge=0)
     hf_forward_tokens: int = Field(1024, gt=0, description="tokens per transformers forward pass (CPU sweet spot)")
     vllm_max_model_len: int | None = None
+    # vLLM memory (repirl/vllm_setup.py): KV cache per engine in GiB (CPU default 0.5, so the service, a training
+    # run and the tests fit on one 24 GiB machine); on a GPU the share of GPU memory per engine unless a size is set
+    vllm_kv_cache_gib: float | None = Field(None, gt=0, description="KV cache per vLLM engine, GiB")
+    vllm_gpu_memory_utilization: float | None = Field(None, gt=0, le=1, description="GPU memory share per engine")
     # torch intra-op threads for the transformers engine (None: torch's default, one per core). On a small, shared
     # CPU fewer threads than cores can be much faster: the engine thread shares the cores with the event loop.
     torch_threads: int | None = Field(None, gt=0)
@@ -64,7 +68,7 @@ class Settings(BaseSettings):
     api_key_file: str | None = None
     public_paths: list[str] = Field(default_factory=lambda: ["/livez", "/readyz", "/metrics"])
     drain_timeout_s: float = Field(30.0, ge=0)
-    log_level: str = "info"
+    log_level: str = Field("warning", description="uvicorn and library logs (info shows every request)")
     limits: Limits = Field(default_factory=Limits)
 
     @model_validator(mode="after")
@@ -73,6 +77,13 @@ class Settings(BaseSettings):
             raise ValueError("cache_scope 'api-key' needs api_key_file (without API keys there is no tenant to "
                              "scope the cache by)")
         return self
+
+    def vllm_engine_kwargs(self) -> dict:
+        """What every vLLM engine of the service is built with (the PRMs and an in-process policy)."""
+        kwargs = {"kv_cache_gib": self.vllm_kv_cache_gib, "gpu_memory_utilization": self.vllm_gpu_memory_utilization}
+        if self.vllm_max_model_len:
+            kwargs["max_model_len"] = self.vllm_max_model_len
+        return kwargs
 
     def prm_entries(self) -> list[tuple[str, Path]]:
         """(name, folder) per --prm; the name defaults to the folder's name, made unique."""

@@ -34,6 +34,13 @@ class BootstrapConfig:
     eval_problems: int = 200
     eval_temperature: float = 0.8
     eval_seed: int = 12345  # held-out problems come from a different seed than training batches
+    # The demo policy must land here (held-out accuracy at eval_temperature): high enough that rollouts contain
+    # correct solutions (rePIRL's experts), low enough that a PRM has wrong ones to learn from and room to help.
+    accuracy_window: tuple[float, float] = (0.3, 0.85)
+
+
+class BootstrapError(RuntimeError):
+    """The demo policy missed its accuracy window; the message says by how much and what to try."""
 
 
 def check_tokenizer_round_trip(tokenizer, folder: Path, probe: str) -> None:
@@ -113,26 +120,35 @@ def run_bootstrap(cfg: BootstrapConfig, console=None) -> dict:
                               provenance=Provenance(algorithm="sft", data=f"arithmetic seed {cfg.seed}",
                                                     iterations=cfg.sft.steps, metrics=logs[-1] if logs else {}))
     policy_dir = save_model_folder(model, tokenizer, out / "policy", policy_config=policy_cfg)
-    prm_dir = init_token_reward_prm(policy_dir, out / "prm")
-    say(f"wrote {policy_dir} and {prm_dir} (untrained token-reward PRM; `repirl train` trains one)")
-
     report = evaluate_policy(policy_dir, encoder, held_out, task, cfg)
+    lo, hi = cfg.accuracy_window
     summary = {
-        "policy": str(policy_dir), "prm": str(prm_dir), "parameters": n_params,
+        "policy": str(policy_dir), "parameters": n_params, "accuracy_window": [lo, hi],
+        "cpu_kernels": torch.backends.cpu.get_cpu_capability(),
         "heldout_problems": len(held_out), "temperature": cfg.eval_temperature, "engine": report.engine,
         "heldout_accuracy": round(report.accuracy, 4), "first_step_accuracy": round(report.first_step_accuracy(), 4),
         "train_seconds": round(t_train, 1), "total_seconds": round(time.time() - t_start, 1), "sft_log": logs,
     }
-    atomic_write_text(out / "bootstrap.json", json.dumps(summary, indent=2))
     say(f"held-out accuracy ({report.engine}, T={cfg.eval_temperature}, {len(held_out)} problems): "
-        f"{report.accuracy:.1%}; first step right: {report.first_step_accuracy():.1%}; "
+        f"{report.accuracy:.1%} (window {lo:.0%}-{hi:.0%}); first step right: {report.first_step_accuracy():.1%}; "
         f"SFT {t_train:.0f} s, total {summary['total_seconds']:.0f} s")
+    if not lo <= report.accuracy <= hi:
+        # no prm/prm.json: `make serve` sees no finished demo and runs the bootstrap again
+        atomic_write_text(out / "bootstrap.json", json.dumps({**summary, "status": "outside window"}, indent=2))
+        raise BootstrapError(f"the demo policy's held-out accuracy {report.accuracy:.1%} is outside its window "
+                             f"{lo:.0%}-{hi:.0%} after {cfg.sft.steps} SFT steps (torch CPU kernels "
+                             f"{summary['cpu_kernels']}); {out}/bootstrap.json has the SFT log. Try --steps "
+                             f"{int(cfg.sft.steps * 1.5)}, or --accuracy-window to accept it")
+    prm_dir = init_token_reward_prm(policy_dir, out / "prm")  # last: prm/prm.json marks a finished demo
+    summary["prm"] = str(prm_dir)
+    atomic_write_text(out / "bootstrap.json", json.dumps(summary, indent=2))
+    say(f"wrote {policy_dir} and {prm_dir} (untrained token-reward PRM; `repirl train` trains one)")
     return summary
 
 
 def evaluate_policy(policy_dir: Path, encoder: TrajectoryEncoder, problems, task, cfg: BootstrapConfig):
     from trainer.rollout_eval import sample_solutions_hf, sample_solutions_vllm
-    from trainer.rollouts import vllm_available
+    from repirl.vllm_setup import vllm_available
 
     if vllm_available():
         return sample_solutions_vllm(policy_dir, encoder, problems, task, n=1, temperature=cfg.eval_temperature,

@@ -19,6 +19,8 @@ def bootstrap(
     eval_problems: int = typer.Option(None, help="Held-out problems sampled at the end."),
     seed: int = typer.Option(0, help="Seed for the model init and the training problems."),
     force: bool = typer.Option(False, "--force", help="Rebuild even if OUT/prm/prm.json exists."),
+    accuracy_window: str = typer.Option(None, help="LO,HI: the held-out accuracy the policy must reach (default "
+                                        "0.3,0.85); outside it the command fails and writes no PRM."),
 ) -> None:
     """Build the offline demo models: tokenizer, tiny Qwen2 policy (SFT on the synthetic arithmetic task), an
     untrained token-reward PRM, and the policy's held-out accuracy sampled with vLLM at T=0.8.
@@ -29,7 +31,10 @@ def bootstrap(
 
     from rich.console import Console
 
-    from trainer.bootstrap import BootstrapConfig, run_bootstrap
+    from repirl.vllm_setup import quiet_logs
+
+    quiet_logs()
+    from trainer.bootstrap import BootstrapConfig, BootstrapError, run_bootstrap
 
     console = Console()
     if (out / "prm" / "prm.json").exists() and not force:
@@ -47,4 +52,15 @@ def bootstrap(
     cfg = replace(cfg, sft=replace(cfg.sft, seed=seed, **sft_over), task=task_cfg, **model_over)
     if cfg.hidden_size % 64:
         raise typer.BadParameter(f"--hidden-size must be a multiple of 64, got {cfg.hidden_size}")
-    run_bootstrap(cfg, console)
+    if accuracy_window is not None:
+        try:
+            lo, hi = (float(x) for x in accuracy_window.split(","))
+            assert 0 <= lo <= hi <= 1
+        except (ValueError, AssertionError):
+            raise typer.BadParameter(f"--accuracy-window: LO,HI with 0 <= LO <= HI <= 1, got {accuracy_window!r}")
+        cfg = replace(cfg, accuracy_window=(lo, hi))
+    try:
+        run_bootstrap(cfg, console)
+    except BootstrapError as e:
+        console.print(f"[red]repirl bootstrap:[/red] {e}")
+        raise typer.Exit(1)

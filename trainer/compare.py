@@ -54,7 +54,8 @@ def compare(
     from trainer.data import HELDOUT_SEED
     from trainer.models import load_causal_lm
     from trainer.ranking import likelihood_fn, mean_scores, report
-    from trainer.rollouts import HFEngine, VLLMEngine, build_rollouts, vllm_available
+    from repirl.vllm_setup import vllm_available
+    from trainer.rollouts import HFEngine, VLLMEngine, build_rollouts
 
     tok = AutoTokenizer.from_pretrained(policy)
     pcfg = load_policy_config(policy)

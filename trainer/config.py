@@ -37,6 +37,9 @@ class RolloutConfig(_Strict):
     max_new_tokens: int = Field(96, ge=1)
     engine: Literal["auto", "vllm", "transformers"] = "auto"
     max_model_len: int = 512
+    # vLLM rollout engine's KV cache in GiB (None: REPIRL_VLLM_KV_CACHE_GIB, else repirl.vllm_setup's default);
+    # an explicit size lets the run start beside the service and other engines (see repirl/vllm_setup.py)
+    kv_cache_gib: float | None = Field(None, gt=0)
 
 
 class FilterConfig(_Strict):

@@ -72,11 +72,19 @@ def eval_command(
     out: Path = typer.Option(Path("docs/results.md"), help="Markdown report; plots and results.json go to "
                                                            "<out dir>/results/."),
     report_only: bool = typer.Option(False, "--report-only", help="Re-render the report from results.json."),
+    vllm_kv_cache_gib: float = typer.Option(None, min=0.01, help="KV cache per vLLM engine in GiB (default: "
+                                            "REPIRL_VLLM_KV_CACHE_GIB, else 0.5 on a CPU; see repirl/vllm_setup.py)."),
 ) -> None:
     """Evaluate PRMs and policies (best-of-N curves, step-error F1, GSM8K best-of-4, policy accuracy, search cost)
     and write docs/results.md with PNG plots. Uses the service's own search code and scorers."""
     import json
+    import os
 
+    from repirl.vllm_setup import KV_SETTING, quiet_logs
+
+    if vllm_kv_cache_gib is not None:  # every engine the evaluator starts reads it (repirl.vllm_setup)
+        os.environ[KV_SETTING] = str(vllm_kv_cache_gib)
+    quiet_logs()
     from trainer.evaluation.pipeline import SECTIONS, EvalConfig, run_evaluation
     from trainer.evaluation.report import render
 

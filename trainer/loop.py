@@ -18,6 +18,7 @@ import yaml
 from repirl.artifacts import (PolicyConfig, PRMConfig, Provenance, atomic_dir, atomic_write_text, save_implicit_prm,
                               save_model_folder)
 from repirl.trajectory import TrajectoryEncoder
+from repirl.vllm_setup import vllm_available
 from trainer import distributed as dist
 from trainer.algorithms import (
     batch_of,
@@ -34,7 +35,7 @@ from trainer.data import make_task_and_pools
 from trainer.losses import masked_mean, prime_advantages
 from trainer.metrics import append_row, plot, read_rows, truncate_rows
 from trainer.models import RewardModel, build_tiny_policy, load_causal_lm, policy_config_of, token_logprobs
-from trainer.rollouts import HFEngine, VLLMEngine, build_rollouts, reference_rollout, vllm_available
+from trainer.rollouts import HFEngine, VLLMEngine, build_rollouts, reference_rollout
 
 
 class ResumeError(RuntimeError):
@@ -130,7 +131,7 @@ class Trainer:
         if self.is_main:
             self.tokenizer.save_pretrained(live)
         dist.barrier()
-        return VLLMEngine(live, self.cfg.seed, c.max_model_len)
+        return VLLMEngine(live, self.cfg.seed, c.max_model_len, c.kv_cache_gib)
 
     def _save_live_policy(self) -> Path:
         """The policy's current weights for the vLLM engine(s). Sharded: every rank gathers, rank 0 writes, all wait."""
@@ -149,6 +150,13 @@ class Trainer:
     def run(self, progress: bool = True) -> dict:
         cfg = self.cfg
         self.engine = self._make_engine()
+        # the held-out accuracy of the starting policy, the "before" of the final summary (kept across a resume)
+        before_path = self.run_dir / "eval_before.json"
+        if cfg.eval_problems and not before_path.exists():
+            acc = self.evaluate()
+            if self.is_main:
+                atomic_write_text(before_path, json.dumps({"eval_accuracy": acc}))
+        self.eval_before = json.loads(before_path.read_text())["eval_accuracy"] if before_path.exists() else None
         bar = _progress(self.console) if (progress and self.is_main) else None
         if bar is not None:
             bar.start()
@@ -164,6 +172,8 @@ class Trainer:
                     self.save_checkpoint(it + 1)
                 if bar is not None:
                     bar.update(job, completed=it + 1, acc=f"{row['accuracy']:.2f}")
+                elif self.is_main:  # no bar (logs, CI): one line per iteration
+                    self._say(iteration_line(row, cfg.iterations))
         finally:
             if bar is not None:
                 bar.stop()
@@ -331,13 +341,38 @@ class Trainer:
                 self.prm.export(self.run_dir / "prm", self.tokenizer, pol_cfg, prov, model=prm_model)
         plot(rows, self.run_dir / "plots")
         summary = {"name": cfg.name, "algorithm": cfg.algorithm, "iterations": cfg.iterations,
+                   "eval_accuracy_before": self.eval_before,
                    "eval_accuracy": eval_acc, "eval_problems": min(cfg.eval_problems, len(self.heldout)),
                    "final_train_accuracy": rows[-1]["accuracy"] if rows else None,
                    "total_time_s": round(sum(r.get("t_iter", 0) for r in rows), 2)}
         atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2))
         live = self.run_dir / "live_policy"
         shutil.rmtree(live, ignore_errors=True)
+        if eval_acc is not None:
+            before = f"{self.eval_before:.1%} before, " if self.eval_before is not None else ""
+            self._say(f"{cfg.name}: held-out accuracy {before}{eval_acc:.1%} after {cfg.iterations} iterations of "
+                      f"{cfg.algorithm} ({summary['eval_problems']} problems, T={cfg.rollouts.temperature}); "
+                      f"wrote {self.run_dir}/{{policy,prm,metrics.jsonl,plots,summary.json}}")
         return summary
+
+    def _say(self, line: str) -> None:
+        if self.console is not None:
+            self.console.print(line, highlight=False)
+        else:
+            print(line, flush=True)
+
+
+def iteration_line(row: dict, iterations: int) -> str:
+    """`iter 3/20  acc 0.56  prm loss 0.123  ess 0.91  4.2 s`: what a log reader wants from each iteration."""
+    parts = [f"iter {row['iter'] + 1}/{iterations}", f"acc {row['accuracy']:.2f}"]
+    if row.get("prm_loss") is not None:
+        parts.append(f"prm loss {row['prm_loss']:.4f}")
+    if row.get("ess_frac") is not None:
+        parts.append(f"ess {row['ess_frac']:.2f}")
+    if row.get("eval_accuracy") is not None:
+        parts.append(f"held-out {row['eval_accuracy']:.2f}")
+    parts.append(f"{row['t_iter']:.1f} s")
+    return "  ".join(parts)
 
 
 @torch.no_grad()

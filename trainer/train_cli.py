@@ -20,6 +20,7 @@ def train(
     """Train a PRM (and policy) with rePIRL or a baseline; writes runs/<name>/."""
     from rich.console import Console
 
+    from repirl.vllm_setup import quiet_logs
     from trainer.config import ConfigError, load_config
 
     console = Console(stderr=True)
@@ -32,6 +33,7 @@ def train(
     except ConfigError as e:
         console.print(f"[red]config error:[/red] {e}")
         raise typer.Exit(2)
+    quiet_logs()
     summary = run_training(cfg, resume=resume, console=console, progress=not no_progress)
     if summary:
         typer.echo(json.dumps(summary))

@@ -4,14 +4,21 @@ end to end in tests and demos without the trained demo policy. Not a model of an
 
 Trained on several solutions of the same question, it samples among them at the points where they diverge (roughly
 in proportion to how often each appears), which gives searches real choices to make.
+
+The fixture checks itself: where a noisy optimiser happens to stop differs between CPU kernel sets (AVX2 vs AVX-512
+ended 250 constant-lr steps at loss 0.35 vs 0.04), so training decays the lr, keeps the best state, and a folder is
+written only after `check_memorised` passes; otherwise training goes on up to a cap, then fails saying what it got.
+`python -m repirl.policy.toy` builds every toy policy the tests use into a fresh folder (CI runs it per kernel set).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
+from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
@@ -25,8 +32,15 @@ TOY_SOLUTIONS = (
     ("3+4=8", "8*2=16", "Answer: 16"),
 )
 
+_VERSION = 2  # bump when the training recipe changes, so cached folders are rebuilt
+_ROUNDS = 4  # training rounds of `steps` each before a fixture that does not converge is a failure
+# A memorised token has at least this share of the probability its solutions give it: 1.0 for a token every
+# solution with that prefix agrees on, 2/3 vs 1/3 where they diverge (two of three say "7", one "8").
+_MIN_SHARE = 0.6
 
-_VERSION = 1  # bump when the training recipe changes, so cached folders are rebuilt
+
+class ToyPolicyError(RuntimeError):
+    """The toy policy did not memorise its solutions within the training cap."""
 
 
 def toy_cache_dir() -> Path:
@@ -34,9 +48,44 @@ def toy_cache_dir() -> Path:
     return Path(os.environ.get("REPIRL_TOY_CACHE", Path(tempfile.gettempdir()) / "repirl-toy-policies"))
 
 
+def _targets(rows, eos_id: int) -> list[tuple[list[int], int, dict[int, float]]]:
+    """Per solution: its ids (+ EOS), where the solution starts, and for every solution position the share of the
+    solutions sharing that prefix that continue with each token (the distribution a perfect memoriser learns)."""
+    seqs = [r.ids + [eos_id] for r in rows]
+    out = []
+    for seq, r in zip(seqs, rows):
+        shares = {}
+        for pos in range(r.prompt_len, len(seq)):
+            nxt = Counter(s[pos] for s in seqs if len(s) > pos and s[:pos] == seq[:pos])
+            shares[pos] = nxt[seq[pos]] / sum(nxt.values())
+        out.append((seq, r.prompt_len, shares))
+    return out
+
+
+def check_memorised(model, targets) -> tuple[bool, str]:
+    """Every solution token gets at least `_MIN_SHARE` of its share under teacher forcing, and the majority token
+    wins the argmax (so greedy decoding reproduces the most frequent solution exactly, EOS included)."""
+    import torch
+
+    worst, worst_at = 1.0, ""
+    with torch.no_grad():
+        for i, (seq, start, shares) in enumerate(targets):
+            probs = model(input_ids=torch.tensor([seq])).logits[0].float().softmax(-1)
+            for pos in range(start, len(seq)):
+                p = float(probs[pos - 1, seq[pos]])
+                ratio = p / shares[pos]
+                majority = shares[pos] > 0.5
+                if majority and int(probs[pos - 1].argmax()) != seq[pos]:
+                    ratio = min(ratio, 0.0)
+                if ratio < worst:
+                    worst, worst_at = ratio, f"solution {i}, token {pos - start}: p={p:.3f} (share {shares[pos]:.2f})"
+    return worst >= _MIN_SHARE, f"worst token {worst_at}" if worst_at else "all tokens memorised"
+
+
 def build_toy_policy(root: str | Path | None = None, question: str = TOY_QUESTION,
                      solutions: Sequence[Sequence[str]] = TOY_SOLUTIONS, steps: int = 250, seed: int = 0) -> Path:
-    """Train (or reuse, when `root` already holds the same one) a toy policy folder; returns its path."""
+    """Train (or reuse, when `root` already holds the same one) a toy policy folder; returns its path.
+    Raises ToyPolicyError when the model has not memorised its solutions after `_ROUNDS * steps` steps."""
     root = toy_cache_dir() if root is None else root
     spec = json.dumps({"v": _VERSION, "q": question, "s": [list(s) for s in solutions], "steps": steps, "seed": seed})
     out = Path(root) / f"toy-policy-{hashlib.sha256(spec.encode()).hexdigest()[:12]}"
@@ -56,20 +105,60 @@ def build_toy_policy(root: str | Path | None = None, question: str = TOY_QUESTIO
     pcfg = PolicyConfig(task={"name": "toy"}, provenance=Provenance(algorithm="toy-memorise", iterations=steps))
     enc = TrajectoryEncoder(tok, pcfg.prompt_template, pcfg.step_separator)
     rows = [enc.encode(question, list(s)) for s in solutions]
+    targets = _targets(rows, tok.eos_token_id)
     width = max(len(r.ids) for r in rows) + 1
     ids = torch.full((len(rows), width), tok.eos_token_id)
     labels = torch.full((len(rows), width), -100)
-    for i, r in enumerate(rows):
-        seq = r.ids + [tok.eos_token_id]
+    for i, (seq, start, _) in enumerate(targets):
         ids[i, : len(seq)] = torch.tensor(seq)
-        labels[i, r.prompt_len: len(seq)] = torch.tensor(seq[r.prompt_len:])  # learn the solution, not the prompt
+        labels[i, start: len(seq)] = torch.tensor(seq[start:])  # learn the solution, not the prompt
+
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    model.train()
-    for _ in range(steps):
-        loss = model(input_ids=ids, labels=labels).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
+    best_loss, best_state, status = math.inf, None, ""
+    for rnd in range(_ROUNDS):
+        model.train()
+        for step in range(steps):  # cosine decay per round: the last steps are small, so the end is no spike
+            for g in opt.param_groups:
+                g["lr"] = 3e-3 * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * step / steps)))
+            loss = model(input_ids=ids, labels=labels).loss
+            if loss.item() < best_loss:  # the loss of the weights before this step: keep those weights
+                best_loss = loss.item()
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        model.load_state_dict(best_state)  # the best state seen, wherever the optimiser stopped
+        model.eval()
+        ok, status = check_memorised(model, targets)
+        if ok:
+            break
+    else:
+        raise ToyPolicyError(f"toy policy did not memorise its {len(solutions)} solutions in {_ROUNDS * steps} steps "
+                             f"(best loss {best_loss:.4f}; {status}; torch CPU kernels: "
+                             f"{torch.backends.cpu.get_cpu_capability()})")
     model.generation_config.eos_token_id = tok.eos_token_id
+    pcfg.provenance.metrics = {"loss": round(best_loss, 5), "rounds": rnd + 1}
     return save_model_folder(model, tok, out, policy_config=pcfg)
+
+
+def main() -> None:
+    """Build the toy policies the tests use into a fresh folder and say whether each converged (exit 1 if not)."""
+    import sys
+    import time
+
+    import torch
+
+    root = Path(tempfile.mkdtemp(prefix="repirl-toy-check-"))
+    t0 = time.time()
+    try:
+        path = build_toy_policy(root)
+    except ToyPolicyError as e:
+        print(f"FAIL [{torch.backends.cpu.get_cpu_capability()}] {e}")
+        sys.exit(1)
+    metrics = json.loads((path / "policy.json").read_text())["provenance"]["metrics"]
+    print(f"ok [{torch.backends.cpu.get_cpu_capability()}] toy policy memorised its solutions: loss "
+          f"{metrics['loss']}, {metrics['rounds']} round(s), {time.time() - t0:.1f} s")
+
+
+if __name__ == "__main__":
+    main()

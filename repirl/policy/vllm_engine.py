@@ -33,13 +33,13 @@ def _default_engine_kwargs(model_dir: Path) -> dict[str, Any]:
 
 class VLLMPolicy:
     def __init__(self, model_dir: str | Path, **engine_kwargs):
-        from vllm import LLM
+        from repirl.vllm_setup import start_llm
 
         model_dir = check_model_folder(model_dir)
         self.name = str(model_dir)
         self.config = load_policy_config(model_dir)
-        kwargs = _default_engine_kwargs(Path(model_dir)) | engine_kwargs
-        self.llm = LLM(model=str(model_dir), **kwargs)
+        kwargs = _default_engine_kwargs(Path(model_dir)) | engine_kwargs  # kv_cache_gib= among them
+        self.llm = start_llm(model_dir, f"policy {model_dir}", **kwargs)
         self.tokenizer = self.llm.get_tokenizer()
         self.encoder = encoder_for(self.tokenizer, self.config)
         self._lock = threading.Lock()

@@ -12,7 +12,8 @@ Engine = Literal["auto", "vllm", "hf"]
 
 def resolve_engine(fmt: str, engine: Engine = "auto") -> str:
     """auto = vLLM's pooling runner when vLLM is installed and serves the format, transformers otherwise."""
-    from repirl.scoring.vllm_engine import VLLM_FORMATS, vllm_available
+    from repirl.scoring.vllm_engine import VLLM_FORMATS
+    from repirl.vllm_setup import vllm_available
 
     if engine not in ("auto", "vllm", "hf"):
         raise ValueError(f"engine must be auto, vllm or hf, got {engine!r}")

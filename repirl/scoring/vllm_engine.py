@@ -30,14 +30,6 @@ VLLM_FORMATS = ("token-reward", "qwen-step-tag")  # what `engine: auto` puts on 
 VLLM_ONLY_ON_REQUEST = ("implicit",)  # served by vLLM's generate runner when `engine: vllm` is asked for
 
 
-def vllm_available() -> bool:
-    try:
-        import vllm  # noqa: F401
-    except Exception:  # a broken install (e.g. mismatched torchvision) counts as absent
-        return False
-    return True
-
-
 class VLLMScorer:
     """StepScorer on vLLM's pooling runner. Build it under `if __name__ == "__main__":` (vLLM spawns its engine)."""
 
@@ -46,7 +38,9 @@ class VLLMScorer:
     def __init__(self, prm_dir: str | Path, cfg: PRMConfig, name: str | None = None, *,
                  max_model_len: int | None = None, dtype: str = "float32", enforce_eager: bool = True, **llm_kwargs):
         from transformers import AutoConfig, AutoTokenizer
-        from vllm import LLM, PoolingParams
+        from vllm import PoolingParams
+
+        from repirl.vllm_setup import start_llm
 
         prm_dir = check_model_folder(prm_dir)
         if cfg.format not in VLLM_FORMATS + VLLM_ONLY_ON_REQUEST:
@@ -62,22 +56,25 @@ class VLLMScorer:
         if cfg.format == "implicit":
             self._init_implicit(prm_dir, cfg, dtype, enforce_eager, llm_kwargs)
             return
-        self.llm = LLM(model=str(prm_dir), runner="pooling", dtype=dtype, enforce_eager=enforce_eager,
-                       max_model_len=self.max_model_len, **llm_kwargs)
+        self.llm = start_llm(prm_dir, f"PRM {self.name!r}", runner="pooling", dtype=dtype, enforce_eager=enforce_eager,
+                             max_model_len=self.max_model_len, **llm_kwargs)
         # raw logits (the format applies its own softmax). Qwen2ForProcessRewardModel pools by STEP in vLLM: it
         # returns rows only at the step tag, so the tag id (resolved from the tokenizer) is passed on.
         step_tag = self.spec.step_tag_id if cfg.format == "qwen-step-tag" else None
         self._params = PoolingParams(use_activation=False, step_tag_id=step_tag)
 
     def _init_implicit(self, prm_dir: Path, cfg: PRMConfig, dtype: str, enforce_eager: bool, llm_kwargs) -> None:
-        from vllm import LLM, SamplingParams
+        from vllm import SamplingParams
+
+        from repirl.vllm_setup import start_llm
 
         ref = reference_dir(prm_dir, cfg)
         kw = dict(runner="generate", dtype=dtype, enforce_eager=enforce_eager, max_model_len=self.max_model_len,
                   **llm_kwargs)
-        self.llm = LLM(model=str(prm_dir), **kw)
+        self.llm = start_llm(prm_dir, f"PRM {self.name!r}", **kw)
         self.uniform_ref_logprob = _uniform_logprob(ref)
-        self.ref_llm = None if self.uniform_ref_logprob is not None else LLM(model=str(ref), **kw)
+        self.ref_llm = (None if self.uniform_ref_logprob is not None
+                        else start_llm(ref, f"the reference model of PRM {self.name!r}", **kw))
         # one generated token is the least vLLM runs; its logprobs are not used. prompt_logprobs=0: the prompt token's
         # own log-prob only (raw, before any temperature: vLLM's default logprobs_mode)
         self._params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)

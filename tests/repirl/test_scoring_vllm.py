@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from repirl.scoring.tiny_prms import build_tiny_prm
-from repirl.scoring.vllm_engine import vllm_available
+from repirl.vllm_setup import vllm_available
 from tests.conftest import assert_vllm_matches_hf
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm,

@@ -11,7 +11,9 @@ def test_token_rewards_match_transformers(tiny_prm_dir):
 
     import torch
     from transformers import AutoModelForTokenClassification
-    from vllm import LLM, PoolingParams
+    from vllm import PoolingParams
+
+    from repirl.vllm_setup import start_llm
 
     # A random head, so the rewards are far from zero and differ per token.
     prm = AutoModelForTokenClassification.from_pretrained(tiny_prm_dir).eval()
@@ -20,8 +22,8 @@ def test_token_rewards_match_transformers(tiny_prm_dir):
     with torch.no_grad():
         expected = [prm(input_ids=torch.tensor([p])).logits[0, :, 0].tolist() for p in prompts]
 
-    llm = LLM(model=str(tiny_prm_dir), runner="pooling", dtype="float32", enforce_eager=True, max_model_len=256,
-              gpu_memory_utilization=0.3)
+    llm = start_llm(tiny_prm_dir, "the parity PRM", runner="pooling", dtype="float32", enforce_eager=True,
+                    max_model_len=256)
     try:
         outs = llm.encode([{"prompt_token_ids": p} for p in prompts], pooling_task="token_classify",
                           pooling_params=PoolingParams(use_activation=False), use_tqdm=False)

@@ -139,7 +139,8 @@ def test_refuses_to_start_on_missing_model(tmp_path):
 
 def test_sigterm_drains_in_flight_requests(slow_prm, tmp_path):
     srv = ServerProc(["--prm", str(slow_prm)], env={"REPIRL_ENGINE": "hf",
-                     "REPIRL_HF_KV_CACHE_TOKENS": "0"}, log=tmp_path / "server.log").wait_ready()
+                     "REPIRL_HF_KV_CACHE_TOKENS": "0", "REPIRL_LOG_LEVEL": "info"},
+                     log=tmp_path / "server.log").wait_ready()
     out: dict = {}
     try:
         with httpx.Client(base_url=srv.url, timeout=60) as c:

@@ -25,7 +25,7 @@ from tests.repirl.test_policy_vllm import _check_against_transformers, _check_sa
 from tests.server.conftest import ServerProc, free_port  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
-VLLM_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1"}
+VLLM_ENV = {"HF_HUB_OFFLINE": "1"}
 GREEDY = {"question": TOY_QUESTION, "strategy": "beam", "n": 2, "beam_width": 1, "temperature": 0.0, "max_steps": 5}
 
 
@@ -55,7 +55,9 @@ def api_server(toy_dir, tmp_path_factory):
     port = free_port()
     log = open(tmp_path_factory.mktemp("vllm") / "server.log", "w+")
     proc = subprocess.Popen([sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(toy_dir),
-                             "--dtype", "float32", "--max-model-len", "256", "--enforce-eager", "--port", str(port)],
+                             "--dtype", "float32", "--max-model-len", "256", "--enforce-eager", "--port", str(port),
+                             # an explicit KV cache, as repirl.vllm_setup sets: the default reserves 92% of memory
+                             "--kv-cache-memory-bytes", str(1 << 29)],
                             stdout=log, stderr=subprocess.STDOUT, env=os.environ | VLLM_ENV)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from repirl.scoring.loader import load_scorer
-from repirl.scoring.vllm_engine import vllm_available
+from repirl.vllm_setup import vllm_available
 from tests.server.conftest import ServerProc
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm,
@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.vllm,
 @pytest.fixture(scope="session")
 def vllm_server(server_prms, tmp_path_factory):
     d = tmp_path_factory.mktemp("vllm_server")
-    env = {"VLLM_CPU_KVCACHE_SPACE": "1", "REPIRL_VLLM_MAX_MODEL_LEN": "256"}
+    env = {"REPIRL_VLLM_MAX_MODEL_LEN": "256"}
     srv = ServerProc(["--engine", "vllm", "--prm", f"tr={server_prms['token-reward']}"], env=env,
                      log=d / "server.log").wait_ready(timeout=300)
     yield srv
@@ -66,3 +66,35 @@ def test_vllm_engine_in_service_matches_hf(vllm_server, hf_reference):
             results = list(pool.map(post, singles))
         for got, want in zip(results, hf_reference.score(singles)):
             _assert_close(got, want)
+
+
+def test_second_engine_process_starts_beside_the_first(vllm_server, server_prms, tmp_path):
+    """vLLM's CPU backend used to reserve 92% of memory per engine, so a second engine-holding process (a training run
+    beside the service, the test suite) could not start; repirl sets an explicit KV cache (repirl/vllm_setup.py)."""
+    second = ServerProc(["--engine", "vllm", "--prm", f"tr={server_prms['token-reward']}"],
+                        env={"REPIRL_VLLM_MAX_MODEL_LEN": "256"}, log=tmp_path / "server.log")
+    try:
+        second.wait_ready(timeout=300)
+        item = {"question": "What is 2+2?", "steps": ["2+2=4", "Answer: 4"]}
+        with httpx.Client(timeout=120) as c:
+            a = c.post(vllm_server.url + "/v1/score", json=item).json()["data"][0]["step_rewards"]
+            b = c.post(second.url + "/v1/score", json=item).json()["data"][0]["step_rewards"]
+        assert a == pytest.approx(b, abs=1e-5)
+    finally:
+        second.stop()
+
+
+def test_engine_that_cannot_fit_exits_2_naming_the_setting(server_prms):
+    """An engine start that cannot fit ends `repirl serve` with exit 2 and one line naming the setting, no traceback."""
+    import subprocess
+    import sys
+
+    from tests.server.conftest import REPO
+
+    p = subprocess.run([sys.executable, "-m", "server", "--engine", "vllm", "--prm", str(server_prms["token-reward"])],
+                       cwd=REPO, capture_output=True, text=True, timeout=120,
+                       env={**__import__("os").environ, "REPIRL_VLLM_KV_CACHE_GIB": "100000"})
+    assert p.returncode == 2, p.stderr[-2000:]
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "REPIRL_VLLM_KV_CACHE_GIB" in lines[0] and "GiB memory is free" in lines[0], lines
+    assert "Traceback" not in p.stderr + p.stdout

@@ -14,14 +14,19 @@ CLI = [sys.executable, "-m", "repirl.cli", "bootstrap"]
 
 
 def run_cli(*args, cwd=REPO):
-    env = dict(os.environ, HF_HUB_OFFLINE="1", VLLM_CPU_KVCACHE_SPACE="1")
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
     return subprocess.run(CLI + list(args), cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
 @pytest.mark.slow
 def test_bootstrap_writes_loadable_artifacts_and_reports_accuracy(tmp_path):
     out = tmp_path / "demo"
+    # 4 SFT steps cannot solve anything: the default window refuses the policy, clearly, and writes no PRM
     r = run_cli("--out", str(out), "--steps", "4", "--num-layers", "1", "--eval-problems", "6")
+    assert r.returncode == 1 and "outside its window" in r.stdout and "--accuracy-window" in r.stdout, r.stdout[-2000:]
+    assert not (out / "prm").exists() and json.loads((out / "bootstrap.json").read_text())["status"]
+    r = run_cli("--out", str(out), "--steps", "4", "--num-layers", "1", "--eval-problems", "6",
+                "--accuracy-window", "0,1")
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert "held-out accuracy" in r.stdout
     summary = json.loads((out / "bootstrap.json").read_text())

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from tests.conftest import assert_vllm_matches_hf
-from trainer.rollouts import vllm_available
+from repirl.vllm_setup import vllm_available
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm, pytest.mark.skipif(not vllm_available(), reason="no vLLM")]
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -25,6 +25,11 @@ def test_vllm_training_run_and_pooling_export(recipe, tmp_path):
     res = subprocess.run([sys.executable, "-m", "trainer.train_cli", "--config", str(path), "--no-progress"],
                          cwd=REPO, env={**os.environ, "PYTHONPATH": REPO}, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
+    # without a progress bar: one line per iteration, then held-out accuracy before and after, and nothing from vLLM
+    # or transformers below WARNING
+    out = res.stdout + res.stderr
+    assert [ln.split()[1] for ln in out.splitlines() if ln.startswith("iter ")] == ["1/3", "2/3", "3/3"], out[-3000:]
+    assert "held-out accuracy" in out and "before" in out and " INFO " not in out, out[-3000:]
     rows = [json.loads(line) for line in (tmp_path / "v" / "metrics.jsonl").read_text().splitlines()]
     assert all(r["engine"] == "vllm" for r in rows)
     assert all(r["logprob_max_abs_diff"] < 1e-4 for r in rows), [r["logprob_max_abs_diff"] for r in rows]

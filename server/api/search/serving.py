@@ -38,7 +38,7 @@ def load_policies(settings) -> dict:
     if settings.policy.startswith(("http://", "https://", "vllm:", "hf:")):
         engine = "auto"  # the spec names its engine
     on_vllm = engine == "vllm" or settings.policy.startswith("vllm:")
-    kwargs = {"max_model_len": settings.vllm_max_model_len} if on_vllm and settings.vllm_max_model_len else {}
+    kwargs = settings.vllm_engine_kwargs() if on_vllm else {}
     policy = load_policy(settings.policy, engine=engine, **kwargs)
     log.info("loaded policy from %s (%s)", settings.policy, type(policy).__name__)
     return {"policy": policy}
