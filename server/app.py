@@ -21,6 +21,7 @@ from server.api.rerank.router import router as rerank_router
 from server.api.score.router import router as score_router
 from server.api.search.router import router as search_router
 from server.api.chat.router import router as chat_router
+from server.api.playground.router import router as playground_router
 from server.api.search.serving import load_policies
 from server.auth import load_key_hashes
 from server.deps import AppState, require_api_key
@@ -31,7 +32,8 @@ from server.settings import Settings
 
 log = logging.getLogger("repirl.server")
 
-ROUTERS = [health_router, models_router, score_router, rerank_router, search_router, chat_router]
+ROUTERS = [health_router, models_router, score_router, rerank_router, search_router, chat_router,
+           playground_router]
 
 
 def build_scorers(settings: Settings) -> dict:

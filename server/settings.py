@@ -66,7 +66,10 @@ class Settings(BaseSettings):
     # requests never hit, nor time, another's cached steps; "deployment": all keys share the cache (more hits)
     cache_scope: Literal["deployment", "api-key"] = "deployment"
     api_key_file: str | None = None
-    public_paths: list[str] = Field(default_factory=lambda: ["/livez", "/readyz", "/metrics"])
+    # the playground's page and assets are public (a browser cannot send a bearer key for them); every API call
+    # the page makes carries the key typed into it
+    public_paths: list[str] = Field(default_factory=lambda: ["/livez", "/readyz", "/metrics", "/playground",
+                                                             "/playground/app.js", "/playground/style.css"])
     drain_timeout_s: float = Field(30.0, ge=0)
     log_level: str = Field("warning", description="uvicorn and library logs (info shows every request)")
     limits: Limits = Field(default_factory=Limits)

@@ -144,13 +144,20 @@ class SearchJob:
                 pass
 
         def work():
+            metrics, outcome = self.state.metrics, "error"
+            metrics.searches_in_flight.inc()  # falls when this thread ends: a cancelled search, after its step
             try:
                 result = run_search(self.policy, PRMBridge(self.runtime, loop, self.tenant), self.question, self.params,
                                     on_event=lambda e: put("step", e) if e.kind == "step" else None,
                                     should_stop=self.cancel.is_set)
+                outcome = "completed"
                 put("result", result)
             except BaseException as e:  # noqa: BLE001 - handed to the event loop, re-raised there
+                outcome = "cancelled" if isinstance(e, SearchCancelled) else "error"
                 put("error", e)
+            finally:
+                metrics.searches_in_flight.dec()
+                metrics.searches.labels(outcome).inc()
 
         thread = threading.Thread(target=work, name="repirl-search", daemon=True)
         thread.start()
