@@ -32,6 +32,13 @@ class EngineStartError(RuntimeError):
     """A vLLM engine could not start; the message is one line that names the setting to change."""
 
 
+def engine_dead(llm) -> bool:
+    """True once a `vllm.LLM`'s engine-core process has died or failed fatally (its client's monitor thread sets the
+    flag): every later call raises EngineDeadError. Also true after `shutdown()`."""
+    core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+    return bool(getattr(getattr(core, "resources", None), "engine_dead", False))
+
+
 def vllm_available() -> bool:
     try:
         import vllm  # noqa: F401

@@ -6,6 +6,7 @@ Engines load in the lifespan (refusing to start with a missing or unreadable mod
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from contextlib import asynccontextmanager
 from typing import Callable
@@ -22,18 +23,21 @@ from server.api.score.router import router as score_router
 from server.api.search.router import router as search_router
 from server.api.chat.router import router as chat_router
 from server.api.playground.router import router as playground_router
+from server.api.docs.router import router as docs_router
+from server.api.openrlhf.router import router as openrlhf_router
 from server.api.search.serving import load_policies
 from server.auth import load_key_hashes
 from server.deps import AppState, require_api_key
+from server.health import watch_engines
 from server.metrics import Metrics
-from server.middleware import BodyLimitMiddleware, MetricsMiddleware
+from server.middleware import BodyLimitMiddleware, MetricsMiddleware, RequestIdMiddleware
 from server.runtime import GuardedCache, PRMRuntime
 from server.settings import Settings
 
 log = logging.getLogger("repirl.server")
 
 ROUTERS = [health_router, models_router, score_router, rerank_router, search_router, chat_router,
-           playground_router]
+           playground_router, openrlhf_router]
 
 
 def build_scorers(settings: Settings) -> dict:
@@ -113,23 +117,26 @@ def create_app(settings: Settings, scorers: dict | None = None,
         if on_startup:
             on_startup(state)
         log.info("serving %d PRM(s): %s", len(state.runtimes), ", ".join(state.runtimes))
+        watchdog = asyncio.create_task(watch_engines(state), name="repirl-engine-watchdog")
         try:
             yield
         finally:
+            watchdog.cancel()  # before the engines close (closing marks a vLLM engine dead)
             for rt in state.runtimes.values():
                 await rt.batcher.stop()
             await raw_cache.close()
             if close_engines:  # engines this app owns (vLLM: its engine-core process) stop with it
                 _close_all([*loaded.values(), *state.policies.values()])
 
-    public_docs = state.api_key_hashes is None  # with API keys, no unauthenticated schema pages either
+    # the schema and docs are routes of ours (server/api/docs), behind the API key like every other route; no
+    # trailing-slash redirects: Starlette built their Location from the Host header (an open redirect)
     app = FastAPI(title="repirl", version="0.1.0", lifespan=lifespan, dependencies=[Depends(require_api_key)],
-                  docs_url="/docs" if public_docs else None, redoc_url=None,
-                  openapi_url="/openapi.json" if public_docs else None)
+                  docs_url=None, redoc_url=None, openapi_url=None, redirect_slashes=False)
     app.state.repirl = state
     errors.install(app)
-    for router in ROUTERS + list(extra_routers or []):
+    for router in ROUTERS + ([docs_router] if settings.openapi_docs else []) + list(extra_routers or []):
         app.include_router(router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.limits.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(RequestIdMiddleware)  # added last: outermost, so every response of ours carries the id
     return app

@@ -5,13 +5,15 @@ Requests put their items on one queue per PRM; a single worker runs the engine (
 each request its results. Batching is continuous: items that arrived while the engine was busy form the next batch
 at once; only a batch that starts on an idle engine waits up to `max_wait_ms` for company (woken by arrivals, not
 by polling). A full queue refuses new work (429). A request whose client went away is cancelled: its items that
-have not reached the engine are dropped.
+have not reached the engine are dropped. A batch the engine fails on is run again one request at a time, so one
+request's bad item fails that request only (it used to fail every request that shared its batch).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -46,7 +48,7 @@ class MicroBatcher:
         self._queued_items = self._queued_tokens = 0  # running totals: the wait loop never re-sums the queue
         self._arrived = asyncio.Event()
         self._task: asyncio.Task | None = None
-        self.busy = False
+        self.busy_since: float | None = None  # time.monotonic() when the engine call in flight started (readiness)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"batcher-{self.name}")
@@ -128,24 +130,33 @@ class MicroBatcher:
             batch = self._take_batch()
             if not batch:
                 continue
-            flat = [item for p, start, end in batch for item in p.items[start:end]]
-            self.metrics.batch_items.labels(self.name).observe(len(flat))
+            self.metrics.batch_items.labels(self.name).observe(sum(e - s for _, s, e in batch))
             self.metrics.batch_tokens.labels(self.name).observe(sum(sum(p.tokens[s:e]) for p, s, e in batch))
-            self.busy = True
-            try:
-                results = await asyncio.to_thread(self.score_fn, flat)
-            except Exception as e:  # one bad batch fails its requests, not the worker
-                log.exception("PRM %s failed on a batch of %d items", self.name, len(flat))
-                for p, _, _ in batch:
-                    if not p.future.done():
-                        p.future.set_exception(e)
-                continue
-            finally:
-                self.busy = False
-            i = 0
-            for p, start, end in batch:
-                p.results[start:end] = results[i: i + end - start]
-                i += end - start
-                p.done += end - start
-                if p.done == len(p.items) and not p.future.done():
-                    p.future.set_result(p.results)
+            await self._run_batch(batch)
+
+    async def _run_batch(self, batch: list[tuple[_Pending, int, int]]) -> None:
+        flat = [item for p, start, end in batch for item in p.items[start:end]]
+        self.busy_since = time.monotonic()
+        try:
+            results = await asyncio.to_thread(self.score_fn, flat)
+        except Exception as e:  # never fails the worker; one request's bad item never fails the others
+            if len(batch) > 1:
+                log.warning("PRM %s failed on a batch of %d requests (%s: %s); running each alone", self.name,
+                            len(batch), type(e).__name__, e)
+                for part in batch:
+                    if not part[0].future.done():
+                        await self._run_batch([part])
+                return
+            log.exception("PRM %s failed on a request's %d items", self.name, len(flat))
+            if not batch[0][0].future.done():
+                batch[0][0].future.set_exception(e)
+            return
+        finally:
+            self.busy_since = None
+        i = 0
+        for p, start, end in batch:
+            p.results[start:end] = results[i: i + end - start]
+            i += end - start
+            p.done += end - start
+            if p.done == len(p.items) and not p.future.done():
+                p.future.set_result(p.results)

@@ -75,6 +75,7 @@ def serve(
 
     from repirl.vllm_setup import EngineStartError
     from server.app import build_engines, create_app
+    from server.health import EXIT_ENGINE_DEAD
 
     # Engines start here, not in the app's lifespan, so one that cannot start ends the command with exit 2 and one
     # line naming the setting to change (a failure inside uvicorn's lifespan prints a traceback and exits 3).
@@ -86,8 +87,16 @@ def serve(
         app = create_app(settings, scorers=scorers, policies=policies, close_engines=True, on_startup=_banner)
     except ValueError as e:  # e.g. an unreadable API key file
         _fail(str(e))
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                timeout_graceful_shutdown=int(settings.drain_timeout_s) or None)
+    server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+                                           timeout_graceful_shutdown=int(settings.drain_timeout_s) or None))
+    state = app.state.repirl
+    state.on_fatal = lambda: setattr(server, "should_exit", True)  # a dead engine (server/health.py): drain, exit
+    server.run()
+    if state.fatal:  # non-zero, so the orchestrator restarts the service (its engine process does not come back)
+        typer.echo(f"repirl serve: {state.fatal}", err=True)
+        raise typer.Exit(EXIT_ENGINE_DEAD)
+    if not server.started:  # as uvicorn.run: the startup failed (uvicorn logged why)
+        raise typer.Exit(3)
 
 
 def _banner(state) -> None:

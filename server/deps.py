@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field
-from typing import Annotated, Awaitable, TypeVar
+from typing import Annotated, Callable
 
 from fastapi import Depends, Header, Request
 
@@ -13,9 +12,6 @@ from server.errors import APIError
 from server.metrics import Metrics
 from server.runtime import TENANT, GuardedCache, PRMRuntime
 from server.settings import Settings
-
-T = TypeVar("T")
-
 
 @dataclass
 class AppState:
@@ -26,6 +22,8 @@ class AppState:
     api_key_hashes: list[str] | None = None
     policy: str | None = None
     policies: dict = field(default_factory=dict)  # name -> StepPolicy engine (server/api/search), "policy" from --policy
+    fatal: str | None = None  # why the service cannot serve any more (an engine died: server/health.py)
+    on_fatal: Callable[[], None] | None = None  # `repirl serve` sets it: drain, then exit non-zero
 
 
 async def get_state(request: Request) -> AppState:  # async: a sync dependency costs a thread hop per request
@@ -57,20 +55,3 @@ def get_runtime(state: AppState, model: str | None) -> PRMRuntime:
         return state.runtimes[model]
     except KeyError:
         raise APIError(404, f"model {model!r} is not loaded (loaded: {', '.join(state.runtimes)})", "model") from None
-
-
-async def until_disconnect(request: Request, work: Awaitable[T], poll_s: float = 0.05) -> T:
-    """Run `work`; if the client goes away first, cancel it (queued PRM work is dropped) and answer 499."""
-    task = asyncio.ensure_future(work)
-    try:
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=poll_s)
-            if done:
-                return task.result()
-            if await request.is_disconnected():
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
-                raise APIError(499, "client disconnected; work cancelled")
-    finally:
-        if not task.done():
-            task.cancel()

@@ -1,11 +1,14 @@
-"""Pure ASGI middleware: request metrics (by route template) and the body-size limit (413 before parsing)."""
+"""Pure ASGI middleware: request metrics (by route template), the body-size limit (413 before parsing) and the
+request id every response carries (`x-request-id`)."""
 
 from __future__ import annotations
 
 import json
+import re
 import time
+import uuid
 
-from server.errors import error_body
+from server.errors import BodyTooLarge, error_body
 
 
 class BodyLimitMiddleware:
@@ -23,16 +26,13 @@ class BodyLimitMiddleware:
         seen = 0
         started = False
 
-        class _TooLarge(Exception):
-            pass
-
         async def counting_receive():
             nonlocal seen
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise _TooLarge()
+                if seen > self.max_bytes:  # FastAPI re-raises it from its body reading: the error mapper's 413
+                    raise BodyTooLarge(seen, self.max_bytes)
             return message
 
         async def tracking_send(message):
@@ -42,7 +42,7 @@ class BodyLimitMiddleware:
 
         try:
             await self.app(scope, counting_receive, tracking_send)
-        except _TooLarge:
+        except BodyTooLarge:  # raised where no exception handler runs (e.g. a body read outside a route)
             if not started:
                 await _send_413(send, seen, self.max_bytes)
 
@@ -76,3 +76,41 @@ class MetricsMiddleware:
             path = getattr(route, "path", None) or "unmatched"
             self.metrics.requests.labels(path, str(status)).inc()
             self.metrics.latency.labels(path).observe(time.perf_counter() - start)
+
+
+# An incoming id is echoed only when it is short and plain (no header or log injection, no unbounded growth).
+_SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+
+
+class RequestIdMiddleware:
+    """Every response carries `x-request-id`: the client's `X-Request-Id` when it is sane, else a new `req_<hex>`.
+    Outermost of ours, so the body-limit 413s, streams and 500s (sent here, then re-raised) carry it too; the id is
+    also in `scope["state"]["request_id"]` for routes and logs."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        given = dict(scope.get("headers") or []).get(b"x-request-id", b"").decode("latin-1")
+        rid = given if _SANE_REQUEST_ID.fullmatch(given) else f"req_{uuid.uuid4().hex}"
+        scope.setdefault("state", {})["request_id"] = rid
+        started = False
+
+        async def send_with_id(message):
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"]
+                message = {**message, "headers": [*headers, (b"x-request-id", rid.encode())]}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception as exc:  # Starlette's outermost error middleware would answer without the id
+            if not started:
+                from server.errors import to_response
+
+                await to_response(exc)(scope, receive, send_with_id)
+            raise

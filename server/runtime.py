@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from repirl.scoring.base import StepScores
 from repirl.scoring.cache import decode_value, encode_value, prefix_keys
 from server.batching import MicroBatcher
-from server.errors import LimitExceeded
+from server.errors import APIError, LimitExceeded
 from server.metrics import Metrics
 from server.settings import Limits
 
@@ -31,14 +31,18 @@ class GuardedCache:
         self.cache, self.metrics, self.timeout_s, self.backoff_s = cache, metrics, timeout_s, backoff_s
         self.kind = cache.kind
         self._skip_until = 0.0
+        self.last_ok = True  # the last cache call succeeded: what /readyz reports (no round trip per probe)
 
     async def _call(self, op: str, coro, fallback):
         if time.monotonic() < self._skip_until:
             coro.close()
             return fallback
         try:
-            return await asyncio.wait_for(coro, self.timeout_s)
+            out = await asyncio.wait_for(coro, self.timeout_s)
+            self.last_ok = True
+            return out
         except Exception as e:  # Redis down, slow, or answering garbage: the request goes on without the cache
+            self.last_ok = False
             self.metrics.cache_errors.labels(op).inc()
             self._skip_until = time.monotonic() + self.backoff_s
             log.warning("prefix cache %s failed (%s: %s); failing open for %.1fs", op, type(e).__name__, e,
@@ -51,11 +55,9 @@ class GuardedCache:
     async def set_many(self, entries, ttl_s):
         await self._call("set", self.cache.set_many(entries, ttl_s), None)
 
-    async def healthy(self) -> bool:
-        try:
-            return bool(await asyncio.wait_for(self.cache.ping(), self.timeout_s))
-        except Exception:
-            return False
+    def healthy(self) -> bool:
+        """From the last call, not a ping: /readyz stays cheap whatever the rate it is polled at."""
+        return self.last_ok
 
 
 # The API key's hash when `cache_scope: api-key` (set by the auth dependency for the request, read by `score`);
@@ -75,6 +77,11 @@ class PRMRuntime:
         self.name, self.scorer, self.cache, self.metrics, self.limits = name, scorer, cache, metrics, limits
         self.ttl_s, self.salt = ttl_s, salt
         self.has_token_rewards = scorer.config.format in ("token-reward", "implicit")
+        # the longest trajectory this PRM takes: the limit, or the model's own context when shorter (past it vLLM
+        # failed the whole batch and transformers scored positions the model never saw)
+        context = getattr(scorer, "context_tokens", None)
+        self.max_tokens = min(limits.max_tokens, context or limits.max_tokens)
+        self._max_what = "tokens" if self.max_tokens == limits.max_tokens else f"tokens (PRM {name!r}'s context)"
         # engines that take encoded trajectories skip a second tokenization in the engine thread
         self._encoded = hasattr(scorer, "score_encoded")
         self.batcher = MicroBatcher(name, scorer.score_encoded if self._encoded else scorer.score,
@@ -98,8 +105,8 @@ class PRMRuntime:
         trajs = []
         for (question, steps), param in zip(items, params):
             traj = self.scorer.encoder.encode(question, steps)
-            if len(traj.ids) > self.limits.max_tokens:
-                raise LimitExceeded(param, len(traj.ids), self.limits.max_tokens, "tokens")
+            if len(traj.ids) > self.max_tokens:
+                raise LimitExceeded(param, len(traj.ids), self.max_tokens, self._max_what)
             trajs.append(traj)
         keys = [prefix_keys(self.scorer.revision, t, salt) for t in trajs]
         flat_keys = [k for ks in keys for k in ks]
@@ -123,7 +130,13 @@ class PRMRuntime:
                 todo.append((i, hits))
         if todo:
             work = [trajs[i] if self._encoded else items[i] for i, _ in todo]
-            computed = await self.batcher.submit(work, [len(trajs[i].ids) for i, _ in todo])
+            try:
+                computed = await self.batcher.submit(work, [len(trajs[i].ids) for i, _ in todo])
+            except Exception as e:
+                if self.engine_dead():  # not the request's fault: 503, and /readyz says so
+                    raise APIError(503, f"PRM {self.name!r}: its engine process died; the service restarts",
+                                   "model") from e
+                raise
             writes = {}
             for (i, hits), sc in zip(todo, computed):
                 results[i] = ItemScore(sc, cached_steps=hits)
@@ -134,8 +147,15 @@ class PRMRuntime:
             await self.cache.set_many(writes, self.ttl_s)
         return results  # type: ignore[return-value]
 
-    async def probe(self) -> None:
-        """A one-step score straight through the engine (readiness): no cache, same batcher."""
-        item = ("1+1", ["2"])
-        traj = self.scorer.encoder.encode(*item)
-        await self.batcher.submit([traj if self._encoded else item], [len(traj.ids)])
+    def engine_dead(self) -> bool:
+        dead = getattr(self.scorer, "engine_dead", None)  # vLLM engines; a transformers engine lives in-process
+        return bool(dead and dead())
+
+    def status(self) -> str:
+        """"ok", or why not, from state the engine and the batcher keep (readiness runs no probe)."""
+        if self.engine_dead():
+            return "dead: the engine process died"
+        since = self.batcher.busy_since
+        if since is not None and time.monotonic() - since > self.limits.request_timeout_s:
+            return f"stuck: an engine call has run for {time.monotonic() - since:.0f} s"
+        return "ok"

@@ -71,6 +71,7 @@ class Settings(BaseSettings):
     public_paths: list[str] = Field(default_factory=lambda: ["/livez", "/readyz", "/metrics", "/playground",
                                                              "/playground/app.js", "/playground/style.css"])
     drain_timeout_s: float = Field(30.0, ge=0)
+    openapi_docs: bool = Field(True, description="serve /openapi.json and /docs (behind the API key when keys are set)")
     log_level: str = Field("warning", description="uvicorn and library logs (info shows every request)")
     limits: Limits = Field(default_factory=Limits)
 

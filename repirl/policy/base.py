@@ -18,6 +18,11 @@ Prefix = tuple[str, Sequence[str]]  # (question, steps so far)
 FinishReason = Literal["sep", "eos", "answer", "length"]
 
 
+# Seeds every engine takes: vLLM's request serializer overflowed on 2^64 and then hung the next request, and a vLLM
+# server's OpenAI API accepts int64 only. Requests validate to [0, SEED_LIMIT); derived seeds wrap into it.
+SEED_LIMIT = 1 << 63
+
+
 class PolicyError(RuntimeError):
     """A policy engine failed (remote server unreachable, bad response, prompt too long); the message says which."""
 
@@ -104,7 +109,7 @@ def fill_greedy(samples: list[StepSample], n: int) -> list[StepSample]:
 
 
 def prefix_seed(seed: int | None, i: int) -> int | None:
-    return None if seed is None else seed + i
+    return None if seed is None else (seed + i) % SEED_LIMIT
 
 
 def encoder_for(tokenizer, config: PolicyConfig) -> TrajectoryEncoder:

@@ -41,6 +41,7 @@ class TransformersPolicy:
         eos = eos if isinstance(eos, list) else [eos]
         self.eos_ids = {e for e in eos + [self.tokenizer.eos_token_id] if e is not None}
         self.max_len = int(getattr(self.model.config, "max_position_embeddings", 2048))
+        self.context_tokens = self.max_len  # prompt + generated (the service checks questions against it)
 
     @torch.no_grad()
     def sample_steps(self, prefixes: Sequence[Prefix], params: SamplingConfig) -> list[list[StepSample]]:

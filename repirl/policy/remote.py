@@ -15,7 +15,7 @@ import httpx
 
 from repirl.artifacts import PolicyConfig, load_policy_config
 from repirl.policy.base import (PolicyError, Prefix, SamplingConfig, StepSample, encoder_for, fill_greedy, make_step,
-                                request_n)
+                                prefix_seed, request_n)
 
 
 class RemoteTokenizer:
@@ -100,7 +100,7 @@ class RemotePolicy:
             "skip_special_tokens": True,
         }
         if params.seed is not None:
-            body["seed"] = params.seed
+            body["seed"] = prefix_seed(params.seed, 0)  # wrapped into the int64 range a vLLM server accepts
         choices = _post(self.client, "/v1/completions", body).get("choices", [])
         n = request_n(params)
         if len(choices) != len(prefixes) * n:

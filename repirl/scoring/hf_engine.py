@@ -101,6 +101,9 @@ class HFScorer:
             raise
         except Exception as e:  # transformers raises many types for a broken folder; name the path
             raise ArtifactError(f"{prm_dir}: cannot load the model: {e}") from e
+        # the longest trajectory it scores: past the trained positions rewards are garbage (-2.7 where ~5.5 is normal)
+        self.context_tokens = min(int(getattr(m.config, "max_position_embeddings", None) or 1 << 30)
+                                  for m in self.models)
         self.kv = PrefixKVCache(kv_cache_tokens)
         # tokens per forward pass (padded rows x width). On CPU, per-item time is lowest around 500-1000 tokens per
         # forward and grows past that (activations fall out of cache): tiny PRM, 115-token items, 1 thread: 3.0 ms

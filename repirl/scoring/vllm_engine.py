@@ -52,6 +52,8 @@ class VLLMScorer:
         self.spec = FormatSpec.resolve(cfg, self.tokenizer, str(prm_dir / "prm.json"))
         hf_cfg = AutoConfig.from_pretrained(prm_dir)
         self.max_model_len = max_model_len or min(int(getattr(hf_cfg, "max_position_embeddings", 2048)), 8192)
+        # the longest trajectory it scores (implicit generates one token after it)
+        self.context_tokens = self.max_model_len - (1 if cfg.format == "implicit" else 0)
         self._lock = threading.Lock()
         if cfg.format == "implicit":
             self._init_implicit(prm_dir, cfg, dtype, enforce_eager, llm_kwargs)
@@ -79,6 +81,12 @@ class VLLMScorer:
         # own log-prob only (raw, before any temperature: vLLM's default logprobs_mode)
         self._params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
 
+    def engine_dead(self) -> bool:
+        """True once an engine-core process has died: every later call would fail (the service reports it)."""
+        from repirl.vllm_setup import engine_dead
+
+        return any(engine_dead(llm) for llm in (self.llm, getattr(self, "ref_llm", None)) if llm is not None)
+
     def close(self) -> None:
         """Stop vLLM's engine-core process(es) now. Left to interpreter exit, one outlived a SIGTERM'd server (seen)."""
         for llm in (self.llm, getattr(self, "ref_llm", None)):
@@ -91,10 +99,9 @@ class VLLMScorer:
 
     def score_encoded(self, trajs: Sequence[TrajectoryIds]) -> list[StepScores]:
         """`score` on trajectories already encoded by `self.encoder` (the service encodes once, for its cache)."""
-        limit = self.max_model_len - (1 if self.config.format == "implicit" else 0)  # + the one generated token
         for t in trajs:
-            if len(t.ids) > limit:
-                raise ValueError(f"trajectory of {len(t.ids)} tokens exceeds max_model_len {limit}")
+            if len(t.ids) > self.context_tokens:
+                raise ValueError(f"trajectory of {len(t.ids)} tokens exceeds max_model_len {self.context_tokens}")
         if not trajs:
             return []
         prompts = [{"prompt_token_ids": t.ids} for t in trajs]

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, model_validator
 
 from repirl.artifacts import Aggregation
+from repirl.policy.base import SEED_LIMIT
 
 Strategy = Literal["best-of-n", "beam", "dvts"]
 Selection = Literal["naive", "weighted", "majority"]
@@ -27,7 +28,7 @@ class SearchParams(BaseModel):
     temperature: float = Field(0.8, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_step_tokens: int = Field(64, ge=1)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, lt=SEED_LIMIT, description="the engines' range; derived seeds wrap into it")
     lookahead: int = Field(0, ge=0, description="beam/dvts: greedy steps rolled out to score a candidate")
     dedup: bool | None = Field(None, description="drop duplicate candidates; None: on for beam/dvts, off for best-of-n")
     vote_temperature: float = Field(1.0, gt=0.0, description="weighted vote: weight = exp(score / vote_temperature)")

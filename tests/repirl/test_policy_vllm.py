@@ -6,6 +6,7 @@ so the suite starts one real vLLM api_server for both."""
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 import pytest
 
@@ -14,6 +15,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 pytest.importorskip("vllm")
 
 from repirl.policy import SamplingConfig, load_policy  # noqa: E402
+from repirl.policy.base import SEED_LIMIT, prefix_seed  # noqa: E402
 from repirl.policy.toy import TOY_QUESTION, build_toy_policy  # noqa: E402
 from repirl.search import SearchParams, run_search  # noqa: E402
 
@@ -57,9 +59,12 @@ def _check_sampling(policy):
     assert r.answer in {"14", "16"} and r.stats.steps >= 3
 
 
+STEP_BUDGET = 256  # tokens per engine step: a few seeded toy prompts overflow it (the seeded-split test below)
+
+
 @pytest.fixture(scope="module")
 def vllm_policy(toy_dir):
-    policy = load_policy(f"vllm:{toy_dir}", max_model_len=256)
+    policy = load_policy(f"vllm:{toy_dir}", max_model_len=256, max_num_batched_tokens=STEP_BUDGET)
     yield policy
     policy.close()  # free the engine core process before the api_server test starts (a no-op if a test closed it)
 
@@ -68,6 +73,29 @@ def test_vllm_in_process_matches_transformers(vllm_policy, hf_policy):
     assert vllm_policy.llm.llm_engine.vllm_config.cache_config.enable_prefix_caching
     _check_against_transformers(vllm_policy, hf_policy)
     _check_sampling(vllm_policy)
+
+
+def test_seeded_batch_over_one_engine_step_is_split_not_chunked(vllm_policy):
+    """Before: the 8 seeded prompts went to the engine in one call; over the step budget vLLM-CPU chunked a seeded
+    prefill ("CPU Generator does not use offset") and the engine core died: EngineDeadError for every later call."""
+    sched = vllm_policy.llm.llm_engine.vllm_config.scheduler_config
+    assert sched.max_num_batched_tokens == STEP_BUDGET
+    prefixes = [(TOY_QUESTION, ["3+4=7", "7*2=14"][: i % 3]) for i in range(8)]
+    prompt_tokens = sum(len(vllm_policy.encoder.encode(q, s).ids) for q, s in prefixes)
+    assert prompt_tokens > STEP_BUDGET  # one engine call would have chunked
+    params = SamplingConfig(n=2, temperature=1.0, max_tokens=24, seed=11)
+    out = vllm_policy.sample_steps(prefixes, params)
+    assert not vllm_policy.engine_dead()
+    assert [len(o) for o in out] == [2] * 8
+    # the split keeps every sample's seed: the same call again, and a prefix alone with its derived seed, agree
+    again = vllm_policy.sample_steps(prefixes, params)
+    assert [[s.token_ids for s in o] for o in again] == [[s.token_ids for s in o] for o in out]
+    for i in (0, 7):
+        alone = vllm_policy.sample_steps([prefixes[i]], replace(params, seed=prefix_seed(11, i)))
+        assert [s.token_ids for s in alone[0]] == [s.token_ids for s in out[i]]
+    # the largest valid seed: derived seeds wrap below 2^63 instead of overflowing vLLM's serializer
+    top = vllm_policy.sample_steps(prefixes[:3], replace(params, seed=SEED_LIMIT - 1))
+    assert [len(o) for o in top] == [2] * 3 and not vllm_policy.engine_dead()
 
 
 def test_close_stops_the_engine_core_process(vllm_policy):

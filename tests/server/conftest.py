@@ -131,6 +131,21 @@ def main_server(server_prms, redis_main, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def vllm_server(server_prms, tmp_path_factory):
+    """The service on vLLM engines, shared by the session (each engine start costs 30-60 s here): the token-reward
+    PRM on the pooling runner and the toy policy in-process (`--policy vllm:DIR`), both with a 256-token context."""
+    pytest.importorskip("vllm")
+    from repirl.policy.toy import build_toy_policy
+
+    d = tmp_path_factory.mktemp("vllm_server")
+    env = {"REPIRL_VLLM_MAX_MODEL_LEN": "256"}
+    srv = ServerProc(["--engine", "vllm", "--prm", f"tr={server_prms['token-reward']}",
+                      "--policy", f"vllm:{build_toy_policy()}"], env=env, log=d / "server.log").wait_ready(timeout=300)
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
 def client(main_server):
     with httpx.Client(base_url=main_server.url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60) as c:
         yield c

@@ -18,16 +18,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.vllm,
               pytest.mark.skipif(not vllm_available(), reason="vLLM is not installed")]
 
 
-@pytest.fixture(scope="session")
-def vllm_server(server_prms, tmp_path_factory):
-    d = tmp_path_factory.mktemp("vllm_server")
-    env = {"REPIRL_VLLM_MAX_MODEL_LEN": "256"}
-    srv = ServerProc(["--engine", "vllm", "--prm", f"tr={server_prms['token-reward']}"], env=env,
-                     log=d / "server.log").wait_ready(timeout=300)
-    yield srv
-    srv.stop()
-
-
 @pytest.fixture(scope="module")
 def hf_reference(server_prms):
     return load_scorer(server_prms["token-reward"], engine="hf", kv_cache_tokens=0)

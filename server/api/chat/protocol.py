@@ -10,17 +10,18 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from repirl.search import SearchParams
+from server.api.types import Seed, Text
 
 
 class ContentPart(BaseModel):
     type: Literal["text"] = "text"
-    text: str
+    text: Text
 
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")  # name, tool_calls, ... are accepted and ignored
     role: Literal["system", "user", "assistant", "developer", "tool"]
-    content: str | list[ContentPart] | None = None
+    content: Text | list[ContentPart] | None = None
 
     def text(self) -> str:
         if isinstance(self.content, list):
@@ -35,20 +36,20 @@ class StreamOptions(BaseModel):
 
 class ChatCompletionRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")  # unknown OpenAI fields (user, metadata, ...) do not fail a request
-    model: str = Field(description="the policy ('policy' in GET /v1/models) or a PRM name")
+    model: Text = Field(description="the policy ('policy' in GET /v1/models) or a PRM name")
     messages: list[ChatMessage] = Field(min_length=1)
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     max_tokens: int | None = Field(None, ge=1, description="caps each reasoning step (the search decides the steps)")
     max_completion_tokens: int | None = Field(None, ge=1)
-    seed: int | None = None
+    seed: Seed | None = None
     n: int = Field(1, ge=1, le=1, description="one choice: the search's pick (use search.n for the sample budget)")
     stream: bool = Field(False, description="chat.completion.chunk events: the role at once, the chosen trajectory "
                          "step by step when the search ends, then [DONE] (/v1/search streams every search step)")
     stream_options: StreamOptions | None = None
     # repirl extensions
     search: SearchParams = Field(default_factory=lambda: SearchParams(strategy="best-of-n", n=4))
-    prm: str | None = Field(None, description="PRM name; default: the first loaded")
+    prm: Text | None = Field(None, description="PRM name; default: the first loaded")
     return_trace: bool = False
 
 

@@ -14,11 +14,13 @@ import uuid
 from typing import AsyncIterator
 
 from fastapi import Request
+from pydantic import ValidationError
 
-from repirl.search import SearchResult
+from repirl.search import SearchParams, SearchResult
 from server.api.chat.protocol import (ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse, Choice,
                                       ChunkChoice, Delta, ResponseMessage, SearchInfo, Usage)
 from server.api.search.serving import SearchJob, fit_defaults, run_job, streaming_response
+from server.cancellation import until_deadline
 from server.deps import AppState
 from server.errors import APIError, error_body, to_response
 
@@ -32,6 +34,8 @@ def _question(req: ChatCompletionRequest) -> str:
 
 def _make_job(state: AppState, req: ChatCompletionRequest) -> SearchJob:
     prm, policy = req.prm, None
+    if prm is not None and prm not in state.runtimes:  # (the search would name it `model`)
+        raise APIError(404, f"PRM {prm!r} is not loaded (loaded: {', '.join(state.runtimes)})", "prm")
     if req.model in state.policies:
         policy = req.model
     elif req.model in state.runtimes:
@@ -41,11 +45,34 @@ def _make_job(state: AppState, req: ChatCompletionRequest) -> SearchJob:
         raise APIError(404, f"model {req.model!r} is not loaded (loaded: {loaded})", "model")
     overrides = {"temperature": req.temperature, "top_p": req.top_p, "seed": req.seed,
                  "max_step_tokens": req.max_completion_tokens or req.max_tokens}
-    params = req.search.model_copy(update={k: v for k, v in overrides.items() if v is not None})
-    params = type(params).model_validate(params.model_dump())  # re-validate with the overrides applied
-    given = req.search.model_fields_set | {k for k, v in overrides.items() if v is not None}
-    params = fit_defaults(state, params, given)
-    return SearchJob(state, params, _question(req), prm, policy)
+    given = {k for k, v in overrides.items() if v is not None}
+    params = req.search.model_copy(update={k: overrides[k] for k in given})
+    try:
+        params = type(params).model_validate(params.model_dump())  # re-validate with the overrides applied
+        params = fit_defaults(state, params, req.search.model_fields_set | given)
+        return SearchJob(state, params, _question(req), prm, policy)
+    except ValidationError as e:
+        first = e.errors()[0]
+        raise _in_chat_terms(APIError(422, first["msg"], ".".join(map(str, first["loc"]))), req, given) from None
+    except APIError as e:
+        raise _in_chat_terms(e, req, given) from None
+
+
+def _in_chat_terms(e: APIError, req: ChatCompletionRequest, overridden: set[str]) -> APIError:
+    """An error about a search knob, named as this request set it: `max_tokens` (or `max_completion_tokens`) for the
+    step cap, the top-level field for the other overrides, `search.x` for the rest, `messages` for the question."""
+    if e.param == "max_step_tokens" and e.param in overridden:
+        name = "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
+    elif e.param in overridden:
+        name = e.param
+    elif e.param == "question":
+        name = "messages"
+    elif e.param in SearchParams.model_fields:
+        name = f"search.{e.param}"
+    else:
+        return e
+    message = e.message[len(e.param):] if e.message.startswith(e.param) else f": {e.message}"
+    return APIError(e.status, f"{name}{message}", name, e.headers)
 
 
 def _usage(job: SearchJob, result: SearchResult) -> Usage:
@@ -72,7 +99,7 @@ async def serve_chat(state: AppState, req: ChatCompletionRequest, request: Reque
     job = _make_job(state, req)  # every 4xx (model, search knobs, limits) before anything runs
     if req.stream:
         job.admit()  # over the in-flight budget: 429 before the stream's 200
-        return streaming_response(_chunks(job, req), job)
+        return streaming_response(_chunks(job, req, request), job)
     steps_seen: list = []
     result = await run_job(job, request, on_step=steps_seen.append if req.return_trace else None)
     best = result.best
@@ -90,13 +117,14 @@ def _data(chunk: ChatCompletionChunk | dict) -> str:
     return f"data: {json.dumps(body)}\n\n"
 
 
-async def _chunks(job: SearchJob, req: ChatCompletionRequest) -> AsyncIterator[str]:
+async def _chunks(job: SearchJob, req: ChatCompletionRequest, request: Request) -> AsyncIterator[str]:
     ident = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": req.model}
     steps_seen: list = []
     try:
         yield _data(ChatCompletionChunk(**ident, choices=[ChunkChoice(delta=Delta(role="assistant", content=""))]))
         result = None
-        async for kind, obj in job.run():  # a disconnect closes this generator: job.run() cancels the search
+        # a disconnect closes this generator, request_timeout_s ends the events: either way job.run() cancels the search
+        async for kind, obj in until_deadline(request, job.run()):
             if kind == "result":
                 result = obj
             elif req.return_trace:

@@ -1,8 +1,7 @@
-"""/livez (the process answers), /readyz (every PRM answers a one-step score), /metrics (Prometheus)."""
+"""/livez (the process answers), /readyz (every engine alive and not stuck, from state the engines keep: no probe per
+call, so polling it costs nothing), /metrics (Prometheus). Each also answers HEAD (load balancers' checks)."""
 
 from __future__ import annotations
-
-import asyncio
 
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
@@ -10,34 +9,34 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from server.deps import StateDep
 from server.errors import error_body
+from server.health import engine_status
 
 router = APIRouter(tags=["health"])
-PROBE_TIMEOUT_S = 10.0
 
 
 @router.get("/livez")
+@router.head("/livez", include_in_schema=False)
 async def livez() -> dict:
     return {"status": "ok"}
 
 
 @router.get("/readyz")
+@router.head("/readyz", include_in_schema=False)
 async def readyz(state: StateDep) -> JSONResponse:
-    """Ready when every engine scores a one-step item. The cache is reported, never required (it fails open)."""
-    engines: dict[str, str] = {}
-    for name, rt in state.runtimes.items():
-        try:
-            await asyncio.wait_for(rt.probe(), PROBE_TIMEOUT_S)
-            engines[name] = "ok"
-        except Exception as e:  # a failing engine makes the replica unready; report why
-            engines[name] = f"error: {type(e).__name__}: {e}"
-    cache = {"kind": state.cache.kind, "healthy": await state.cache.healthy()} if state.cache else None
-    ok = bool(engines) and all(v == "ok" for v in engines.values())
+    """Ready when no engine (PRM or policy) is dead or stuck in one call past request_timeout_s. The cache is
+    reported (did its last call succeed), never required (it fails open)."""
+    engines = engine_status(state)
+    cache = {"kind": state.cache.kind, "healthy": state.cache.healthy()} if state.cache else None
+    bad = {name: s for name, s in engines.items() if s != "ok"}
+    ok = bool(engines) and not bad and state.fatal is None
     body = {"status": "ready" if ok else "unready", "engines": engines, "cache": cache}
     if not ok:
-        body.update(error_body(503, "an engine is not ready"))
+        why = "; ".join(f"{name}: {s}" for name, s in bad.items()) or state.fatal or "no engine loaded"
+        body.update(error_body(503, f"not ready: {why}"))
     return JSONResponse(body, status_code=200 if ok else 503)
 
 
 @router.get("/metrics")
+@router.head("/metrics", include_in_schema=False)
 async def metrics(state: StateDep) -> Response:
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -7,16 +7,18 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from server.api.score.protocol import Aggregation
+from server.api.types import NonEmptyText, StrictModel, Text
 
 
-class StepsCandidate(BaseModel):
-    steps: list[str] = Field(min_length=1)
+class StepsCandidate(StrictModel):
+    steps: list[Text] = Field(min_length=1)
 
 
-class RerankRequest(BaseModel):
-    model: str | None = None
-    question: str
-    candidates: list[str | StepsCandidate] = Field(min_length=1)  # text (split at the PRM's separator) or steps
+class RerankRequest(StrictModel):
+    model: Text | None = None
+    question: NonEmptyText
+    # text (split at the PRM's separator) or steps
+    candidates: list[NonEmptyText | StepsCandidate] = Field(min_length=1)
     aggregation: Aggregation | None = None
     voting: Literal["none", "weighted", "majority"] = "none"
     top_n: int | None = Field(None, gt=0)

@@ -4,7 +4,8 @@ from fastapi import APIRouter, Request
 
 from server.api.rerank.protocol import RerankRequest, RerankResponse
 from server.api.rerank.serving import serve_rerank
-from server.deps import StateDep, until_disconnect
+from server.cancellation import with_cancellation
+from server.deps import StateDep
 
 router = APIRouter(tags=["rerank"])
 
@@ -12,4 +13,4 @@ router = APIRouter(tags=["rerank"])
 @router.post("/v1/rerank", response_model=RerankResponse)
 async def rerank(req: RerankRequest, request: Request, state: StateDep) -> RerankResponse:
     """Score candidate solutions, rank them, and select one under none | weighted | majority voting."""
-    return await until_disconnect(request, serve_rerank(state, req))
+    return await with_cancellation(request, serve_rerank(state, req))

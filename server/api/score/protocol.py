@@ -6,20 +6,22 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, model_validator
 
+from server.api.types import NonEmptyText, StrictModel, Text
+
 Aggregation = Literal["mean-token", "min", "last", "prod", "sum"]
 
 
-class ScoreItem(BaseModel):
-    question: str
-    steps: list[str] = Field(min_length=1)
+class ScoreItem(StrictModel):
+    question: NonEmptyText
+    steps: list[Text] = Field(min_length=1)
 
 
-class ScoreRequest(BaseModel):
+class ScoreRequest(StrictModel):
     """Single form: `question` + `steps`. Batch form: `items`."""
 
-    model: str | None = None  # a loaded PRM's name; default: the first
-    question: str | None = None
-    steps: list[str] | None = None
+    model: Text | None = None  # a loaded PRM's name; default: the first
+    question: NonEmptyText | None = None
+    steps: list[Text] | None = None
     items: list[ScoreItem] | None = None
     aggregation: Aggregation | None = None  # default: the PRM's prm.json default_aggregation
     return_token_rewards: bool = False

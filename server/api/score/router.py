@@ -4,7 +4,8 @@ from fastapi import APIRouter, Request
 
 from server.api.score.protocol import ScoreRequest, ScoreResponse
 from server.api.score.serving import serve_score
-from server.deps import StateDep, until_disconnect
+from server.cancellation import with_cancellation
+from server.deps import StateDep
 
 router = APIRouter(tags=["score"])
 
@@ -12,4 +13,4 @@ router = APIRouter(tags=["score"])
 @router.post("/v1/score", response_model=ScoreResponse, response_model_exclude_none=True)
 async def score(req: ScoreRequest, request: Request, state: StateDep) -> ScoreResponse:
     """Per-step rewards (+ token rewards on request) and the aggregate, for one item or a batch."""
-    return await until_disconnect(request, serve_score(state, req))
+    return await with_cancellation(request, serve_score(state, req))

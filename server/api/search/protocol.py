@@ -8,12 +8,15 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from repirl.search import SearchParams
+from server.api.types import NonEmptyText, StrictModel, Text
 
 
 class SearchRequest(SearchParams):
-    question: str = Field(min_length=1)
-    model: str | None = Field(None, description="PRM name (GET /v1/models); default: the first")
-    policy: str | None = Field(None, description="policy name; default: the only one")
+    model_config = StrictModel.model_config  # the library's SearchParams stays lenient; the API does not
+
+    question: NonEmptyText
+    model: Text | None = Field(None, description="PRM name (GET /v1/models); default: the first")
+    policy: Text | None = Field(None, description="policy name; default: the only one")
     stream: bool = Field(False, description="server-sent events: one `step` event per search step, then `result`")
     return_candidates: bool = Field(True, description="include every completed candidate in the response")
 

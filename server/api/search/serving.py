@@ -1,6 +1,7 @@
 """Search request logic: resolve PRM + policy, admission (fan-out counted as n x steps), run the library's
 `run_search` in a worker thread, bridge its PRM calls back to the PRM runtime (prefix cache + micro-batcher), and
-cancel between steps when the client goes away. /v1/chat/completions runs through `run_job` too."""
+cancel between steps when the client goes away or the request times out (server/cancellation.py).
+/v1/chat/completions runs through `run_job` too."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import asyncio
 import json
 import logging
 import threading
+from contextlib import aclosing
 from typing import AsyncIterator
 
 from fastapi import Request
@@ -19,12 +21,12 @@ from repirl.scoring.base import StepScores
 from repirl.search import SearchCancelled, SearchParams, SearchResult, run_search
 from server.api.limits import check_count
 from server.api.search.protocol import CandidateOut, SearchRequest, SearchResponse
+from server.cancellation import until_deadline, with_cancellation
 from server.deps import AppState, get_runtime
 from server.errors import APIError, LimitExceeded, QueueFull, error_body, to_response
 from server.runtime import TENANT, PRMRuntime
 
 log = logging.getLogger("repirl.server")
-POLL_S = 0.05
 
 
 def load_policies(settings) -> dict:
@@ -49,10 +51,18 @@ def get_policy(state: AppState, name: str | None):
     if not policies:
         raise APIError(503, "no policy is loaded (start the service with --policy DIR_OR_URL)", "policy")
     if name is None:
-        return next(iter(policies.items()))
+        name = next(iter(policies))
     if name not in policies:
         raise APIError(404, f"policy {name!r} is not loaded (loaded: {', '.join(policies)})", "policy")
-    return name, policies[name]
+    return name, _alive(name, policies[name])
+
+
+def _alive(name: str, policy):
+    """The policy, or 503 when its engine has died (vLLM's engine core does not come back: every call would fail)."""
+    dead = getattr(policy, "engine_dead", None)
+    if dead is not None and dead():
+        raise APIError(503, f"policy {name!r}: its engine process died; the service must be restarted", "policy")
+    return policy
 
 
 class _Admission:
@@ -66,9 +76,15 @@ def _admission(state: AppState) -> _Admission:
     return state.__dict__.setdefault("_search_admission", _Admission())  # one per app (tests run several)
 
 
-def check_search_limits(state: AppState, params: SearchParams, question: str) -> int:
+def check_search_limits(state: AppState, params: SearchParams, question: str, policy, runtime: PRMRuntime) -> int:
     limits = state.settings.limits
     check_count("question", len(question), limits.max_chars, "characters")
+    # the models' own context, known at load time: a question they cannot hold (with room for a step) is the
+    # client's 413 here, not a 500 from inside the search
+    for what, encoder, context in (("the policy's", policy.encoder, getattr(policy, "context_tokens", None)),
+                                   (f"PRM {runtime.name!r}'s", runtime.scorer.encoder, runtime.max_tokens)):
+        if context is not None:
+            check_count("question", len(encoder.prompt_ids(question)), context - 1, f"tokens ({what} context)")
     check_count("n", params.n, limits.max_candidates, "samples")
     check_count("max_steps", params.max_steps, limits.max_steps, "steps")
     check_count("max_step_tokens", params.max_step_tokens, limits.max_tokens, "tokens")
@@ -108,7 +124,7 @@ class SearchJob:
         self.state, self.params, self.question = state, params, question
         self.runtime = get_runtime(state, prm)
         self.policy_name, self.policy = get_policy(state, policy)
-        self.cost = check_search_limits(state, params, question)
+        self.cost = check_search_limits(state, params, question, self.policy, self.runtime)
         self.tenant = TENANT.get()  # captured in the request's context: the search thread scores on its behalf
         self.cancel = threading.Event()
         self.queue: asyncio.Queue = asyncio.Queue()
@@ -120,8 +136,10 @@ class SearchJob:
         if self._admitted:
             return
         admission = _admission(self.state)
-        if admission.in_flight + self.cost > self.state.settings.limits.max_search_samples_in_flight:
-            raise QueueFull()
+        budget = self.state.settings.limits.max_search_samples_in_flight
+        if admission.in_flight + self.cost > budget:
+            raise QueueFull(message=f"searches in flight hold {admission.in_flight} of {budget} policy samples "
+                                    f"(max_search_samples_in_flight); this one needs {self.cost}: retry later")
         admission.in_flight += self.cost
         self._admitted = True
 
@@ -189,26 +207,22 @@ def to_search_response(job: SearchJob, result: SearchResult, with_candidates: bo
 
 
 async def run_job(job: SearchJob, request: Request, on_step=None) -> SearchResult:
-    """The whole search; a client that disconnects cancels it (within one step) and gets 499."""
-    agen = job.run()
+    """The whole search; a client that disconnects (499) or a search past request_timeout_s (504) cancels it
+    within one step."""
+
+    async def consume() -> SearchResult:
+        async with aclosing(job.run()) as events:  # closed at once: its finally hands the budget back
+            async for kind, obj in events:
+                if kind == "result":
+                    return obj  # type: ignore[return-value]
+                if on_step is not None:
+                    on_step(obj)
+        raise RuntimeError("the search ended without a result")
+
     try:
-        while True:
-            nxt = asyncio.ensure_future(agen.__anext__())
-            while not nxt.done():
-                await asyncio.wait({nxt}, timeout=POLL_S)
-                if not nxt.done() and await request.is_disconnected():
-                    job.cancel.set()
-                    await asyncio.gather(nxt, return_exceptions=True)
-                    raise APIError(499, "client disconnected; search cancelled")
-            kind, obj = nxt.result()
-            if kind == "result":
-                return obj  # type: ignore[return-value]
-            if on_step is not None:
-                on_step(obj)
+        return await with_cancellation(request, consume())
     except SearchCancelled:
         raise APIError(499, "client disconnected; search cancelled") from None
-    finally:
-        await agen.aclose()
 
 
 def _sse(event: str, data: dict) -> str:
@@ -235,7 +249,7 @@ async def serve_search(state: AppState, req: SearchRequest, request: Request):
 
     async def events():
         try:
-            async for kind, obj in job.run():
+            async for kind, obj in until_deadline(request, job.run()):
                 if kind == "step":
                     yield _sse("step", obj.to_dict())
                 else:
