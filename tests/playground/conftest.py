@@ -67,7 +67,9 @@ def api(server):
         yield c
 
 
-@pytest.fixture(scope="session")
+# package scope, not session: Playwright's sync API keeps an asyncio loop running in the main thread while it is
+# open, and every later async test (pytest-asyncio) then failed with "cannot be called from a running event loop"
+@pytest.fixture(scope="package")
 def browser():
     if not CHROMIUM.is_file():
         pytest.skip(f"{CHROMIUM} is missing: `apt-get install chromium` (make test installs it when run as root)")
