@@ -40,7 +40,7 @@ serve: demo
 	$(BIN)/repirl serve --prm repirl=runs/demo-repirl/prm --prm untrained=runs/demo/prm --policy runs/demo-repirl/policy
 
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=25
 
 bench: $(STAMP) demo
 	$(BIN)/python load_tests/run_all.py
