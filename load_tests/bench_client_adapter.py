@@ -116,6 +116,11 @@ def main(argv=None) -> int:
     print(f"  adapter requests per {n} completions: {per_call} (vs {n} one per request)")
     print(f"adapter vs 1/request x1: {med['adapter'] / med['1/request x1']:.2f}x")
     print(f"adapter vs 1/request x4: {med['adapter'] / med['1/request x4']:.2f}x")
+    from bench_results import emit
+
+    for base in ("1/request x1", "1/request x4"):
+        emit("SDK adapter", f"TRL PRMReward vs client.score per completion on {base[-1]} thread(s), {n} completions "
+             "(completions/s)", med["adapter"] / med[base], f"{med['adapter']:.0f} vs {med[base]:.0f} /s")
     return 0
 
 

@@ -16,6 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_results import emit  # noqa: E402 - load_tests/ is the script's directory
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -92,6 +94,8 @@ def main() -> None:
     print(f"transformers generate: {t_hf:.3f} s  ({total / t_hf:,.0f} tokens/s)")
     print(f"vLLM (in-process):     {t_vllm:.3f} s  ({total / t_vllm:,.0f} tokens/s)")
     print(f"speed-up vLLM / transformers: {t_hf / t_vllm:.1f}x  (best of {args.repeats}, same batch, same run)")
+    emit("rollouts", f"vLLM (in-process) vs transformers generate: {args.prompts} prompts x n={args.n} x "
+         f"{args.tokens} tokens (tokens/s)", t_hf / t_vllm, f"{total / t_vllm:,.0f} vs {total / t_hf:,.0f} tokens/s")
 
 
 if __name__ == "__main__":

@@ -25,9 +25,12 @@ import threading
 import time
 from pathlib import Path
 
+from bench_results import emit  # noqa: E402 - load_tests/ is the script's directory
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 MAX_LEN = 4096
+_ENGINE = "hf"
 
 
 def _free_port() -> int:
@@ -130,6 +133,8 @@ def bench_http_vs_raw(scorer, redis_url, rounds=3, n=128, batch=32, concurrency=
     raw, http = rounds * n / raw_t, rounds * n / http_t
     print(f"[1] raw engine {raw:8.1f} items/s | /v1/score over HTTP {http:8.1f} items/s | "
           f"ratio {http / raw:.2f} (target >= 0.70)", flush=True)
+    emit(f"scoring [1] ({_ENGINE})", "/v1/score over HTTP vs the raw engine, same fresh items (items/s)", http / raw,
+         f"{http:.0f} vs {raw:.0f} items/s", ">= 0.70")
     return http / raw
 
 
@@ -165,6 +170,8 @@ def bench_prefix_cache(scorer, redis_url, trials=3, n=16, kv_scorer=None) -> flo
     cold, warm = sum(cold_t) / trials, sum(warm_t) / trials
     print(f"[2a] 16 candidates x 9 steps, {tokens} tokens each: cold {cold * 1000:7.1f} ms | warm (same request "
           f"again) {warm * 1000:6.1f} ms | speed-up {cold / warm:.1f}x (target >= 10x)", flush=True)
+    emit(f"scoring [2a] ({_ENGINE})", f"warm vs cold prefix cache: 16 candidates sharing a prefix, {tokens} tokens "
+         "each, same request again", cold / warm, f"{warm * 1000:.1f} vs {cold * 1000:.0f} ms", ">= 10x")
     if kv_scorer is not None:
         first_t, next_t = [], []
         with ThreadedServer(_app(kv_scorer, redis_url)) as port:
@@ -178,6 +185,8 @@ def bench_prefix_cache(scorer, redis_url, trials=3, n=16, kv_scorer=None) -> flo
         print(f"[2b] hf engine KV reuse on (vs cold above, KV off): first request {first * 1000:7.1f} ms "
               f"({cold / first:.1f}x: the shared prefix is computed once per call) | 16 new final steps on the "
               f"scored prefix {nxt * 1000:6.1f} ms ({cold / nxt:.1f}x)", flush=True)
+        emit(f"scoring [2b] ({_ENGINE})", "engine KV reuse on vs off: first (cold) request of [2a]", cold / first,
+             f"{first * 1000:.0f} vs {cold * 1000:.0f} ms")
     return cold / warm
 
 
@@ -217,6 +226,9 @@ def bench_micro_batching(scorer, redis_url, clients=32, per_client=4, rounds=3) 
     print(f"[3] {clients} concurrent single-item clients: one-at-a-time {rates['one-at-a-time']:7.1f} items/s "
           f"(mean batch {mean_batch['one-at-a-time']:.1f}) | micro-batched {rates['micro-batched']:7.1f} items/s "
           f"(mean batch {mean_batch['micro-batched']:.1f}) | speed-up {ratio:.2f}x (target >= 4x)", flush=True)
+    emit(f"scoring [3] ({_ENGINE})", f"micro-batched vs one item per engine call, {clients} concurrent single-item "
+         "clients (items/s)", ratio, f"{rates['micro-batched']:.0f} vs {rates['one-at-a-time']:.0f} items/s; "
+         f"engine ceiling {solo_ms / batched_ms:.2f}x", ">= 4x")
     return ratio
 
 
@@ -228,7 +240,10 @@ def main() -> None:
     ap.add_argument("--torch-threads", type=int, default=1,
                     help="transformers intra-op threads (1: on a loaded 2-core machine 2 threads ran ~3x slower)")
     ap.add_argument("--only", default="123", help="which benchmarks to run, e.g. 23")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds (trials) per measurement")
     args = ap.parse_args()
+    global _ENGINE
+    _ENGINE = args.engine
     import torch
 
     from repirl.scoring.loader import load_scorer
@@ -244,11 +259,11 @@ def main() -> None:
           f"{'redis ' + args.redis_url if args.redis_url else 'in-process'} cpus {os.cpu_count()} "
           f"load {os.getloadavg()[0]:.1f}", flush=True)
     if "1" in args.only:
-        bench_http_vs_raw(scorer, args.redis_url)
+        bench_http_vs_raw(scorer, args.redis_url, rounds=args.rounds)
     if "2" in args.only:
-        bench_prefix_cache(scorer, args.redis_url, kv_scorer=kv_scorer)
+        bench_prefix_cache(scorer, args.redis_url, trials=args.rounds, kv_scorer=kv_scorer)
     if "3" in args.only:
-        bench_micro_batching(scorer, args.redis_url)
+        bench_micro_batching(scorer, args.redis_url, rounds=args.rounds)
 
 
 if __name__ == "__main__":

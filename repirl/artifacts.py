@@ -20,6 +20,7 @@ from typing import Any, Iterator, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
+from repirl.calibration import Calibration
 from repirl.trajectory import DEFAULT_SEP, PromptTemplate
 
 PRM_JSON = "prm.json"
@@ -58,6 +59,8 @@ class PRMConfig(BaseModel):
     reference_model: str | None = None  # implicit: path of pi_ref, relative to the PRM folder or absolute
     beta: float | None = None  # implicit: reward = beta * log(pi_phi / pi_ref)
     provenance: Provenance = Field(default_factory=Provenance)
+    # raw step reward -> p_correct (repirl/calibration.py); None: the service returns no p_correct
+    calibration: Calibration | None = None
     revision: str = ""  # content hash of the model files; filled in by save_prm
 
 

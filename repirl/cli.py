@@ -36,6 +36,7 @@ _COMMANDS = {
     "bootstrap": ("trainer.bootstrap_cli", "bootstrap"),
     "train": ("trainer.train_cli", "train"),
     "eval": ("trainer.eval_cli", "eval_command"),
+    "calibrate": ("trainer.calibrate_cli", "calibrate"),
     "serve": ("server.cli", "serve"),
 }
 

@@ -30,7 +30,7 @@ from server.auth import load_key_hashes
 from server.deps import AppState, require_api_key
 from server.health import watch_engines
 from server.metrics import Metrics
-from server.middleware import BodyLimitMiddleware, MetricsMiddleware, RequestIdMiddleware
+from server.middleware import BodyLimitMiddleware, DrainMiddleware, MetricsMiddleware, RequestIdMiddleware
 from server.runtime import GuardedCache, PRMRuntime
 from server.settings import Settings
 
@@ -137,6 +137,7 @@ def create_app(settings: Settings, scorers: dict | None = None,
     for router in ROUTERS + ([docs_router] if settings.openapi_docs else []) + list(extra_routers or []):
         app.include_router(router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.limits.max_body_bytes)
+    app.add_middleware(DrainMiddleware, state=state)  # SIGTERM: new requests 503, in-flight ones counted to 0
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(RequestIdMiddleware)  # added last: outermost, so every response of ours carries the id
     return app

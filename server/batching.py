@@ -58,10 +58,12 @@ class MicroBatcher:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 
-    async def submit(self, items: list, tokens: list[int]) -> list:
+    async def submit(self, items: list, tokens: list[int], admitted: bool = False) -> list:
+        """`admitted`: work already admitted under a budget of its own (a search's PRM calls, bounded by
+        max_search_samples_in_flight) is never refused here: a 429 mid-search threw away an admitted search's work."""
         if not items:
             return []
-        if self._queued_items + len(items) > self.max_queue_items:
+        if not admitted and self._queued_items + len(items) > self.max_queue_items:
             self.metrics.rejected.labels(self.name).inc()
             raise QueueFull(retry_after_s=1)
         pending = _Pending(list(items), list(tokens), asyncio.get_running_loop().create_future())

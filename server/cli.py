@@ -87,9 +87,12 @@ def serve(
         app = create_app(settings, scorers=scorers, policies=policies, close_engines=True, on_startup=_banner)
     except ValueError as e:  # e.g. an unreadable API key file
         _fail(str(e))
-    server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                                           timeout_graceful_shutdown=int(settings.drain_timeout_s) or None))
+    from server.drain import DrainingServer
+
     state = app.state.repirl
+    # SIGTERM: /readyz says draining, new requests 503, in-flight ones finish, then shutdown (server/drain.py)
+    server = DrainingServer(uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+                                           timeout_graceful_shutdown=int(settings.drain_timeout_s) or None), state)
     state.on_fatal = lambda: setattr(server, "should_exit", True)  # a dead engine (server/health.py): drain, exit
     server.run()
     if state.fatal:  # non-zero, so the orchestrator restarts the service (its engine process does not come back)

@@ -24,6 +24,8 @@ class AppState:
     policies: dict = field(default_factory=dict)  # name -> StepPolicy engine (server/api/search), "policy" from --policy
     fatal: str | None = None  # why the service cannot serve any more (an engine died: server/health.py)
     on_fatal: Callable[[], None] | None = None  # `repirl serve` sets it: drain, then exit non-zero
+    draining: bool = False  # SIGTERM received (server/drain.py): /readyz 503 "draining", new requests 503
+    in_flight: int = 0  # requests being served, health routes aside (DrainMiddleware): the drain waits for 0
 
 
 async def get_state(request: Request) -> AppState:  # async: a sync dependency costs a thread hop per request

@@ -26,6 +26,8 @@ class Metrics:
                                  registry=r)
         self.rejected = Counter("repirl_queue_rejections_total", "requests refused with 429", ["model"], registry=r)
         self.queue_depth = Gauge("repirl_queue_items", "items waiting for the PRM", ["model"], registry=r)
+        self.requests_in_flight = Gauge("repirl_requests_in_flight", "requests being served (health routes aside); "
+                                        "a draining service exits when it reaches 0", registry=r)
         self.searches_in_flight = Gauge("repirl_searches_in_flight", "searches whose worker thread is running "
                                         "(/v1/search, /v1/best-of-n, chat)", registry=r)
         self.searches = Counter("repirl_searches_total", "searches ended, by outcome (completed | cancelled: the "

@@ -114,3 +114,34 @@ class RequestIdMiddleware:
 
                 await to_response(exc)(scope, receive, send_with_id)
             raise
+
+
+HEALTH_PATHS = frozenset({"/livez", "/readyz", "/metrics"})
+
+
+class DrainMiddleware:
+    """Counts the requests in flight (health routes aside: pollers never hold a drain open) and, once the service
+    drains (SIGTERM: server/drain.py), refuses new ones with 503 + `Connection: close` while in-flight ones finish."""
+
+    def __init__(self, app, state):
+        self.app, self.state = app, state
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] in HEALTH_PATHS:
+            return await self.app(scope, receive, send)
+        state = self.state
+        if state.draining:
+            body = json.dumps(error_body(503, "the service is shutting down (draining); retry on another replica",
+                                         None)).encode()
+            await send({"type": "http.response.start", "status": 503,
+                        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                    (b"retry-after", b"1"), (b"connection", b"close")]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        state.in_flight += 1
+        state.metrics.requests_in_flight.inc()
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            state.in_flight -= 1
+            state.metrics.requests_in_flight.dec()

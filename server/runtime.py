@@ -98,9 +98,9 @@ class PRMRuntime:
         return self.salt if tenant is None else f"{self.salt or ''}\0tenant\0{tenant}"
 
     async def score(self, items: list[tuple[str, list[str]]], params: list[str],
-                    tenant: str | None = None) -> list[ItemScore]:
+                    tenant: str | None = None, admitted: bool = False) -> list[ItemScore]:
         """`params[i]` names item i in errors (e.g. "items[3]"). `tenant` (default: the request's TENANT) scopes the
-        cache entries read and written."""
+        cache entries read and written. `admitted`: a search's call, past its own admission (never a 429 here)."""
         salt = self.cache_salt(tenant if tenant is not None else TENANT.get())
         trajs = []
         for (question, steps), param in zip(items, params):
@@ -131,7 +131,7 @@ class PRMRuntime:
         if todo:
             work = [trajs[i] if self._encoded else items[i] for i, _ in todo]
             try:
-                computed = await self.batcher.submit(work, [len(trajs[i].ids) for i, _ in todo])
+                computed = await self.batcher.submit(work, [len(trajs[i].ids) for i, _ in todo], admitted=admitted)
             except Exception as e:
                 if self.engine_dead():  # not the request's fault: 503, and /readyz says so
                     raise APIError(503, f"PRM {self.name!r}: its engine process died; the service restarts",

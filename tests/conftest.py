@@ -6,6 +6,10 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The suite runs on two pytest-xdist workers (Makefile). vLLM's CPU default ("auto") pins every engine's OpenMP
+# threads to the same first core and reserves the other, so two workers' engines would share one core while the
+# other idles: let the OS schedule them.
+os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
 
 import pytest  # noqa: E402
 from hypothesis import settings  # noqa: E402

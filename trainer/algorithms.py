@@ -14,6 +14,7 @@ from trainer.losses import (
     log_importance_weights,
     masked_mean,
     ppo_clip_loss_sum,
+    ppo_clipped_tokens,
     prime_advantages,
     prime_ce_loss,
     rloo_advantages,
@@ -51,10 +52,14 @@ def irl_prm_step(prm, opt, experts: Sequence[Rollout], negatives: Sequence[Rollo
     metrics: dict = {}
     for it in range(max(1, updates)):
         train = updates > 0
+        # The weights are a scoring pass (eval mode: no dropout), the loss's rewards the update's own pass (the mode
+        # the caller set: train in the Trainer). Without stop-gradient the weights must come from the update's pass.
+        scored = prm.score(batch) if (not train or cfg.stop_gradient_weights) else None
         with torch.set_grad_enabled(train):
-            r = prm.token_rewards(batch)
+            r = prm.token_rewards(batch) if train else scored
             rbar = masked_mean(r, batch.step_mask)
-            rsum = (r * batch.step_mask).sum(-1)
+            rsum = ((scored if scored is not None else r) * batch.step_mask).sum(-1)
+            shown = masked_mean(scored, batch.step_mask) if scored is not None else rbar.detach()  # for the metrics
             losses, ess, ess_frac, margins = [], [], [], []
             for g in usable:
                 e, n = (gid == g) & ~is_neg, (gid == g) & is_neg
@@ -64,10 +69,10 @@ def irl_prm_step(prm, opt, experts: Sequence[Rollout], negatives: Sequence[Rollo
                 losses.append(loss)
                 ess.append(k)
                 ess_frac.append(k / int(n.sum()))
-                margins.append(float(rbar[e].mean().detach() - rbar[n].mean().detach()))
+                margins.append(float(shown[e].mean() - shown[n].mean()))
             total = torch.stack(losses).sum() / max(n_global, 1) if losses else None
             if it == 0:  # metrics before this iteration's update
-                rb = rbar.detach()
+                rb = shown
                 metrics = {
                     "prm_loss": dist.all_sum(float(total.detach()) * max(n_global, 1)) / max(n_global, 1) if losses else None,
                     "margin": _mean(margins), "ess": _mean(ess), "ess_frac": _mean(ess_frac),
@@ -102,22 +107,55 @@ def prime_prm_step(prm, ref_model, opt, rollouts: Sequence[Rollout], cfg_prime, 
     return rewards, batch, {"prm_loss": dist.all_sum(float(loss.detach())), "margin": margin}
 
 
-def policy_step(policy, opt, batch: Batch, old_lp: torch.Tensor, advantages: torch.Tensor, cfg,
-                global_tokens: float | None = None) -> dict:
-    """PPO-clip (eps = cfg.clip) with an entropy bonus and no KL, normalised by the global number of response tokens."""
-    mask = batch.resp_mask
-    global_tokens = global_tokens if global_tokens is not None else dist.all_sum(float(mask.sum()))
-    out = {}
+def minibatch_rows(rows: int, n: int, questions_per_minibatch: int | None) -> list[slice]:
+    """This rank's rows (consecutive groups of n rollouts) split into mini-batches of `questions_per_minibatch`
+    questions (the GLOBAL mini-batch size divided by the number of ranks; None: one mini-batch). Every rank gets the
+    same number of mini-batches (equal question shards), so FSDP's collectives stay paired; with dist.shard's
+    round-robin split, mini-batch k holds the same global questions as in a single process."""
+    groups = rows // n
+    per = groups if not questions_per_minibatch else questions_per_minibatch
+    return [slice(g * n, min(g + per, groups) * n) for g in range(0, groups, per)] or [slice(0, rows)]
+
+
+def policy_step(policy, opt, batch: Batch, old_lp: torch.Tensor, advantages: torch.Tensor, cfg, n: int = 1,
+                temperature: float = 1.0) -> dict:
+    """PPO-clip (eps = cfg.clip) with an entropy bonus and no KL, over `cfg.ppo_epochs` passes of mini-batches of
+    `cfg.mini_batch_size` questions (n rollouts each): one optimizer step per mini-batch, so from the second step on
+    the ratio differs from 1 and the clip acts. Each mini-batch's loss is normalised by ITS global number of response
+    tokens (veRL's token-mean per mini-batch); a mini-batch with no token on any rank is skipped by all ranks.
+    Log-probs and entropy at the rollout `temperature` (old_lp must be computed at the same one)."""
+    per = None
+    if cfg.mini_batch_size is not None:
+        per = max(1, cfg.mini_batch_size // dist.world())
+    parts = minibatch_rows(batch.ids.shape[0], n, per)
+    stats = {"loss": 0.0, "ent": 0.0, "tokens": 0.0, "clipped": 0.0, "seen": 0.0, "steps": 0}
     for epoch in range(cfg.ppo_epochs):
-        lp, ent = token_logprobs(policy, batch, with_entropy=True)
-        pg = ppo_clip_loss_sum(lp, old_lp, advantages, mask, cfg.clip)
-        ent_sum = (ent * mask).sum()
-        loss = (pg - cfg.entropy_coef * ent_sum) / max(global_tokens, 1.0)
-        loss.backward()
-        _step(policy, opt, cfg.grad_clip)
-        if epoch == 0:
-            out = {"policy_loss": dist.all_sum(float(loss.detach())), "entropy": dist.all_sum(float(ent_sum.detach())) / max(global_tokens, 1)}
-    return out
+        for sl in parts:
+            mb = Batch(batch.ids[sl], batch.attn[sl], batch.resp_mask[sl], batch.step_mask[sl])
+            tokens = dist.all_sum(float(mb.resp_mask.sum()))
+            if tokens <= 0:
+                continue
+            lp, ent = token_logprobs(policy, mb, with_entropy=True, temperature=temperature)
+            pg = ppo_clip_loss_sum(lp, old_lp[sl], advantages[sl], mb.resp_mask, cfg.clip)
+            ent_sum = (ent * mb.resp_mask).sum()
+            loss = (pg - cfg.entropy_coef * ent_sum) / tokens
+            loss.backward()
+            _step(policy, opt, cfg.grad_clip)
+            stats["steps"] += 1
+            stats["clipped"] += float(ppo_clipped_tokens(lp.detach(), old_lp[sl], advantages[sl], mb.resp_mask,
+                                                         cfg.clip))
+            stats["seen"] += float(mb.resp_mask.sum())
+            if epoch == 0:  # the first pass: every token once, weighted by its mini-batch's share
+                stats["loss"] += float(loss.detach()) * tokens
+                stats["ent"] += float(ent_sum.detach())
+                stats["tokens"] += float(mb.resp_mask.sum())
+    if not stats["steps"]:
+        return {}
+    total = dist.all_sum(stats["tokens"])
+    return {"policy_loss": dist.all_sum(stats["loss"]) / max(total, 1.0),
+            "entropy": dist.all_sum(stats["ent"]) / max(total, 1.0),
+            "clip_frac": dist.all_sum(stats["clipped"]) / max(dist.all_sum(stats["seen"]), 1.0),
+            "policy_steps": stats["steps"]}
 
 
 def format_reward(r: Rollout) -> float:

@@ -19,6 +19,7 @@ from repirl.artifacts import PolicyConfig, Provenance, atomic_write_text, init_t
 from repirl.tasks.arithmetic import ArithmeticConfig, ArithmeticTask
 from repirl.tiny import build_tokenizer, tiny_qwen2_config, word_merges
 from repirl.trajectory import PromptTemplate, TrajectoryEncoder
+from trainer.data import HELDOUT_SEED
 from trainer.sft import SFTConfig, train_sft
 
 
@@ -39,7 +40,7 @@ class BootstrapConfig:
     sft: SFTConfig = field(default_factory=SFTConfig)
     eval_problems: int = 200
     eval_temperature: float = 0.8
-    eval_seed: int = 12345  # held-out problems come from a different seed than training batches
+    eval_seed: int = HELDOUT_SEED  # held-out problems come from a different seed than training batches
     # The demo policy must land here (held-out accuracy at eval_temperature): high enough that rollouts contain
     # correct solutions (rePIRL's experts), low enough that a PRM has wrong ones to learn from and room to help.
     accuracy_window: tuple[float, float] = (0.3, 0.85)
@@ -147,7 +148,14 @@ def run_bootstrap(cfg: BootstrapConfig, console=None) -> dict:
                              f"{int(cfg.sft.steps * 1.5)}, or --accuracy-window to accept it")
     prm_dir = init_token_reward_prm(policy_dir, out / "prm")  # last: prm/prm.json marks a finished demo
     summary["prm"] = str(prm_dir)
-    atomic_write_text(out / "bootstrap.json", json.dumps(summary, indent=2))
+    atomic_write_text(out / "bootstrap.json", json.dumps(summary, indent=2))  # + the SFT log
+    from trainer.summary import RunSummary
+
+    RunSummary(name=out.name, kind="bootstrap", algorithm="sft", seed=cfg.seed, iterations=cfg.sft.steps,
+               train_seconds=summary["train_seconds"], eval_problems=len(held_out),
+               eval_temperature=cfg.eval_temperature, eval_accuracy=summary["heldout_accuracy"],
+               metrics={"parameters": n_params, "first_step_accuracy": summary["first_step_accuracy"],
+                        "total_seconds": summary["total_seconds"], "engine": report.engine}).write(out)
     say(f"wrote {policy_dir} and {prm_dir} (untrained token-reward PRM; `repirl train` trains one)")
     return summary
 

@@ -65,7 +65,7 @@ class PRMTrainConfig(_Strict):
     reward_bound: float | None = Field(5.0, gt=0)  # head: tanh bound on each token reward (None: unbounded)
     lr: float = Field(1e-5, gt=0)
     updates_per_iter: int = Field(1, ge=0)
-    grad_clip: float = 1.0
+    grad_clip: float = 10.0  # the paper's PRM gradient clip
     stop_gradient_weights: bool = True  # treat the importance weights as constants in the loss
     max_weight_ratio: float | None = Field(None, gt=0)  # truncate each weight at ratio * mean weight (None: off)
     expert_references: bool = True  # reference solutions join the experts (plus correct rollouts)
@@ -75,6 +75,9 @@ class PRMTrainConfig(_Strict):
 class PolicyTrainConfig(_Strict):
     lr: float = Field(1e-5, gt=0)
     ppo_epochs: int = Field(1, ge=1)
+    # questions per PPO mini-batch (n rollouts each; one optimizer step per mini-batch). None: the whole batch in one
+    # step, where the ratio stays 1 and the clip never acts. The paper: batch 128, mini-batch 32 (4 steps).
+    mini_batch_size: int | None = Field(None, ge=1)
     clip: float = Field(0.2, gt=0)
     entropy_coef: float = 0.001
     prm_coef: float = 0.05  # lambda: reward = outcome + lambda * PRM score (mean token reward)
@@ -98,6 +101,17 @@ class OfflineConfig(_Strict):
     max_tokens: int = 384  # longer trajectories are cut (token rewards of the first max_tokens only)
 
 
+class CalibrationConfig(_Strict):
+    # after export: fit p_correct = sigmoid(a * raw + b) on checker-labelled dev steps (trainer/calibration.py)
+    problems: int = Field(40, ge=0)  # dev problems (0: no calibration)
+    samples: int = Field(4, ge=1)  # policy samples per problem
+    temperature: float = Field(0.8, ge=0)  # the service's default search temperature
+    source: Literal["samples", "corrupted", "both"] = "samples"  # corrupted: references with one wrong result
+    max_step_tokens: int = Field(32, ge=1)
+    max_steps: int = Field(8, ge=1)
+    seed: int = 0
+
+
 class TrainConfig(_Strict):
     name: str = Field(min_length=1)
     algorithm: Algorithm = "repirl"
@@ -118,11 +132,15 @@ class TrainConfig(_Strict):
     optim: PolicyTrainConfig = Field(default_factory=PolicyTrainConfig)
     prime: PrimeConfig = Field(default_factory=PrimeConfig)
     offline: OfflineConfig = Field(default_factory=OfflineConfig)
+    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
 
     @model_validator(mode="after")
     def _consistent(self):
         if self.task.name == "jsonl" and not self.task.path:
             raise ValueError("task.path is required when task.name is 'jsonl'")
+        mb = self.optim.mini_batch_size
+        if mb is not None and self.questions_per_iter % mb:
+            raise ValueError(f"optim.mini_batch_size ({mb}) must divide questions_per_iter ({self.questions_per_iter})")
         if self.algorithm == "offline" and self.offline.source == "jsonl" and not self.offline.path:
             raise ValueError("offline.path is required when offline.source is 'jsonl'")
         return self

@@ -5,7 +5,10 @@ from __future__ import annotations
 from repirl.tasks.arithmetic import ArithmeticConfig, ArithmeticTask
 from repirl.tasks.base import Problem
 
-HELDOUT_SEED = 12345  # the bootstrap evaluates the demo policy on task.sample(n, seed=12345, prefix="heldout")
+# The one home of the seeds that must agree across the trainer, the bootstrap and the evaluator:
+HELDOUT_SEED = 12345  # held-out problems: task.sample(n, seed=HELDOUT_SEED, prefix="heldout"); never trained on
+DEV_SEED = 54321  # the evaluator's threshold-selection problems (disjoint from the held-out ones)
+EVAL_SAMPLE_SEED = 987654  # the trainer's held-out accuracy samples with seed EVAL_SAMPLE_SEED + recipe seed
 
 
 def make_task_and_pools(cfg) -> tuple[object, list[Problem], list[Problem]]:

@@ -1,7 +1,9 @@
-"""The training harness: one loop for rePIRL, RLOO, PRIME and TTT (offline PRM learning lives in trainer/offline.py).
+"""The training loop: one loop for rePIRL, RLOO, PRIME and TTT (offline PRM learning lives in trainer/offline.py).
 
 Per iteration: draw questions (seeded by (seed, iteration), so a resumed run draws the same ones), sample n rollouts
-each, score outcomes, update the PRM, update the policy, log one metrics row, checkpoint every k iterations.
+each, score outcomes, let the algorithm (trainer/harness.py) update its PRM and turn the batch into advantages,
+update the policy (PPO-clip over mini-batches), log one metrics row, checkpoint every k iterations. The loop never
+asks which algorithm it runs.
 """
 
 from __future__ import annotations
@@ -15,27 +17,17 @@ from pathlib import Path
 import torch
 import yaml
 
-from repirl.artifacts import (PolicyConfig, PRMConfig, Provenance, atomic_dir, atomic_write_text, save_implicit_prm,
-                              save_model_folder)
-from repirl.trajectory import TrajectoryEncoder
+from repirl.artifacts import PolicyConfig, Provenance, atomic_dir, atomic_write_text, save_model_folder
 from repirl.vllm_setup import vllm_available
 from trainer import distributed as dist
-from trainer.algorithms import (
-    batch_of,
-    dense_advantages,
-    format_reward,
-    irl_prm_step,
-    kl_to_init,
-    policy_step,
-    prime_prm_step,
-    sequence_advantages,
-)
+from trainer.algorithms import batch_of, kl_to_init, policy_step
 from trainer.config import TrainConfig
-from trainer.data import make_task_and_pools
-from trainer.losses import masked_mean, prime_advantages
+from trainer.data import EVAL_SAMPLE_SEED, make_task_and_pools
+from trainer.harness import Models, RolloutBatch, initial_policy_dir, kept_rows, load_tokens, make_algorithm
 from trainer.metrics import append_row, plot, read_rows, truncate_rows
-from trainer.models import RewardModel, build_tiny_policy, load_causal_lm, policy_config_of, token_logprobs
-from trainer.rollouts import HFEngine, VLLMEngine, build_rollouts, reference_rollout
+from trainer.models import load_causal_lm, token_logprobs
+from trainer.rollouts import HFEngine, VLLMEngine, build_rollouts
+from trainer.summary import RunSummary
 
 
 class ResumeError(RuntimeError):
@@ -56,29 +48,28 @@ class Trainer:
         self.is_main = dist.rank() == 0
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self._prepare_run_dir(resume)
-        self.init_dir = self._initial_policy_dir()
-        from transformers import AutoTokenizer
-
-        self.tokenizer = AutoTokenizer.from_pretrained(self.init_dir)
-        self.eos_id = self.tokenizer.eos_token_id
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_id
-        self.policy_cfg = policy_config_of(self.init_dir)
-        self.encoder = TrajectoryEncoder(self.tokenizer, self.policy_cfg.prompt_template, self.policy_cfg.step_separator)
-        self.task, self.train_pool, self.heldout = make_task_and_pools(cfg)
-        if cfg.algorithm == "ttt":  # test-time training: the unlabeled test questions are the training pool
-            self.train_pool = self.heldout
+        self.algo = make_algorithm(cfg)  # rePIRL, RLOO, PRIME, TTT: trainer/harness.py
+        self.init_dir = initial_policy_dir(cfg, self.run_dir)
+        self.tokens = load_tokens(self.init_dir)
+        self.tokenizer, self.encoder, self.policy_cfg = self.tokens.tokenizer, self.tokens.encoder, self.tokens.policy_cfg
+        self.eos_id, self.pad_id = self.tokens.eos_id, self.tokens.pad_id
+        self.task, train_pool, self.heldout = make_task_and_pools(cfg)
+        self.train_pool = self.algo.training_pool(train_pool, self.heldout)
         if min(cfg.questions_per_iter, len(self.train_pool)) % dist.world():
             # sharded models all-gather weights inside every forward, so every rank must run the same forwards
             # (generate batches, PRM and policy steps): equal question shards guarantee that
             raise ValueError(f"questions_per_iter ({cfg.questions_per_iter}) must be a multiple of the number of "
                              f"processes ({dist.world()})")
+        if cfg.optim.mini_batch_size and cfg.optim.mini_batch_size % dist.world():
+            raise ValueError(f"optim.mini_batch_size ({cfg.optim.mini_batch_size}) must be a multiple of the number "
+                             f"of processes ({dist.world()})")
         torch.manual_seed(cfg.seed)
         # WORLD_SIZE > 1: the trainable models are sharded with FSDP2 before the optimizers are built (fully_shard
         # replaces the parameters); single process: dist.wrap returns the model untouched. The frozen initial policy
         # stays a full replica (forward only, no gradients to reduce).
         self.policy = dist.wrap(load_causal_lm(self.init_dir).train())
         self.init_policy = load_causal_lm(self.init_dir).eval().requires_grad_(False)
-        self.prm = self._build_prm()
+        self.prm = self.algo.build_prm(self.init_dir)
         if self.prm is not None:
             dist.wrap(self.prm.model)  # the HF module: FSDP's root hooks run on its forward (token_rewards calls it)
         self.opt_policy = torch.optim.AdamW(self.policy.parameters(), lr=cfg.optim.lr, weight_decay=0.0)
@@ -102,25 +93,6 @@ class Trainer:
                 p = self.run_dir / stale
                 shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
             atomic_write_text(saved, cfg_text)
-
-    def _initial_policy_dir(self) -> Path:
-        if self.cfg.policy != "tiny":
-            return Path(self.cfg.policy)
-        d = self.run_dir / "init_policy"
-        if self.is_main and not (d / "config.json").exists():
-            build_tiny_policy(d, self.cfg.seed, self.cfg.tiny_layers)
-        if dist.world() > 1:
-            torch.distributed.barrier()
-        return d
-
-    def _build_prm(self):
-        c = self.cfg
-        if c.algorithm == "rloo":
-            return None
-        if c.algorithm == "prime":  # pi_phi starts as the policy; pi_ref is the frozen initial policy
-            return RewardModel("logprob", self.init_dir, beta=1.0).train()
-        return RewardModel(c.prm.parameterization, c.prm.init or self.init_dir, beta=c.prm.beta,
-                           bound=c.prm.reward_bound).train()
 
     def _make_engine(self):
         c = self.cfg.rollouts
@@ -195,79 +167,41 @@ class Trainer:
         t_roll = time.time() - t0
 
         batch = batch_of(rollouts, self.pad_id)
+        temp = cfg.rollouts.temperature  # every policy log-prob at the temperature the rollouts were sampled at
         with torch.no_grad():
-            old_lp = token_logprobs(self.policy, batch)
-            init_lp = token_logprobs(self.init_policy, batch)
+            old_lp = token_logprobs(self.policy, batch, temperature=temp)
+            init_lp = token_logprobs(self.init_policy, batch, temperature=temp)
         correct = torch.tensor([float(r.correct) for r in rollouts])
         n_global = dist.all_sum(len(rollouts))
         row = {"iter": it, "accuracy": dist.all_sum(float(correct.sum())) / max(n_global, 1),
                "kl_init": kl_to_init(old_lp, init_lp, batch.resp_mask), "engine": self.engine.name,
                "mean_len": float(batch.resp_mask.sum(-1).mean())}
-        row["logprob_max_abs_diff"] = _logprob_check(self.policy, rollouts, self.pad_id)
+        row["logprob_max_abs_diff"] = _logprob_check(self.policy, rollouts, self.pad_id, temp)
         if row["logprob_max_abs_diff"] is not None and it > self.start_iter:  # what stale engine weights would show
-            row["logprob_diff_if_stale"] = _logprob_check(self.init_policy, rollouts, self.pad_id)
+            row["logprob_diff_if_stale"] = _logprob_check(self.init_policy, rollouts, self.pad_id, temp)
 
+        # the PRM update and the policy's rewards/advantages: whatever the algorithm does (trainer/harness.py)
         t1 = time.time()
-        advantages, rewards = self._prm_and_advantages(rollouts, batch, old_lp, correct, row)
+        keep = kept_rows(rollouts, n, cfg.filters)  # the filters choose the policy update's questions
+        scored = self.algo.score(RolloutBatch(rollouts, batch, old_lp, correct, keep, n),
+                                 Models(self.prm, self.opt_prm, self.init_policy, self.tokens))
+        row.update(scored.metrics)
         t_prm = time.time() - t1
-
-        keep = self._kept_rows(rollouts, n)
         row["kept_groups"] = int(dist.all_sum(float(keep.sum()) / n))
-        row["reward_mean"] = dist.all_sum(float(rewards.sum())) / max(n_global, 1)
+        row["reward_mean"] = dist.all_sum(float(scored.rewards.sum())) / max(n_global, 1)
+
+        # the policy update: PPO-clip over mini-batches of the kept questions
         t2 = time.time()
         if cfg.optim.update:
             batch.resp_mask = batch.resp_mask * keep[:, None]
-            kept_tokens = dist.all_sum(float(batch.resp_mask.sum()))
-            if kept_tokens > 0:
-                adv = advantages * (keep[:, None] if advantages.dim() == 2 else keep)
-                row.update(policy_step(self.policy, self.opt_policy, batch, old_lp, adv, cfg.optim, kept_tokens))
+            adv = scored.advantages * (keep[:, None] if scored.advantages.dim() == 2 else keep)
+            stepped = policy_step(self.policy, self.opt_policy, batch, old_lp, adv, cfg.optim, n, temp)
+            row.update(stepped)
+            if stepped:
                 self._sync_engine()
         row.update(t_rollout=round(t_roll, 3), t_prm=round(t_prm, 3), t_policy=round(time.time() - t2, 3),
                    t_iter=round(time.time() - t0, 3))
         return row
-
-    def _prm_and_advantages(self, rollouts, batch, old_lp, correct, row):
-        cfg, n = self.cfg, self.cfg.rollouts.n
-        if cfg.algorithm == "rloo":
-            return sequence_advantages(correct, n), correct
-        if cfg.algorithm == "prime":
-            token_r, _, m = prime_prm_step(self.prm, self.init_policy, self.opt_prm, rollouts, cfg.prime, cfg.prm,
-                                           self.pad_id, int(dist.all_sum(len(rollouts))))
-            row.update(m)
-            return prime_advantages(token_r, batch.resp_mask, correct, n), correct
-        # repirl / ttt: the paper's IRL update, then reward = outcome (ttt: format) + lambda * mean token reward
-        refs = ([reference_rollout(r.problem, r.group, self.encoder, self.eos_id) for r in rollouts[::n]]
-                if cfg.prm.expert_references else [])
-        experts = refs + [r for r in rollouts if r.correct]
-        neg_idx = [i for i, r in enumerate(rollouts) if not r.correct]
-        negatives = [rollouts[i] for i in neg_idx]
-        neg_logpi = (old_lp * batch.step_mask).sum(-1)[neg_idx] if neg_idx else torch.zeros(0)
-        frozen = cfg.prm.frozen or cfg.algorithm == "ttt"
-        row.update(irl_prm_step(self.prm, self.opt_prm, experts, negatives, neg_logpi, cfg.prm, self.pad_id,
-                                0 if frozen else cfg.prm.updates_per_iter))
-        with torch.no_grad():
-            token_r = self.prm.token_rewards(batch) * batch.step_mask
-        score = masked_mean(token_r, batch.step_mask)
-        row["prm_score"] = dist.all_sum(float(score.sum())) / max(dist.all_sum(len(rollouts)), 1)
-        base = torch.tensor([format_reward(r) for r in rollouts]) if cfg.algorithm == "ttt" else correct
-        if cfg.optim.dense:
-            return dense_advantages(token_r, batch.resp_mask, base, n, cfg.optim.prm_coef), base
-        rewards = base + cfg.optim.prm_coef * score
-        return sequence_advantages(rewards, n), rewards
-
-    def _kept_rows(self, rollouts, n) -> torch.Tensor:
-        f = self.cfg.filters
-        keep = []
-        for g in range(0, len(rollouts), n):
-            acc = sum(r.correct for r in rollouts[g : g + n]) / n
-            if f.hard_only:
-                ok = acc == 0
-            elif f.accuracy_window is not None:
-                ok = f.accuracy_window[0] <= acc <= f.accuracy_window[1]
-            else:
-                ok = True
-            keep += [float(ok)] * n
-        return torch.tensor(keep)
 
     # ------------------------------------------------------------------------------------------ eval, checkpoints
     def evaluate(self) -> float:
@@ -275,7 +209,7 @@ class Trainer:
         if not probs:
             return float("nan")
         gens = self.engine.generate([self.encoder.prompt_ids(p.question) for p in probs], 1, c.rollouts.temperature,
-                                    c.rollouts.top_p, c.rollouts.max_new_tokens, seed=987654 + c.seed)
+                                    c.rollouts.top_p, c.rollouts.max_new_tokens, seed=EVAL_SAMPLE_SEED + c.seed)
         rs = build_rollouts(probs, gens, self.encoder, self.tokenizer, self.task, self.eos_id)
         return sum(r.correct for r in rs) / len(rs)
 
@@ -332,28 +266,29 @@ class Trainer:
                                prompt_template=self.policy_cfg.prompt_template, task=self.policy_cfg.task, provenance=prov)
         save_model_folder(policy, self.tokenizer, self.run_dir / "policy", policy_config=pol_cfg)
         if self.prm is not None:
-            if cfg.algorithm == "prime":
-                # PRIME's implicit PRM: pi_phi in the folder, the frozen initial policy as pi_ref in `reference/`
-                save_implicit_prm(prm_model, self.init_policy, self.tokenizer, self.run_dir / "prm", PRMConfig(
-                    format="implicit", beta=cfg.prime.beta, step_separator=pol_cfg.step_separator,
-                    prompt_template=pol_cfg.prompt_template, provenance=prov))
-            else:
-                self.prm.export(self.run_dir / "prm", self.tokenizer, pol_cfg, prov, model=prm_model)
+            self.algo.export(self.prm, prm_model, self.run_dir / "prm", self.tokens, pol_cfg, prov,
+                             reference=self.init_policy)
         plot(rows, self.run_dir / "plots")
-        summary = {"name": cfg.name, "algorithm": cfg.algorithm, "iterations": cfg.iterations,
-                   "eval_accuracy_before": self.eval_before,
-                   "eval_accuracy": eval_acc, "eval_problems": min(cfg.eval_problems, len(self.heldout)),
-                   "final_train_accuracy": rows[-1]["accuracy"] if rows else None,
-                   "total_time_s": round(sum(r.get("t_iter", 0) for r in rows), 2)}
-        atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2))
+        if self.prm is not None:  # p_correct for the service: prm.json `calibration` (trainer/calibration.py)
+            from trainer.calibration import calibrate_prm_folder
+
+            calibrate_prm_folder(self.run_dir / "prm", self.run_dir / "policy", cfg.calibration, cfg.task,
+                                 say=self._say)
+        summary = RunSummary(name=cfg.name, kind="train", algorithm=cfg.algorithm, seed=cfg.seed,
+                             iterations=cfg.iterations, train_seconds=round(sum(r.get("t_iter", 0) for r in rows), 2),
+                             eval_problems=min(cfg.eval_problems, len(self.heldout)),
+                             eval_temperature=cfg.rollouts.temperature, eval_accuracy_before=self.eval_before,
+                             eval_accuracy=eval_acc, final_train_accuracy=rows[-1]["accuracy"] if rows else None,
+                             train_questions=len(self.train_pool), heldout_questions=len(self.heldout))
+        summary.write(self.run_dir)
         live = self.run_dir / "live_policy"
         shutil.rmtree(live, ignore_errors=True)
         if eval_acc is not None:
             before = f"{self.eval_before:.1%} before, " if self.eval_before is not None else ""
             self._say(f"{cfg.name}: held-out accuracy {before}{eval_acc:.1%} after {cfg.iterations} iterations of "
-                      f"{cfg.algorithm} ({summary['eval_problems']} problems, T={cfg.rollouts.temperature}); "
+                      f"{cfg.algorithm} ({summary.eval_problems} problems, T={cfg.rollouts.temperature}); "
                       f"wrote {self.run_dir}/{{policy,prm,metrics.jsonl,plots,summary.json}}")
-        return summary
+        return summary.model_dump()
 
     def _say(self, line: str) -> None:
         if self.console is not None:
@@ -376,17 +311,20 @@ def iteration_line(row: dict, iterations: int) -> str:
 
 
 @torch.no_grad()
-def _logprob_check(policy, rollouts, pad_id: int, limit: int = 8) -> float | None:
-    """Largest |sampler log-prob - trainer log-prob| over the raw sampled tokens of up to `limit` rollouts, computed
-    before this iteration's update: the weights the engine sampled with must be the trainer's current ones."""
+def _logprob_check(policy, rollouts, pad_id: int, temperature: float, limit: int = 8) -> float | None:
+    """Largest |sampler log-prob - trainer log-prob| over the sampled tokens of up to `limit` rollouts, computed
+    before this iteration's update: the weights the engine sampled with must be the trainer's current ones, and the
+    engine's processed log-probs (after temperature) must be the trainer's at the rollout temperature. With
+    top_p < 1 vLLM's processed log-probs are renormalised over the top-p set, which the trainer's are not (as in
+    veRL), so the check then also shows that renormalisation; every recipe here samples with top_p 1."""
     from trainer.models import collate
 
     rs = [r for r in rollouts if r.sampler_token_logprobs][:limit]
     if not rs:
         return None
-    seqs = [r.meta["sampled"] for r in rs]
-    plen = [r.meta["sampled_prompt_len"] for r in rs]
-    lp = token_logprobs(policy, collate(seqs, plen, [len(s) for s in seqs], pad_id))
+    seqs = [r.ids for r in rs]
+    plen = [r.prompt_len for r in rs]
+    lp = token_logprobs(policy, collate(seqs, plen, [len(s) for s in seqs], pad_id), temperature=temperature)
     worst = 0.0
     for i, r in enumerate(rs):
         mine = lp[i, plen[i] : len(seqs[i])].tolist()

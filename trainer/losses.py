@@ -74,6 +74,17 @@ def ppo_clip_loss_sum(new_logp: torch.Tensor, old_logp: torch.Tensor, advantages
     return (per_token * mask).sum()
 
 
+def ppo_clipped_tokens(new_logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+                       clip: float = 0.2) -> torch.Tensor:
+    """Number of masked tokens where the clipped term is the active one (veRL's pg_clipfrac numerator:
+    -A * clip(ratio) > -A * ratio): there the token's gradient is zero."""
+    if advantages.dim() == 1:
+        advantages = advantages[:, None].expand_as(new_logp)
+    ratio = torch.exp(new_logp - old_logp)
+    clipped = (-advantages * torch.clamp(ratio, 1 - clip, 1 + clip)) > (-advantages * ratio)
+    return (clipped.float() * mask).sum()
+
+
 def token_entropy(logits: torch.Tensor) -> torch.Tensor:
     """Entropy of each position's next-token distribution, [B, T]."""
     logp = torch.log_softmax(logits.float(), dim=-1)
@@ -109,6 +120,19 @@ def prime_advantages(token_rewards: torch.Tensor, mask: torch.Tensor, outcome: t
     last = (mask.cumsum(-1) == mask.sum(-1, keepdim=True)) & (mask > 0)
     total = proc + last.float() * out_adv[:, None]
     return total.flip(-1).cumsum(-1).flip(-1) * mask
+
+
+def masked_whiten(values: torch.Tensor, mask: torch.Tensor, all_sum=float) -> torch.Tensor:
+    """veRL's `verl_F.masked_whiten` (shift_mean=True), which PRIME applies to its RLOO returns: (x - mean) /
+    sqrt(var + 1e-8) over the masked entries, var unbiased (Bessel's n / (n - 1)). `all_sum` turns a local sum into
+    the global one (trainer.distributed.all_sum), so every rank whitens with the whole batch's mean and variance.
+    Entries outside the mask are 0."""
+    n = all_sum(float(mask.sum()))
+    if n < 2:
+        return values * mask
+    mean = all_sum(float((values * mask).sum())) / n
+    var = all_sum(float((((values - mean) ** 2) * mask).sum())) / n * n / (n - 1)
+    return (values - mean) * (var + 1e-8) ** -0.5 * mask
 
 
 def dense_prm_returns(step_rewards_tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

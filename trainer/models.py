@@ -39,10 +39,17 @@ def collate(seqs: Sequence[Sequence[int]], prompt_lens: Sequence[int], step_ends
     return Batch(ids, attn, resp, step)
 
 
-def token_logprobs(model, batch: Batch, with_entropy: bool = False):
+def token_logprobs(model, batch: Batch, with_entropy: bool = False, temperature: float = 1.0):
     """log pi(ids[t] | ids[<t]) at every position (0 at t=0), and optionally each position's predictive entropy
-    (of the distribution that produced ids[t])."""
+    (of the distribution that produced ids[t]).
+
+    `temperature`: the distribution is softmax(logits / T), the one the sampler drew from at temperature T (as veRL
+    divides the logits by the rollout temperature). Every policy log-prob in the trainer (PPO ratio, entropy, the
+    importance-weight denominator pi_theta(tau), old log-probs, the frozen initial policy's KL) uses the rollout
+    temperature; a PRM's own log-prob reward is defined at T=1."""
     logits = model(input_ids=batch.ids, attention_mask=batch.attn).logits.float()
+    if temperature != 1.0:
+        logits = logits / temperature
     logp_all = torch.log_softmax(logits[:, :-1], dim=-1)
     lp = logp_all.gather(-1, batch.ids[:, 1:, None]).squeeze(-1)
     lp = torch.cat([torch.zeros_like(lp[:, :1]), lp], dim=1)
@@ -99,6 +106,18 @@ class RewardModel(torch.nn.Module):
             return self.beta * token_logprobs(self.model, batch)
         raw = self.model(input_ids=batch.ids, attention_mask=batch.attn).logits[..., 0].float()
         return raw if self.bound is None else self.bound * torch.tanh(raw / self.bound)
+
+    @torch.no_grad()
+    def score(self, batch: Batch) -> torch.Tensor:
+        """token_rewards for scoring (the policy's reward, the importance weights): always in eval mode, so dropout
+        (0.1 in HF's token-classification head) never makes two passes over one batch differ; the mode is restored.
+        Only the PRM's own update runs in train mode."""
+        was_training = self.training
+        self.eval()
+        try:
+            return self.token_rewards(batch)
+        finally:
+            self.train(was_training)
 
     def export(self, out_dir: Path, tokenizer, policy_cfg: PolicyConfig, provenance: Provenance, model=None) -> Path:
         """head -> format "token-reward" (the folder holds the raw head; the training-time tanh bound is monotone, so

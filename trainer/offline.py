@@ -8,11 +8,9 @@ format), uniformly otherwise (a batch mixing both uses uniform weights). Held-ou
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
@@ -20,10 +18,12 @@ from repirl.artifacts import PolicyConfig, Provenance, atomic_write_text
 from repirl.tasks.base import Problem
 from repirl.trajectory import TrajectoryEncoder, split_steps
 from trainer.algorithms import batch_of, irl_prm_step
+from trainer.harness import initial_policy_dir, load_tokens, make_algorithm
 from trainer.metrics import append_row, plot
-from trainer.models import RewardModel, build_tiny_policy, load_causal_lm, policy_config_of
+from trainer.models import load_causal_lm
 from trainer.ranking import likelihood_fn, mean_scores, report
 from trainer.rollouts import Rollout
+from trainer.summary import RunSummary
 
 
 @dataclass
@@ -31,6 +31,7 @@ class Candidate:
     steps: list[str]
     correct: bool
     logprob: float | None
+    token_logprobs: list[float] | None = None
 
 
 def load_offline_data(cfg, sep: str) -> list[tuple[Problem | None, str, list[Candidate]]]:
@@ -47,8 +48,8 @@ def load_offline_data(cfg, sep: str) -> list[tuple[Problem | None, str, list[Can
     for lineno, rec in read_records(o.path):
         steps = rec.reference_steps(sep)
         ref = Problem(rec.id or str(lineno), rec.question, steps, rec.answer or "") if steps else None
-        cands = [Candidate(c.steps if c.steps is not None else split_steps(c.solution, sep), c.correct, c.logprob)
-                 for c in rec.candidates]
+        cands = [Candidate(c.steps if c.steps is not None else split_steps(c.solution, sep), c.correct, c.logprob,
+                           c.token_logprobs) for c in rec.candidates]
         out.append((ref, rec.question, cands))
         if o.limit is not None and len(out) >= o.limit:
             break
@@ -62,12 +63,21 @@ def _traj(encoder: TrajectoryEncoder, question: str, steps, group: int, correct:
         return None
     ids = (t.ids + [eos])[:max_tokens]
     return Rollout(None, group, list(steps), ids, t.prompt_len, min(len(t.ids), max_tokens), correct,
-                   is_reference=is_reference)
+                   is_reference=is_reference, meta={"step_tokens": len(t.ids) - t.prompt_len})
+
+
+def candidate_logprob(c: Candidate, r: Rollout) -> float | None:
+    """log pi(candidate) over the SAME tokens its rewards cover: the step tokens kept within offline.max_tokens
+    (the weight is exp(sum of those tokens' rewards) / pi of those tokens). From `token_logprobs` when they line up
+    with the trajectory's tokens (step tokens, optionally + EOS); else `logprob` when nothing was cut; else None (a
+    cut candidate with only a total log-prob: unknown over the kept tokens, so its batch uses uniform weights)."""
+    kept, full = r.step_end - r.prompt_len, r.meta["step_tokens"]
+    if c.token_logprobs is not None and len(c.token_logprobs) in (full, full + 1):
+        return float(sum(c.token_logprobs[:kept]))
+    return c.logprob if kept == full else None
 
 
 def run_offline(cfg, resume: bool = False, console=None) -> dict:
-    from transformers import AutoTokenizer
-
     say = console.print if console is not None else print
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -75,13 +85,12 @@ def run_offline(cfg, resume: bool = False, console=None) -> dict:
 
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     (run_dir / "metrics.jsonl").unlink(missing_ok=True)
-    init_dir = Path(cfg.policy) if cfg.policy != "tiny" else run_dir / "init_policy"
-    if cfg.policy == "tiny" and not (init_dir / "config.json").exists():
-        build_tiny_policy(init_dir, cfg.seed, cfg.tiny_layers)
+    # the same set-up and export as the online loop (trainer/harness.py)
+    algo = make_algorithm(cfg)
+    init_dir = initial_policy_dir(cfg, run_dir)
     torch.manual_seed(cfg.seed)
-    tok = AutoTokenizer.from_pretrained(init_dir)
-    pol_cfg = policy_config_of(init_dir)
-    enc = TrajectoryEncoder(tok, pol_cfg.prompt_template, pol_cfg.step_separator)
+    tokens = load_tokens(init_dir)
+    tok, pol_cfg, enc = tokens.tokenizer, tokens.policy_cfg, tokens.encoder
     eos, o = tok.eos_token_id, cfg.offline
 
     data = load_offline_data(cfg, pol_cfg.step_separator)
@@ -91,8 +100,7 @@ def run_offline(cfg, resume: bool = False, console=None) -> dict:
     hold, train = [data[i] for i in order[:n_hold]], [data[i] for i in order[n_hold:]]
     say(f"offline PRM: {len(train)} training questions, {len(hold)} held out, source {o.source}")
 
-    prm = RewardModel(cfg.prm.parameterization, cfg.prm.init or init_dir, beta=cfg.prm.beta,
-                      bound=cfg.prm.reward_bound).train()
+    prm = algo.build_prm(init_dir)
     opt = torch.optim.AdamW(prm.parameters(), lr=cfg.prm.lr, weight_decay=0.0)
     hold_items = [(g, _traj(enc, q, c.steps, g, c.correct, eos, o.max_tokens)) for g, (_, q, cs) in enumerate(hold)
                   for c in cs]
@@ -128,7 +136,7 @@ def run_offline(cfg, resume: bool = False, console=None) -> dict:
                     r = _traj(enc, q, c.steps, g, c.correct, eos, o.max_tokens)
                     (experts if c.correct else negatives).append(r)
                     if not c.correct:
-                        neg_lp.append(c.logprob)
+                        neg_lp.append(candidate_logprob(c, r) if r is not None else None)
             keep = [i for i, r in enumerate(negatives) if r is not None]
             negatives, neg_lp = [negatives[i] for i in keep], [neg_lp[i] for i in keep]
             experts = [r for r in experts if r is not None]
@@ -141,12 +149,16 @@ def run_offline(cfg, resume: bool = False, console=None) -> dict:
     say(f"held out: PRM after {after}")
     prov = Provenance(algorithm="offline", base_model=str(init_dir), data=f"{o.source}:{o.path or 'model_solutions'}",
                       iterations=step, metrics={**baseline, **before, **after})
-    prm.export(run_dir / "prm", tok, PolicyConfig(step_separator=pol_cfg.step_separator,
-                                                  prompt_template=pol_cfg.prompt_template), prov)
+    algo.export(prm, prm.model, run_dir / "prm", tokens, PolicyConfig(step_separator=pol_cfg.step_separator,
+                                                                       prompt_template=pol_cfg.prompt_template), prov)
     from trainer.metrics import read_rows
 
     plot(read_rows(run_dir / "metrics.jsonl"), run_dir / "plots")
-    summary = {"name": cfg.name, "algorithm": "offline", "steps": step, "train_questions": len(train),
-               "heldout_questions": len(hold), **baseline, **before, **after, "train_time_s": round(time.time() - t0, 1)}
-    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
-    return summary
+    from trainer.calibration import calibrate_offline  # p_correct: prm.json `calibration`, held-out candidates
+
+    calibrate_offline(run_dir / "prm", hold, cfg.calibration, say=say)
+    summary = RunSummary(name=cfg.name, kind="offline", algorithm="offline", seed=cfg.seed, iterations=step,
+                         train_seconds=round(time.time() - t0, 1), train_questions=len(train),
+                         heldout_questions=len(hold), metrics={**baseline, **before, **after})
+    summary.write(run_dir)
+    return summary.model_dump()

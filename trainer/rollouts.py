@@ -1,8 +1,9 @@
 """Rollout engines (vLLM when installed, transformers otherwise) and the Rollout record the algorithms share.
 
-A sampled completion is decoded, split into steps and re-encoded through the trajectory contract, so the trainer,
-the PRM and the server all see the same ids. With the byte-level tokenizer the re-encoded ids equal the sampled ones;
-`Rollout.sampled_ids_match` says when they do, and only those rollouts enter the sampler-vs-trainer log-prob check.
+A rollout's ids are exactly the ids the sampler produced (prompt + sampled tokens): the policy update, the old
+log-probs and the importance weights all see what was sampled. (Re-encoding the decoded steps through the trajectory
+contract appended a separator before the EOS: "...7<eos>" was trained as "...7\n\n<eos>".) The decoded steps are
+kept for the outcome check; `step_end` is the end of the sampled tokens before a final EOS.
 """
 
 from __future__ import annotations
@@ -27,8 +28,7 @@ class Rollout:
     step_end: int  # end of the step tokens (before the EOS)
     correct: bool
     is_reference: bool = False
-    sampler_token_logprobs: list[float] | None = None  # vLLM's log-probs of the sampled tokens
-    sampled_ids_match: bool = False
+    sampler_token_logprobs: list[float] | None = None  # vLLM's processed log-probs (at T) of the sampled tokens
     meta: dict = field(default_factory=dict)
 
 
@@ -95,9 +95,11 @@ class VLLMEngine:
 
         # collective_rpc with a function (refresh_cpu_gemm) needs it; this engine is private to the trainer process.
         os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"
+        # processed_logprobs: the log-probs of the distribution actually sampled from (after temperature, and top-p
+        # when top_p < 1), so the trainer's log-prob check covers the temperature (raw ones are at T=1)
         self.llm = start_llm(policy_dir, "the rollout policy", kv_cache_gib=kv_cache_gib, dtype="float32",
                              enforce_eager=True, max_model_len=max_model_len, seed=seed,
-                             max_num_batched_tokens=32768)
+                             max_num_batched_tokens=32768, logprobs_mode="processed_logprobs")
 
     def sync(self, policy_dir: Path | None = None) -> None:
         if policy_dir is not None:
@@ -143,15 +145,13 @@ def build_rollouts(problems: Sequence[Problem], generations, encoder: Trajectory
     for g, (problem, comps) in enumerate(zip(problems, generations)):
         prompt = encoder.prompt_ids(problem.question)
         for sampled, lps in comps:
+            sampled = list(sampled)
             finished = bool(sampled) and sampled[-1] == eos_id
             body = sampled[:-1] if finished else sampled
             steps = split_steps(tokenizer.decode(body), encoder.sep)
-            traj = encoder.encode(problem.question, steps)
-            ids = traj.ids + ([eos_id] if finished or not steps else [])
             check = task.check(problem, steps)
-            out.append(Rollout(problem, g, steps, ids, traj.prompt_len, len(traj.ids), check.correct,
-                               sampler_token_logprobs=lps, sampled_ids_match=ids == prompt + list(sampled),
-                               meta={"sampled": prompt + list(sampled), "sampled_prompt_len": len(prompt)}))
+            out.append(Rollout(problem, g, steps, prompt + sampled, len(prompt), len(prompt) + len(body),
+                               check.correct, sampler_token_logprobs=lps))
     return out
 
 

@@ -9,6 +9,7 @@ import time
 from typing import Callable, Sequence
 
 from repirl.answers import extract_answer, majority_answer, normalize_answer
+from repirl.calibration import active_calibration
 from repirl.policy.base import SamplingConfig, StepPolicy
 from repirl.scoring import StepScorer, aggregate
 from repirl.search.types import Candidate, SearchCancelled, SearchEvent, SearchParams, SearchStats
@@ -38,7 +39,13 @@ class SearchContext:
             raise ValueError(f"select={params.select!r} needs a PRM; only select='majority' runs without one")
         self.policy, self.scorer, self.question, self.params = policy, scorer, question, params
         self.aggregation = params.aggregation or default_aggregation(scorer)
-        self.probability_scores = getattr(getattr(scorer, "config", None), "format", None) in PROBABILITY_FORMATS
+        self.calibration = active_calibration(getattr(scorer, "config", None))  # raw -> p_correct, or None
+        if params.aggregate_input == "probability" and self.calibration is None:
+            raise ValueError("aggregate_input='probability' needs a PRM with a calibration (prm.json `calibration`; "
+                             "`repirl calibrate --prm DIR` fits one)")
+        self.on_probability = params.aggregate_input == "probability"
+        self.probability_scores = self.on_probability or \
+            getattr(getattr(scorer, "config", None), "format", None) in PROBABILITY_FORMATS
         self.on_event, self.should_stop = on_event, should_stop
         self.stats = SearchStats()
         self._t0 = time.perf_counter()
@@ -133,7 +140,12 @@ class SearchContext:
             self.stats.prm_tokens_computed += r.tokens_computed
             self.stats.cache_hits += int(r.meta.get("cache_hits", 0))
             c.step_rewards = list(r.step_rewards[: len(c.steps)])
-            c.score = aggregate(r.step_rewards, self.aggregation, r.token_rewards)
+            if self.calibration is not None:
+                c.p_correct = self.calibration.p_correct_all(c.step_rewards)
+            if self.on_probability:  # the steps' probabilities (lookahead steps included), no token values
+                c.score = aggregate(self.calibration.p_correct_all(r.step_rewards), self.aggregation)
+            else:
+                c.score = aggregate(r.step_rewards, self.aggregation, r.token_rewards)
             self._count_tree(trajectories[i])
 
     def _count_tree(self, steps: list[str]) -> None:

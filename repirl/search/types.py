@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, model_validator
 
 from repirl.artifacts import Aggregation
+from repirl.calibration import AggregateInput
 from repirl.policy.base import SEED_LIMIT
 
 Strategy = Literal["best-of-n", "beam", "dvts"]
@@ -32,6 +33,10 @@ class SearchParams(BaseModel):
     lookahead: int = Field(0, ge=0, description="beam/dvts: greedy steps rolled out to score a candidate")
     dedup: bool | None = Field(None, description="drop duplicate candidates; None: on for beam/dvts, off for best-of-n")
     vote_temperature: float = Field(1.0, gt=0.0, description="weighted vote: weight = exp(score / vote_temperature)")
+    aggregate_input: AggregateInput = Field(
+        "raw", description="what the aggregation reads: `raw` step rewards, or `probability`: each step's calibrated "
+        "p_correct (needs a PRM whose prm.json has a calibration; mean-token then averages the steps' probabilities, "
+        "and a weighted vote weighs by the score itself)")
 
     @model_validator(mode="after")
     def _check_tree(self):
@@ -63,6 +68,7 @@ class Candidate:
     truncated: bool = False  # cut by max_steps or by a step that hit max_step_tokens
     id: int = 0
     parent: int | None = None
+    p_correct: list[float] | None = None  # per step, from the PRM's calibration (None: the PRM has none)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -86,6 +86,16 @@ class ServerProc:
                 self.proc.kill()
 
 
+def poll(predicate, timeout: float, interval: float = 0.05) -> bool:
+    """Whether `predicate()` became true within `timeout` seconds (tests wait on events, not on sleeps)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
 def metric(client: httpx.Client, name: str, **labels) -> float:
     """Sum of a Prometheus sample over series whose labels include `labels`."""
     total = 0.0
@@ -149,3 +159,44 @@ def vllm_server(server_prms, tmp_path_factory):
 def client(main_server):
     with httpx.Client(base_url=main_server.url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60) as c:
         yield c
+
+
+class SlowRequest:
+    """A POST whose last body byte is held back: the server has the request in flight (its app was called on the
+    headers) and cannot finish it until `finish()`. Makes "a request in flight at SIGTERM" an event, not a race."""
+
+    def __init__(self, url: str, path: str, body: dict, headers: dict | None = None):
+        import json
+        from urllib.parse import urlsplit
+
+        import h11
+
+        u = urlsplit(url)
+        self.sock = socket.create_connection((u.hostname, u.port), timeout=300)
+        self.conn = h11.Connection(h11.CLIENT)
+        data = json.dumps(body).encode()
+        hdrs = [("host", f"{u.hostname}:{u.port}"), ("content-type", "application/json"),
+                ("content-length", str(len(data))), ("connection", "close"), *(headers or {}).items()]
+        self.sock.sendall(self.conn.send(h11.Request(method="POST", target=path, headers=hdrs))
+                          + self.conn.send(h11.Data(data=data[:-1])))
+        self._last = data[-1:]
+
+    def finish(self) -> tuple[int, bytes]:
+        """Sends the last byte; (status, body) once the response has ended (a stream: all of its events)."""
+        import h11
+
+        self.sock.sendall(self.conn.send(h11.Data(data=self._last)) + self.conn.send(h11.EndOfMessage()))
+        status, body = None, b""
+        try:
+            while True:
+                event = self.conn.next_event()
+                if event is h11.NEED_DATA:
+                    self.conn.receive_data(self.sock.recv(65536))
+                elif isinstance(event, h11.Response):
+                    status = event.status_code
+                elif isinstance(event, h11.Data):
+                    body += bytes(event.data)
+                elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
+                    return status, body
+        finally:
+            self.sock.close()

@@ -12,7 +12,7 @@ import time
 import httpx
 import pytest
 
-from tests.server.conftest import REPO, RedisProc, ServerProc, metric
+from tests.server.conftest import REPO, RedisProc, ServerProc, metric, poll
 
 pytestmark = pytest.mark.slow
 
@@ -138,21 +138,33 @@ def test_refuses_to_start_on_missing_model(tmp_path):
 
 
 def test_sigterm_drains_in_flight_requests(slow_prm, tmp_path):
-    srv = ServerProc(["--prm", str(slow_prm)], env={"REPIRL_ENGINE": "hf",
-                     "REPIRL_HF_KV_CACHE_TOKENS": "0", "REPIRL_LOG_LEVEL": "info"},
+    """Events, not timing: the in-flight request is one whose last body byte the test holds back, so it is surely
+    in flight at the signal (before: a big request raced the signal, and a loaded machine could run it past the
+    30 s drain timeout). It then runs entirely during the drain and must still complete."""
+    from tests.server.conftest import SlowRequest
+
+    drain_s = 120
+    srv = ServerProc(["--prm", str(slow_prm)], env={"REPIRL_ENGINE": "hf", "REPIRL_HF_KV_CACHE_TOKENS": "0",
+                     "REPIRL_LOG_LEVEL": "info", "REPIRL_DRAIN_TIMEOUT_S": str(drain_s)},
                      log=tmp_path / "server.log").wait_ready()
-    out: dict = {}
     try:
         with httpx.Client(base_url=srv.url, timeout=60) as c:
-            base = metric(c, "repirl_batch_items_count")
-            a = _post_in_thread(srv.url, _big("drain"), out, "a")
-            while metric(c, "repirl_batch_items_count") <= base:
-                time.sleep(0.02)
-        srv.proc.send_signal(signal.SIGTERM)
-        a.join()
-        assert out["a"].status_code == 200 and len(out["a"].json()["data"]) == 64
+            slow = SlowRequest(srv.url, "/v1/score", _big("drain", 8))
+            assert poll(lambda: metric(c, "repirl_requests_in_flight") == 1, 30)
+            srv.proc.send_signal(signal.SIGTERM)
+            t_signal = time.monotonic()
+            assert poll(lambda: c.get("/readyz").json()["status"] == "draining", 30)
+            ready = c.get("/readyz")
+            assert ready.status_code == 503 and ready.json()["in_flight"] == 1, ready.text
+            refused = c.post("/v1/score", json={"question": "new?", "steps": ["x"]})  # arrives while draining
+            assert refused.status_code == 503 and refused.headers["connection"] == "close", refused.text
+            assert "draining" in refused.json()["error"]["message"]
+            assert srv.proc.poll() is None  # still up: the in-flight request holds the drain open
+        status, body = slow.finish()
+        assert status == 200, body[:500]
+        assert len(__import__("json").loads(body)["data"]) == 8
         # uvicorn finishes the shutdown, then re-raises the captured SIGTERM (exit status -15)
-        assert srv.proc.wait(30) in (0, -signal.SIGTERM)
+        assert srv.proc.wait(max(1.0, drain_s - (time.monotonic() - t_signal))) in (0, -signal.SIGTERM)
         assert "Application shutdown complete" in (tmp_path / "server.log").read_text()
     finally:
         srv.stop()

@@ -64,10 +64,10 @@ def main(policy_dir, out_dir):
         prm = RewardModel(kind, policy_dir).train(kind == "logprob")
         dist.wrap(prm.model)
         # SGD: linear in the gradient (Adam's first step is lr * sign(g), which turns float noise in near-zero
-        # gradients into +-lr differences). The default grad_clip (1.0) clips the logprob PRM's step (a norm
-        # taken per shard would show); the policy step is not clipped (averaged, not summed, gradients would show).
+        # gradients into +-lr differences). grad_clip 1.0 clips the logprob PRM's step (a norm taken per shard
+        # would show); the policy step is not clipped (averaged, not summed, gradients would show).
         opt_r = torch.optim.SGD(prm.parameters(), lr=0.5)
-        m = irl_prm_step(prm, opt_r, experts, negatives, neg_lp, PRMTrainConfig(), 256, updates=1)
+        m = irl_prm_step(prm, opt_r, experts, negatives, neg_lp, PRMTrainConfig(grad_clip=1.0), 256, updates=1)
         prm_out = dist.saveable(prm.model)  # collective when sharded
         if dist.rank() == 0:
             prm_out.save_pretrained(f"{out_dir}/prm_{kind}")
@@ -75,16 +75,21 @@ def main(policy_dir, out_dir):
     sampled = [r for r in mine if not r.is_reference]
     batch = batch_of(sampled, 256)
     with torch.no_grad():
-        old = token_logprobs(policy, batch)
+        old = token_logprobs(policy, batch, temperature=0.8)
     adv = torch.tensor([1.0 if r.correct else -0.5 for r in sampled])
-    policy_step(policy, opt_p, batch, old, adv, PolicyTrainConfig(entropy_coef=0.01))
+    # two mini-batches of 2 questions (3 rollouts each): two optimizer steps, the second with ratio != 1; on 2 ranks
+    # each mini-batch is one question per rank, the same global questions as in one process
+    mb = PolicyTrainConfig(entropy_coef=0.01, mini_batch_size=2)
+    out = policy_step(policy, opt_p, batch, old, adv, mb, n=3, temperature=0.8)
+    if dist.rank() == 0:
+        print("policy_steps", out["policy_steps"], "clip_frac", out["clip_frac"], flush=True)
     pol = dist.saveable(policy)
     if dist.rank() == 0:
         pol.save_pretrained(f"{out_dir}/policy")
 
     adam = torch.optim.AdamW(policy.parameters(), lr=1e-3)  # stateful, for the round trip; built after a backward,
     # which leaves the sharded parameters registered
-    policy_step(policy, adam, batch, old, adv, PolicyTrainConfig(entropy_coef=0.01))
+    policy_step(policy, adam, batch, old, adv, mb, n=3, temperature=0.8)
     roundtrip(policy, adam)
     if dist.rank() == 0:
         print("roundtrip ok", flush=True)

@@ -12,6 +12,8 @@ def _recipe(tmp_path, policy_dir, **over) -> dict:
         "checkpoint_every": 1, "eval_problems": 4, "threads": 1,
         "task": {"min_ops": 1, "max_ops": 1, "train_size": 16, "eval_size": 4},
         "rollouts": {"n": 3, "max_new_tokens": 16, "engine": "transformers"},
+        # the PRM's calibration after export (trainer/calibration.py), kept to a few short samples
+        "calibration": {"problems": 3, "samples": 2, "max_steps": 3, "max_step_tokens": 8},
     }
     for k, v in over.items():
         raw[k] = {**raw[k], **v} if isinstance(v, dict) and isinstance(raw.get(k), dict) else v

@@ -32,6 +32,10 @@ def test_bootstrap_writes_loadable_artifacts_and_reports_accuracy(tmp_path):
     summary = json.loads((out / "bootstrap.json").read_text())
     assert summary["heldout_problems"] == 6 and 0.0 <= summary["heldout_accuracy"] <= 1.0
     assert summary["engine"] in ("vllm", "transformers") and summary["sft_log"][-1]["step"] == 4
+    from trainer.summary import RunSummary
+
+    run = RunSummary.read(out)  # the schema every run writes, which the evaluator reads
+    assert run.kind == "bootstrap" and run.iterations == 4 and run.eval_accuracy == summary["heldout_accuracy"]
     policy_cfg = load_policy_config(out / "policy")
     assert policy_cfg.task["name"] == "arithmetic" and policy_cfg.provenance.iterations == 4
     prm_cfg = load_prm_config(out / "prm")

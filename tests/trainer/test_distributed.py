@@ -53,6 +53,10 @@ def test_two_process_step_equals_single_process(tiny_policy_dir, tmp_path):
     assert sum(n for n, _ in held.values()) == full  # every element held exactly once...
     assert all(0.45 * full <= n <= 0.55 * full for n, _ in held.values()), held  # ...about half on each rank
     assert "roundtrip ok" in two.stdout and "roundtrip ok" in single.stdout
+    clip = lambda out: [ln.split() for ln in out.splitlines() if ln.startswith("policy_steps")][0]  # noqa: E731
+    assert clip(single.stdout)[1] == clip(two.stdout)[1] == "2"  # two mini-batches: two optimizer steps
+    assert float(clip(single.stdout)[3]) > 0  # the second mini-batch's ratio left the clip range somewhere
+    assert float(clip(two.stdout)[3]) == pytest.approx(float(clip(single.stdout)[3]), abs=1e-6)  # global clip_frac
 
     for kind in ("logprob", "head"):
         loss = lambda out: float(out.split(f"prm_loss_{kind}")[1].split()[0])  # noqa: E731

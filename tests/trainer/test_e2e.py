@@ -22,6 +22,10 @@ def _run(raw):
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["iter_000001", "iter_000002"]
     assert load_policy_config(run / "policy").provenance.algorithm == cfg.algorithm
     assert summary["eval_problems"] == 4
+    from trainer.summary import RunSummary
+
+    assert RunSummary.read(run).model_dump() == summary and summary["kind"] == "train"  # the one schema
+    assert "clip_frac" in rows[0] or rows[0]["kept_groups"] == 0
     return cfg, rows
 
 
@@ -34,7 +38,8 @@ def _weights_changed(a_dir, b_dir, cls_name="AutoModelForCausalLM"):
 
 
 def test_repirl_logprob(recipe, tiny_policy_dir):
-    cfg, rows = _run(recipe(algorithm="repirl", prm={"lr": 1e-3}, optim={"lr": 1e-3}))
+    cfg, rows = _run(recipe(algorithm="repirl", prm={"lr": 1e-3}, optim={"lr": 1e-3, "mini_batch_size": 1}))
+    assert all(r["policy_steps"] == 3 for r in rows)  # 3 questions, mini-batches of 1: three optimizer steps
     assert ROW_KEYS | {"prm_loss", "margin", "ess", "ess_frac", "prm_score"} <= set(rows[0])
     assert rows[0]["ess"] > 0 and 0 < rows[0]["ess_frac"] <= 1
     prm = load_prm_config(cfg.run_dir / "prm")
@@ -104,7 +109,8 @@ def test_offline_jsonl_with_and_without_logprobs(tmp_path, tiny_policy_dir):
     rows = [json.loads(line) for line in (tmp_path / "off" / "metrics.jsonl").read_text().splitlines()]
     assert {r["weights"] for r in rows} == {"logprob", "uniform"}
     assert all(r["ess"] == pytest.approx(2.0) for r in rows if r["weights"] == "uniform")
-    assert summary["heldout_questions"] == 2 and summary["prm_after_auc"] is not None
+    assert summary["heldout_questions"] == 2 and summary["metrics"]["prm_after_auc"] is not None
+    assert summary["kind"] == "offline" and (tmp_path / "off" / "summary.json").is_file()
     assert load_prm_config(tmp_path / "off" / "prm").provenance.algorithm == "offline"
 
 
@@ -112,4 +118,5 @@ def test_offline_gsm8k_model_solutions(tmp_path, tiny_policy_dir):
     raw = {"name": "g", "out_dir": str(tmp_path), "policy": str(tiny_policy_dir), "algorithm": "offline",
            "offline": {"source": "gsm8k", "limit": 6, "holdout_fraction": 0.5, "batch_questions": 3, "max_tokens": 200}}
     summary = run_training(parse_config(raw))
-    assert summary["train_questions"] == 3 and "likelihood_auc" in summary and "prm_after_best_of_n" in summary
+    assert summary["train_questions"] == 3
+    assert "likelihood_auc" in summary["metrics"] and "prm_after_best_of_n" in summary["metrics"]

@@ -13,11 +13,10 @@ from repirl.search import SearchParams, default_aggregation, run_search
 from repirl.search.core import PROBABILITY_FORMATS
 from repirl.tasks.arithmetic import ArithmeticConfig, ArithmeticTask
 from repirl.tasks.base import Problem
+from trainer.data import DEV_SEED, HELDOUT_SEED  # noqa: F401  (one home: trainer/data.py; used by the evaluator)
 from trainer.evaluation.metrics import NS, Sample, curve, pass_at_k
 
 LIKELIHOOD = "likelihood"  # score key of the policy's own mean token log-likelihood
-HELDOUT_SEED = 12345  # = trainer.data.HELDOUT_SEED: training runs never train on these questions
-DEV_SEED = 54321  # threshold selection (step-error localisation) uses problems from this seed
 
 
 def policy_task_config(policy) -> ArithmeticConfig:

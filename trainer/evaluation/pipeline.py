@@ -98,6 +98,9 @@ def run_evaluation(cfg: EvalConfig, out_json: Path, log: Callable[[str], None] =
         if "bestofn" in cfg.sections:
             results["bestofn"] = {k: {kk: vv for kk, vv in v.items() if not kk.startswith("_")}
                                   for k, v in settings.items()}
+            from trainer.evaluation import calibration  # ECE + reliability of p_correct on the same samples
+
+            results["calibration"] = calibration.section(scorers, settings, log)
             lap("bestofn")
             save()
         if "steperror" in cfg.sections:
@@ -129,19 +132,15 @@ def run_summaries(cfg) -> list[dict]:
     folders = {Path(r) for r in cfg.runs} | {Path(p).parent for p in cfg.prms.values()}
     if cfg.gsm8k_prm:
         folders.add(Path(cfg.gsm8k_prm).parent)
+    from trainer.summary import RunSummary
+
     out = []
     for run in sorted(folders):
         info = policies.describe_run(run)
-        summary = {}
-        for name in ("summary.json", "bootstrap.json"):
-            if (run / name).is_file():
-                summary = json.loads((run / name).read_text())
-                break
-        seconds = next((summary[k] for k in ("total_time_s", "total_seconds", "wall_time_s", "train_time_s", "elapsed_s", "seconds")
-                        if isinstance(summary.get(k), (int, float))), None)
-        iters = summary.get("iterations", summary.get("steps"))
-        out.append({"run": str(run), "algorithm": info.algorithm, "seed": info.seed, "iterations": iters,
-                    "train_seconds": seconds})
+        s = RunSummary.read(run)  # every run (bootstrap, train, offline) writes one (trainer/summary.py)
+        out.append({"run": str(run), "algorithm": info.algorithm if s is None or s.kind == "bootstrap" else s.algorithm,
+                    "seed": s.seed if s else info.seed, "iterations": s.iterations if s else None,
+                    "train_seconds": s.train_seconds if s else None})
     return out
 
 

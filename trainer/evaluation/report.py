@@ -140,6 +140,10 @@ def render(results: dict, md_path: Path, plot_dir: Path, commands: list[str] | N
     if (results.get("policies") or {}).get("by_algorithm"):
         plots["policies"] = plot_dir / "policies.png"
         plot_policies(results["policies"], plots["policies"])
+    if (results.get("calibration") or {}).get("prms"):
+        from trainer.evaluation import calibration
+
+        plots.update(calibration.plot(results["calibration"], plot_dir))
     rel = {k: v.relative_to(md_path.parent).as_posix() if v.is_relative_to(md_path.parent) else str(v)
            for k, v in plots.items()}
     text = markdown(results, rel, commands or [])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+from trainer.data import DEV_SEED, HELDOUT_SEED
 from trainer.evaluation.report import _curve_at, _f
 
 
@@ -197,9 +198,9 @@ def markdown(r: dict, plots: dict, commands: list[str]) -> str:
              f"`{cfg.get('policy_engine')}`); PRMs: "
              + ", ".join(f"{k} = `{v}`" for k, v in (cfg.get("prms") or {}).items())
              + f" (scorer engine `{cfg.get('prm_engine')}`, each PRM's default aggregation from prm.json).",
-             "- Held-out problems: `ArithmeticTask(cfg).sample(n, seed=12345, prefix='heldout')` (the trainer's "
+             f"- Held-out problems: `ArithmeticTask(cfg).sample(n, seed={HELDOUT_SEED}, prefix='heldout')` (the trainer's "
              "held-out seed: no training run trains on them); in-distribution cfg = the policy's `policy.json` task "
-             "config; harder = the longest trained length or one more operation, operands x2. Dev split (thresholds): seed 54321, test "
+             f"config; harder = the longest trained length or one more operation, operands x2. Dev split (thresholds): seed {DEV_SEED}, test "
              "questions removed.",
              f"- Samples: `run_search(policy, None, q, SearchParams(strategy='best-of-n', n={cfg.get('n')}, "
              f"seed={cfg.get('seed')} + 7919 * problem_index, ...))`, i.e. the service's search code; every "
@@ -214,8 +215,8 @@ def markdown(r: dict, plots: dict, commands: list[str]) -> str:
     if commands:
         lines += ["```bash"] + commands + ["```", ""]
     if r.get("runs"):
-        lines += ["Runs evaluated (trained by `make report` when missing; times from each run's summary.json / "
-                  "bootstrap.json, 2 shared CPU cores):", ""]
+        lines += ["Runs evaluated (trained by `make report` when missing; times from each run's summary.json "
+                  "(trainer/summary.py RunSummary), 2 shared CPU cores):", ""]
         lines += _table(["run", "algorithm", "seed", "iterations / steps", "training time (s)"],
                         [[f"`{x['run']}`", x["algorithm"], str(x["seed"]), str(x["iterations"] or "n/a"),
                           _f(x["train_seconds"], 0) if x["train_seconds"] is not None else "n/a"]
@@ -224,6 +225,10 @@ def markdown(r: dict, plots: dict, commands: list[str]) -> str:
         lines += section_bestofn(r, plots)
     if r.get("steperror"):
         lines += section_steperror(r, plots)
+    if r.get("calibration"):
+        from trainer.evaluation import calibration
+
+        lines += calibration.markdown(r["calibration"], plots)
     if r.get("gsm8k"):
         lines += section_gsm8k(r)
     if r.get("policies"):

@@ -226,7 +226,8 @@ class BaseClient:
 
     # ---- one RequestSpec per endpoint, shared by Client and AsyncClient
     @staticmethod
-    def _score_spec(question, steps, items, model, aggregation, return_token_rewards, extra_body) -> RequestSpec:
+    def _score_spec(question, steps, items, model, aggregation, return_token_rewards, extra_body,
+                    aggregate_input=None) -> RequestSpec:
         from repirl_client.types import ScoreResponse
 
         if items is not None and (question is not None or steps is not None):
@@ -234,7 +235,7 @@ class BaseClient:
         if items is None and (question is None or steps is None):
             raise ValueError("give question + steps (one trajectory) or items (a batch)")
         body = _drop_unset({"model": model, "aggregation": aggregation,
-                            "return_token_rewards": return_token_rewards or None})
+                            "return_token_rewards": return_token_rewards or None, "aggregate_input": aggregate_input})
         if items is not None:
             body["items"] = normalize_items(items)
         else:

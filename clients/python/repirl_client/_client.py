@@ -18,8 +18,8 @@ from repirl_client._base import (DEFAULT_LIMITS, DEFAULT_MAX_RETRIES, MAX_RETRY_
                                  CandidateLike, NotGiven, RequestSpec, ScoreItemLike, TimeoutLike)
 from repirl_client._exceptions import APIConnectionError, APITimeoutError
 from repirl_client._streaming import AsyncChatStream, AsyncSearchStream, ChatStream, SearchStream
-from repirl_client.types import (Aggregation, ChatCompletion, ChatMessage, Health, ModelList, RerankResponse,
-                                 ScoreResponse, SearchResponse, Select, Strategy, Voting)
+from repirl_client.types import (AggregateInput, Aggregation, ChatCompletion, ChatMessage, Health, ModelList,
+                                 RerankResponse, ScoreResponse, SearchResponse, Select, Strategy, Voting)
 
 __all__ = ["Client", "AsyncClient"]
 
@@ -27,11 +27,12 @@ MessageLike = Union[ChatMessage, Mapping[str, Any]]
 
 
 def _search_kwargs(question, strategy, n, beam_width, max_steps, select, aggregation, temperature, top_p,
-                   max_step_tokens, seed, lookahead, dedup, vote_temperature, model, policy, return_candidates):
+                   max_step_tokens, seed, lookahead, dedup, vote_temperature, model, policy, return_candidates,
+                   aggregate_input=None):
     return dict(question=question, strategy=strategy, n=n, beam_width=beam_width, max_steps=max_steps, select=select,
                 aggregation=aggregation, temperature=temperature, top_p=top_p, max_step_tokens=max_step_tokens,
                 seed=seed, lookahead=lookahead, dedup=dedup, vote_temperature=vote_temperature, model=model,
-                policy=policy, return_candidates=return_candidates)
+                policy=policy, return_candidates=return_candidates, aggregate_input=aggregate_input)
 
 
 class Client(BaseClient):
@@ -102,11 +103,13 @@ class Client(BaseClient):
     def score(self, *, question: Optional[str] = None, steps: Optional[Sequence[str]] = None,
               items: Optional[Iterable[ScoreItemLike]] = None, model: Optional[str] = None,
               aggregation: Optional[Aggregation] = None, return_token_rewards: bool = False,
+              aggregate_input: Optional[AggregateInput] = None,
               extra_body: Optional[Dict[str, Any]] = None, extra_headers: Optional[Mapping[str, str]] = None,
               timeout: Union[TimeoutLike, NotGiven] = NOT_GIVEN) -> ScoreResponse:
         """POST /v1/score: per-step rewards and the aggregate for one trajectory (`question` + `steps`) or a batch
         (`items`: dicts with question/steps, or (question, steps) pairs)."""
-        spec = self._score_spec(question, steps, items, model, aggregation, return_token_rewards, extra_body)
+        spec = self._score_spec(question, steps, items, model, aggregation, return_token_rewards, extra_body,
+                               aggregate_input)
         return self._request(spec, extra_headers=extra_headers, timeout=timeout)
 
     def rerank(self, *, question: str, candidates: Iterable[CandidateLike], model: Optional[str] = None,
@@ -124,14 +127,15 @@ class Client(BaseClient):
                top_p: Optional[float] = None, max_step_tokens: Optional[int] = None, seed: Optional[int] = None,
                lookahead: Optional[int] = None, dedup: Optional[bool] = None,
                vote_temperature: Optional[float] = None, model: Optional[str] = None, policy: Optional[str] = None,
-               return_candidates: Optional[bool] = None, stream: bool = False,
-               extra_body: Optional[Dict[str, Any]] = None, extra_headers: Optional[Mapping[str, str]] = None,
+               return_candidates: Optional[bool] = None, aggregate_input: Optional[AggregateInput] = None,
+               stream: bool = False, extra_body: Optional[Dict[str, Any]] = None,
+               extra_headers: Optional[Mapping[str, str]] = None,
                timeout: Union[TimeoutLike, NotGiven] = NOT_GIVEN) -> Union[SearchResponse, SearchStream]:
         """POST /v1/search (best-of-n | beam | dvts with the policy and a PRM). `stream=True` returns a
         `SearchStream`: iterate it for `SearchStepEvent`s and the final `SearchResultEvent`."""
         params = _search_kwargs(question, strategy, n, beam_width, max_steps, select, aggregation, temperature, top_p,
                                 max_step_tokens, seed, lookahead, dedup, vote_temperature, model, policy,
-                                return_candidates)
+                                return_candidates, aggregate_input)
         spec = self._search_spec("/v1/search", stream, params, extra_body, SearchStream)
         return self._request(spec, extra_headers=extra_headers, timeout=timeout)
 
@@ -140,12 +144,14 @@ class Client(BaseClient):
                   top_p: Optional[float] = None, max_steps: Optional[int] = None,
                   max_step_tokens: Optional[int] = None, seed: Optional[int] = None, dedup: Optional[bool] = None,
                   vote_temperature: Optional[float] = None, model: Optional[str] = None,
-                  policy: Optional[str] = None, return_candidates: Optional[bool] = None, stream: bool = False,
+                  policy: Optional[str] = None, return_candidates: Optional[bool] = None,
+                  aggregate_input: Optional[AggregateInput] = None, stream: bool = False,
                   extra_body: Optional[Dict[str, Any]] = None, extra_headers: Optional[Mapping[str, str]] = None,
                   timeout: Union[TimeoutLike, NotGiven] = NOT_GIVEN) -> Union[SearchResponse, SearchStream]:
         """POST /v1/best-of-n: sample n solutions, score them, pick one (naive | weighted | majority)."""
         params = _search_kwargs(question, None, n, None, max_steps, select, aggregation, temperature, top_p,
-                                max_step_tokens, seed, None, dedup, vote_temperature, model, policy, return_candidates)
+                                max_step_tokens, seed, None, dedup, vote_temperature, model, policy, return_candidates,
+                                aggregate_input)
         spec = self._search_spec("/v1/best-of-n", stream, params, extra_body, SearchStream)
         return self._request(spec, extra_headers=extra_headers, timeout=timeout)
 
@@ -171,7 +177,7 @@ class Client(BaseClient):
 
     def health(self, *, extra_headers: Optional[Mapping[str, str]] = None,
                timeout: Union[TimeoutLike, NotGiven] = NOT_GIVEN) -> Health:
-        """GET /readyz: `Health(status="ready" | "unready", engines=..., cache=...)`; an unready service is a
+        """GET /readyz: `Health(status="ready" | "unready" | "draining", engines=..., cache=...)`; an unready service is a
         result here, not an exception (and is not retried)."""
         return self._request(self._health_spec(), extra_headers=extra_headers, timeout=timeout)
 
@@ -237,9 +243,11 @@ class AsyncClient(BaseClient):
     async def score(self, *, question: Optional[str] = None, steps: Optional[Sequence[str]] = None,
                     items: Optional[Iterable[ScoreItemLike]] = None, model: Optional[str] = None,
                     aggregation: Optional[Aggregation] = None, return_token_rewards: bool = False,
+                    aggregate_input: Optional[AggregateInput] = None,
                     extra_body: Optional[Dict[str, Any]] = None, extra_headers: Optional[Mapping[str, str]] = None,
                     timeout: Union[TimeoutLike, NotGiven] = NOT_GIVEN) -> ScoreResponse:
-        spec = self._score_spec(question, steps, items, model, aggregation, return_token_rewards, extra_body)
+        spec = self._score_spec(question, steps, items, model, aggregation, return_token_rewards, extra_body,
+                               aggregate_input)
         return await self._request(spec, extra_headers=extra_headers, timeout=timeout)
 
     async def rerank(self, *, question: str, candidates: Iterable[CandidateLike], model: Optional[str] = None,
@@ -257,13 +265,14 @@ class AsyncClient(BaseClient):
                      max_step_tokens: Optional[int] = None, seed: Optional[int] = None,
                      lookahead: Optional[int] = None, dedup: Optional[bool] = None,
                      vote_temperature: Optional[float] = None, model: Optional[str] = None,
-                     policy: Optional[str] = None, return_candidates: Optional[bool] = None, stream: bool = False,
+                     policy: Optional[str] = None, return_candidates: Optional[bool] = None,
+                     aggregate_input: Optional[AggregateInput] = None, stream: bool = False,
                      extra_body: Optional[Dict[str, Any]] = None, extra_headers: Optional[Mapping[str, str]] = None,
                      timeout: Union[TimeoutLike, NotGiven] = NOT_GIVEN) -> Union[SearchResponse, AsyncSearchStream]:
         """`stream=True` returns an `AsyncSearchStream`: `async for event in stream`."""
         params = _search_kwargs(question, strategy, n, beam_width, max_steps, select, aggregation, temperature, top_p,
                                 max_step_tokens, seed, lookahead, dedup, vote_temperature, model, policy,
-                                return_candidates)
+                                return_candidates, aggregate_input)
         spec = self._search_spec("/v1/search", stream, params, extra_body, AsyncSearchStream)
         return await self._request(spec, extra_headers=extra_headers, timeout=timeout)
 
@@ -273,13 +282,15 @@ class AsyncClient(BaseClient):
                         max_step_tokens: Optional[int] = None, seed: Optional[int] = None,
                         dedup: Optional[bool] = None, vote_temperature: Optional[float] = None,
                         model: Optional[str] = None, policy: Optional[str] = None,
-                        return_candidates: Optional[bool] = None, stream: bool = False,
+                        return_candidates: Optional[bool] = None,
+                        aggregate_input: Optional[AggregateInput] = None, stream: bool = False,
                         extra_body: Optional[Dict[str, Any]] = None,
                         extra_headers: Optional[Mapping[str, str]] = None,
                         timeout: Union[TimeoutLike, NotGiven] = NOT_GIVEN
                         ) -> Union[SearchResponse, AsyncSearchStream]:
         params = _search_kwargs(question, None, n, None, max_steps, select, aggregation, temperature, top_p,
-                                max_step_tokens, seed, None, dedup, vote_temperature, model, policy, return_candidates)
+                                max_step_tokens, seed, None, dedup, vote_temperature, model, policy, return_candidates,
+                                aggregate_input)
         spec = self._search_spec("/v1/best-of-n", stream, params, extra_body, AsyncSearchStream)
         return await self._request(spec, extra_headers=extra_headers, timeout=timeout)
 

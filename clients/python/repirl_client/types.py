@@ -12,9 +12,11 @@ Aggregation = Literal["mean-token", "min", "last", "prod", "sum"]
 Strategy = Literal["best-of-n", "beam", "dvts"]
 Select = Literal["naive", "weighted", "majority"]
 Voting = Literal["none", "weighted", "majority"]
+AggregateInput = Literal["raw", "probability"]  # what the aggregation reads: raw step rewards or p_correct
 
 __all__ = [
-    "Aggregation", "Strategy", "Select", "Voting", "RepirlModel", "ScoreResult", "ScoreUsage", "ScoreResponse",
+    "AggregateInput", "Aggregation", "Strategy", "Select", "Voting", "RepirlModel", "ScoreResult", "ScoreUsage",
+    "ScoreResponse",
     "RerankResult", "RerankSelection", "RerankResponse", "SearchCandidate", "SearchResponse", "TreeCandidate",
     "SearchStepEvent", "SearchResultEvent", "SearchEvent", "ModelCard", "ModelList", "Health", "ChatMessage",
     "ChatResponseMessage", "ChatChoice", "ChatUsage", "SearchInfo", "ChatCompletion", "ChatDelta", "ChatChunkChoice",
@@ -36,6 +38,7 @@ class RepirlModel(BaseModel):
 class ScoreResult(RepirlModel):
     index: int
     step_rewards: List[float]
+    p_correct: Optional[List[float]] = None  # calibrated P(error-free through the step); None: PRM uncalibrated
     score: float
     token_rewards: Optional[List[List[float]]] = None
     cached_steps: int
@@ -53,6 +56,7 @@ class ScoreResponse(RepirlModel):
     model: str
     revision: str
     aggregation: Aggregation
+    aggregate_input: AggregateInput = "raw"
     data: List[ScoreResult]
     usage: ScoreUsage
 
@@ -90,6 +94,7 @@ class SearchCandidate(RepirlModel):
     answer: Optional[str]
     score: Optional[float]
     step_rewards: List[float]
+    p_correct: Optional[List[float]] = None
     finished: bool
     truncated: bool
     logprob: float
@@ -103,6 +108,7 @@ class SearchResponse(RepirlModel):
     strategy: str
     select: str
     aggregation: str
+    aggregate_input: str = "raw"
     answer: Optional[str]
     text: str
     steps: List[str]
@@ -118,6 +124,7 @@ class TreeCandidate(RepirlModel):
     parent: Optional[int] = None
     steps: List[str]
     step_rewards: List[float] = Field(default_factory=list)
+    p_correct: Optional[List[float]] = None
     score: Optional[float] = None
     finished: bool = False
     truncated: bool = False
@@ -175,7 +182,8 @@ class ModelList(RepirlModel):
 
 
 class Health(RepirlModel):
-    """/readyz: `status` is "ready" or "unready"; `engines` maps each PRM/policy to "ok" or what is wrong."""
+    """/readyz: `status` is "ready", "unready" or "draining" (shutting down: finishing its requests in flight);
+    `engines` maps each PRM/policy to "ok" or what is wrong."""
 
     status: str
     engines: Dict[str, str] = Field(default_factory=dict)

@@ -28,10 +28,14 @@ async def readyz(state: StateDep) -> JSONResponse:
     engines = engine_status(state)
     cache = {"kind": state.cache.kind, "healthy": state.cache.healthy()} if state.cache else None
     bad = {name: s for name, s in engines.items() if s != "ok"}
-    ok = bool(engines) and not bad and state.fatal is None
-    body = {"status": "ready" if ok else "unready", "engines": engines, "cache": cache}
+    ok = bool(engines) and not bad and state.fatal is None and not state.draining
+    body = {"status": "ready" if ok else "draining" if state.draining else "unready", "engines": engines,
+            "cache": cache}
+    if state.draining:
+        body["in_flight"] = state.in_flight
     if not ok:
-        why = "; ".join(f"{name}: {s}" for name, s in bad.items()) or state.fatal or "no engine loaded"
+        why = ("; ".join(f"{name}: {s}" for name, s in bad.items()) or state.fatal
+               or ("draining: shutting down, finishing in-flight requests" if state.draining else "no engine loaded"))
         body.update(error_body(503, f"not ready: {why}"))
     return JSONResponse(body, status_code=200 if ok else 503)
 

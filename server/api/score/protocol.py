@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, model_validator
 
+from repirl.calibration import AggregateInput
 from server.api.types import NonEmptyText, StrictModel, Text
 
 Aggregation = Literal["mean-token", "min", "last", "prod", "sum"]
@@ -25,6 +26,10 @@ class ScoreRequest(StrictModel):
     items: list[ScoreItem] | None = None
     aggregation: Aggregation | None = None  # default: the PRM's prm.json default_aggregation
     return_token_rewards: bool = False
+    aggregate_input: AggregateInput = Field(
+        "raw", description="what `aggregation` reads: `raw` step rewards (default), or `probability`: each step's "
+        "calibrated `p_correct` (needs a PRM with a calibration in prm.json, else 400; mean-token then averages the "
+        "steps' probabilities)")
 
     @model_validator(mode="after")
     def _one_form(self):
@@ -44,6 +49,9 @@ class ScoreRequest(StrictModel):
 class ScoreResult(BaseModel):
     index: int
     step_rewards: list[float]
+    p_correct: list[float] | None = Field(
+        None, description="per step: the calibrated probability that the solution is error-free through that step "
+        "(sigmoid(a * step reward + b), prm.json `calibration`); absent when the PRM has no calibration")
     score: float
     token_rewards: list[list[float]] | None = None
     cached_steps: int
@@ -61,5 +69,6 @@ class ScoreResponse(BaseModel):
     model: str
     revision: str
     aggregation: Aggregation
+    aggregate_input: AggregateInput = "raw"
     data: list[ScoreResult]
     usage: Usage

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from repirl.calibration import active_calibration
 from repirl.scoring.aggregate import aggregate
 from server.api.limits import check_count, check_trajectory
 from server.api.score.protocol import ScoreRequest, ScoreResponse, ScoreResult, Usage
 from server.deps import AppState, get_runtime
+from server.errors import APIError
 
 
 async def serve_score(state: AppState, req: ScoreRequest) -> ScoreResponse:
@@ -18,15 +20,28 @@ async def serve_score(state: AppState, req: ScoreRequest) -> ScoreResponse:
         check_trajectory(limits, param, item.question, item.steps)
     runtime = get_runtime(state, req.model)
     how = req.aggregation or runtime.config.default_aggregation
+    cal = calibration_for(runtime, req.aggregate_input)
     scored = await runtime.score([(it.question, it.steps) for it in items], params)
     data = []
     for i, s in enumerate(scored):
         sc = s.scores
-        data.append(ScoreResult(index=i, step_rewards=sc.step_rewards,
-                                score=aggregate(sc.step_rewards, how, sc.token_rewards),
+        p = cal.p_correct_all(sc.step_rewards) if cal is not None else None  # from raw: cached raws stay valid
+        data.append(ScoreResult(index=i, step_rewards=sc.step_rewards, p_correct=p,
+                                score=aggregate(p, how) if req.aggregate_input == "probability"
+                                else aggregate(sc.step_rewards, how, sc.token_rewards),
                                 token_rewards=sc.token_rewards if req.return_token_rewards else None,
                                 cached_steps=s.cached_steps))
     usage = Usage(items=len(items), tokens=sum(s.scores.tokens_total for s in scored),
                   tokens_computed=sum(s.scores.tokens_computed for s in scored),
                   cached_steps=sum(s.cached_steps for s in scored))
-    return ScoreResponse(model=runtime.name, revision=runtime.scorer.revision, aggregation=how, data=data, usage=usage)
+    return ScoreResponse(model=runtime.name, revision=runtime.scorer.revision, aggregation=how,
+                         aggregate_input=req.aggregate_input, data=data, usage=usage)
+
+
+def calibration_for(runtime, aggregate_input: str):
+    """The PRM's calibration (None without one); 400 when the request aggregates probabilities and there is none."""
+    cal = active_calibration(runtime.config)
+    if cal is None and aggregate_input == "probability":
+        raise APIError(400, f"PRM {runtime.name!r} has no calibration (prm.json `calibration`; `repirl calibrate "
+                            "--prm DIR` fits one): aggregate_input 'probability' needs one", "aggregate_input")
+    return cal

@@ -31,6 +31,8 @@ class CandidateOut(BaseModel):
     answer: str | None
     score: float | None
     step_rewards: list[float]
+    p_correct: list[float] | None = Field(None, description="per step, the calibrated probability that the solution "
+                                          "is error-free through that step; null when the PRM has no calibration")
     finished: bool
     truncated: bool
     logprob: float
@@ -44,6 +46,7 @@ class SearchResponse(BaseModel):
     strategy: str
     select: str
     aggregation: str
+    aggregate_input: str = "raw"
     answer: str | None
     text: str
     steps: list[str]

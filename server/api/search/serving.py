@@ -20,6 +20,7 @@ from repirl.policy.base import PolicyError
 from repirl.scoring.base import StepScores
 from repirl.search import SearchCancelled, SearchParams, SearchResult, run_search
 from server.api.limits import check_count
+from server.api.score.serving import calibration_for
 from server.api.search.protocol import CandidateOut, SearchRequest, SearchResponse
 from server.cancellation import until_deadline, with_cancellation
 from server.deps import AppState, get_runtime
@@ -103,7 +104,10 @@ class PRMBridge:
 
     def score(self, items):
         items = [(q, list(steps)) for q, steps in items]
-        coro = self.runtime.score(items, [f"candidates[{i}]" for i in range(len(items))], tenant=self.tenant)
+        # admitted: the search holds its samples of max_search_samples_in_flight; the scoring queue's 429 would
+        # throw its work away mid-search (seen under overload: tests/server/test_overload.py)
+        coro = self.runtime.score(items, [f"candidates[{i}]" for i in range(len(items))], tenant=self.tenant,
+                                  admitted=True)
         try:
             fut = asyncio.run_coroutine_threadsafe(coro, self.loop)
         except RuntimeError:  # the loop closed (server shutting down under a cancelled search)
@@ -123,6 +127,7 @@ class SearchJob:
     def __init__(self, state: AppState, params: SearchParams, question: str, prm: str | None, policy: str | None):
         self.state, self.params, self.question = state, params, question
         self.runtime = get_runtime(state, prm)
+        calibration_for(self.runtime, params.aggregate_input)  # 400 before anything runs
         self.policy_name, self.policy = get_policy(state, policy)
         self.cost = check_search_limits(state, params, question, self.policy, self.runtime)
         self.tenant = TENANT.get()  # captured in the request's context: the search thread scores on its behalf
@@ -197,10 +202,12 @@ class SearchJob:
 def to_search_response(job: SearchJob, result: SearchResult, with_candidates: bool) -> SearchResponse:
     best = result.best
     cands = [CandidateOut(id=c.id, steps=c.steps, answer=c.answer, score=c.score, step_rewards=c.step_rewards,
-                          finished=c.finished, truncated=c.truncated, logprob=c.logprob) for c in result.candidates]
+                          p_correct=c.p_correct, finished=c.finished, truncated=c.truncated, logprob=c.logprob)
+             for c in result.candidates]
     return SearchResponse(model=job.runtime.name, revision=job.runtime.scorer.revision, policy=job.policy_name,
                           strategy=job.params.strategy, select=job.params.select,
                           aggregation=job.params.aggregation or job.runtime.config.default_aggregation,
+                          aggregate_input=job.params.aggregate_input,
                           answer=result.answer, text=result.text, steps=best.steps if best else [],
                           score=best.score if best else None, candidates=cands if with_candidates else None,
                           stats=result.stats.to_dict())
