@@ -69,3 +69,12 @@ def tiny_prm_dir(tiny_policy_dir, tmp_path_factory):
     from repirl.artifacts import init_token_reward_prm
 
     return init_token_reward_prm(tiny_policy_dir, tmp_path_factory.mktemp("models") / "prm")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Files with slow tests (engine start-ups, training) first: `make test` hands whole files to two xdist workers as
+    they free up, so starting with the longest ones leaves short files, not one long file, for the end (a stable
+    sort: the order within a file and among the rest is unchanged)."""
+    heavy = {item.path for item in items if item.get_closest_marker("vllm") or item.get_closest_marker("slow")}
+    vllm = {item.path for item in items if item.get_closest_marker("vllm")}
+    items.sort(key=lambda item: (item.path not in vllm, item.path not in heavy))

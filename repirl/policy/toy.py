@@ -148,6 +148,9 @@ def main() -> None:
 
     import torch
 
+    from repirl.vllm_setup import quiet_logs
+
+    quiet_logs()  # one line per build, not transformers' "Writing model shards" bar
     root = Path(tempfile.mkdtemp(prefix="repirl-toy-check-"))
     t0 = time.time()
     try:
