@@ -7,7 +7,6 @@ can compute its share of the global mean (the gradients then add up exactly to t
 
 from __future__ import annotations
 
-import math
 
 import torch
 
@@ -133,13 +132,3 @@ def masked_whiten(values: torch.Tensor, mask: torch.Tensor, all_sum=float) -> to
     mean = all_sum(float((values * mask).sum())) / n
     var = all_sum(float((((values - mean) ** 2) * mask).sum())) / n * n / (n - 1)
     return (values - mean) * (var + 1e-8) ** -0.5 * mask
-
-
-def dense_prm_returns(step_rewards_tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Return-to-go of per-token PRM rewards (gamma = 1), used by the dense rePIRL variant."""
-    return (step_rewards_tokens * mask).flip(-1).cumsum(-1).flip(-1) * mask
-
-
-def safe_float(x) -> float | None:
-    v = float(x)
-    return None if math.isnan(v) or math.isinf(v) else v
