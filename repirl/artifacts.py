@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from repirl.calibration import Calibration
 from repirl.trajectory import DEFAULT_SEP, PromptTemplate
+from repirl.validation import describe
 
 PRM_JSON = "prm.json"
 PRMFormat = Literal["token-reward", "qwen-step-tag", "math-shepherd", "implicit"]
@@ -92,6 +93,31 @@ def load_policy_config(policy_dir: str | Path) -> PolicyConfig:
         return PolicyConfig.model_validate_json(path.read_text(encoding="utf-8"))
     except (OSError, ValidationError) as e:
         raise ArtifactError(f"{path} is invalid: {e}") from None
+
+
+def eos_token_ids(folder: str | Path, tokenizer=None) -> list[int]:
+    """Every id that ends a generation for this model folder, the tokenizer's own EOS first (the one a reference
+    solution ends with): generation_config.json `eos_token_id` (an int or a list: Qwen2.5-Instruct lists <|im_end|>
+    and <|endoftext|>, Llama 3 Instruct <|eot_id|> and <|end_of_text|>), then config.json's, then the tokenizer's."""
+    ids: list[int] = []
+
+    def add(value) -> None:
+        for v in value if isinstance(value, list) else [value]:
+            if isinstance(v, int) and v not in ids:
+                ids.append(v)
+
+    if tokenizer is not None and getattr(tokenizer, "eos_token_id", None) is not None:
+        add(tokenizer.eos_token_id)
+    for name in ("generation_config.json", "config.json"):
+        path = Path(folder) / name
+        if path.is_file():
+            try:
+                add(json.loads(path.read_text(encoding="utf-8")).get("eos_token_id"))
+            except (OSError, json.JSONDecodeError) as e:
+                raise ArtifactError(f"{path} is unreadable: {e}") from None
+    if not ids:
+        raise ArtifactError(f"{folder}: no EOS token id (tokenizer, generation_config.json and config.json name none)")
+    return ids
 
 
 @contextlib.contextmanager
@@ -195,9 +221,7 @@ def load_prm_config(prm_dir: str | Path) -> PRMConfig:
     try:
         cfg = PRMConfig.model_validate(raw)
     except ValidationError as e:
-        first = e.errors()[0]
-        field = ".".join(str(x) for x in first["loc"])
-        raise ArtifactError(f"{path}: field '{field}': {first['msg']}") from None
+        raise ArtifactError(f"{path}: {describe(e)}") from None
     if not cfg.revision:
         cfg = cfg.model_copy(update={"revision": content_hash(prm_dir)})
     return cfg

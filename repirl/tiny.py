@@ -48,8 +48,9 @@ def word_merges(words: list[str]) -> list[tuple[str, str]]:
     return out
 
 
-def build_tokenizer(merges: list[tuple[str, str]] | None = None):
-    """A byte-level Qwen2Tokenizer: 256 byte symbols + special tokens, optional BPE merges (pairs of symbols)."""
+def build_tokenizer(merges: list[tuple[str, str]] | None = None, eos_token: str = "<|endoftext|>"):
+    """A byte-level Qwen2Tokenizer: 256 byte symbols + special tokens, optional BPE merges (pairs of symbols).
+    eos_token "<|im_end|>" makes it look like an instruct model's (Qwen2.5-Instruct's tokenizer ends on it)."""
     from transformers import Qwen2Tokenizer
 
     vocab = {sym: i for i, sym in enumerate(byte_level_symbols())}
@@ -61,7 +62,7 @@ def build_tokenizer(merges: list[tuple[str, str]] | None = None):
         vocab=vocab,
         merges=[tuple(m) for m in merges or []],
         unk_token="<|endoftext|>",
-        eos_token="<|endoftext|>",
+        eos_token=eos_token,
         pad_token="<|endoftext|>",
         additional_special_tokens=SPECIAL_TOKENS[1:],
     )
@@ -88,10 +89,52 @@ def tiny_qwen2_config(vocab_size: int, hidden_size: int = 128, num_layers: int =
         head_dim=head_dim,
         max_position_embeddings=max_position_embeddings,
         rope_theta=10000.0,
-        tie_word_embeddings=True,
+        tie_word_embeddings=overrides.pop("tie_word_embeddings", True),
         bos_token_id=eos_token_id,
         eos_token_id=eos_token_id,
         pad_token_id=eos_token_id,
         torch_dtype="float32",
         **overrides,
     )
+
+
+def build_chat_model_folder(out_dir, seed: int = 0, second_eos_logit: float = 0.0, letters: str = "abc"):
+    """A tiny instruct-style causal-LM folder, as a real one comes (no policy.json): a chat template, the tokenizer's
+    EOS `<|im_end|>` and generation_config.json `eos_token_id: [<|im_end|>, <|endoftext|>]` (Qwen2.5-Instruct's
+    layout), random weights.
+
+    Its next-token distribution is fixed by construction, whatever the context: every layer's output projections are
+    zero (the residual stream is the token embedding), every embedding is the same vector e0, and the untied LM head
+    gives `letters` logit 0, the SECOND EOS id (<|endoftext|>) `second_eos_logit`, every other token (the first EOS
+    included) a very negative one. So a sample is a few letters ending with the second EOS id: a sampler that stops
+    only on the tokenizer's EOS runs on past it. Returns (folder, {"first_eos", "second_eos", "letter_ids"})."""
+    from pathlib import Path
+
+    import torch
+    from transformers import GenerationConfig, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    tok = build_tokenizer(eos_token="<|im_end|>")
+    first, second = tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|endoftext|>")
+    cfg = tiny_qwen2_config(len(tok), num_layers=2, intermediate_size=256, eos_token_id=first,
+                            tie_word_embeddings=False)
+    cfg.pad_token_id, cfg.bos_token_id = second, None
+    model = Qwen2ForCausalLM(cfg)
+    letter_ids = [tok.convert_tokens_to_ids(c) for c in letters]
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        model.model.embed_tokens.weight.zero_()
+        model.model.embed_tokens.weight[:, 0] = 1.0  # every token's hidden state is e0; RMSNorm -> sqrt(H) e0
+        head = torch.full((len(tok),), -3.0)  # x sqrt(128) ~ 11.3: logit -34 for everything else
+        head[letter_ids] = 0.0
+        head[second] = second_eos_logit / cfg.hidden_size**0.5
+        model.lm_head.weight.zero_()
+        model.lm_head.weight[:, 0] = head
+    model.generation_config = GenerationConfig(eos_token_id=[first, second], pad_token_id=second,
+                                               bos_token_id=None)
+    out = Path(out_dir)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out, {"first_eos": first, "second_eos": second, "letter_ids": letter_ids}

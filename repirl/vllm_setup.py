@@ -58,6 +58,10 @@ HARMLESS_VLLM_WARNINGS = (
     # on every in-place weight reload (trainer): rotary embeddings have no weights and the LM head is tied to the
     # token embeddings, so there is nothing of theirs in the checkpoint to load
     "Failed to load weights",
+    # the trainer enables pickle for its own weight-sync RPCs to the engine it started (a local pipe, our own data)
+    "Allowing insecure serialization",
+    # an engine process slower than vLLM's shutdown timeout to exit: vLLM kills it (and its children) either way
+    "force killing remaining process",
 )
 
 
@@ -82,7 +86,10 @@ def _vllm_logging_config(level: str) -> str:
                                 "datefmt": "%m-%d %H:%M:%S"}},
         "handlers": {"vllm": {"class": "logging.StreamHandler", "formatter": "vllm", "level": level,
                               "stream": "ext://sys.stdout", "filters": ["harmless"]}},
-        "loggers": {"vllm": {"handlers": ["vllm"], "level": level, "propagate": False}},
+        "loggers": {"vllm": {"handlers": ["vllm"], "level": level, "propagate": False},
+                    # torch's "Triton not available, find_triton_kernels = []" in every engine process: the CPU
+                    # backend runs without Triton on purpose (its own warning says so once, above)
+                    "torch._library.triton": {"level": "ERROR"}},
     }
     path = Path(tempfile.gettempdir()) / f"repirl-vllm-logging-{level.lower()}.json"
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
@@ -106,6 +113,7 @@ def quiet_logs(verbose: bool | None = None) -> None:
         os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
         # vLLM's own use of a deprecated torch alias warns in every engine process; nothing a user can act on
         os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning:vllm.triton_utils.dispatcher")
+        logging.getLogger("torch._library.triton").setLevel(logging.ERROR)  # as in the engines' config above
     try:
         import transformers
 

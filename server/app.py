@@ -15,7 +15,7 @@ from fastapi import Depends, FastAPI
 
 from repirl.scoring.cache import InProcessCache, RedisCache
 from repirl.scoring.loader import load_scorer
-from server import errors
+from server import errors, openapi
 from server.api.health.router import router as health_router
 from server.api.models.router import router as models_router
 from server.api.rerank.router import router as rerank_router
@@ -25,13 +25,13 @@ from server.api.chat.router import router as chat_router
 from server.api.playground.router import router as playground_router
 from server.api.docs.router import router as docs_router
 from server.api.openrlhf.router import router as openrlhf_router
-from server.api.search.serving import load_policies
 from server.auth import load_key_hashes
 from server.deps import AppState, require_api_key
 from server.health import watch_engines
 from server.metrics import Metrics
 from server.middleware import BodyLimitMiddleware, DrainMiddleware, MetricsMiddleware, RequestIdMiddleware
 from server.runtime import GuardedCache, PRMRuntime
+from server.searching import as_loaded, load_policies
 from server.settings import Settings
 
 log = logging.getLogger("repirl.server")
@@ -84,8 +84,9 @@ def _close_all(engines) -> None:
 def create_app(settings: Settings, scorers: dict | None = None,
                extra_routers: list | None = None, on_startup: Callable[[AppState], None] | None = None,
                policies: dict | None = None, close_engines: bool | None = None) -> FastAPI:
-    """`scorers` (name -> StepScorer) and `policies` skip loading from settings (`repirl serve` starts them first;
-    benchmarks and tests share engines). `close_engines` (default: when this app loads them) stops them at shutdown."""
+    """`scorers` (name -> StepScorer) and `policies` (name -> StepPolicy or LoadedPolicy) skip loading from settings
+    (`repirl serve` starts them first; benchmarks and tests share engines). `close_engines` (default: when this app
+    loads them) stops them at shutdown."""
     if close_engines is None:
         close_engines = scorers is None
     metrics = Metrics()
@@ -112,8 +113,7 @@ def create_app(settings: Settings, scorers: dict | None = None,
                             salt=settings.cache_salt)
             rt.batcher.start()
             state.runtimes[name] = rt
-        state.policy = settings.policy
-        state.policies.update(policies if policies is not None else load_policies(settings))
+        state.policies.update(as_loaded(policies) if policies is not None else load_policies(settings))
         if on_startup:
             on_startup(state)
         log.info("serving %d PRM(s): %s", len(state.runtimes), ", ".join(state.runtimes))
@@ -134,6 +134,7 @@ def create_app(settings: Settings, scorers: dict | None = None,
                   docs_url=None, redoc_url=None, openapi_url=None, redirect_slashes=False)
     app.state.repirl = state
     errors.install(app)
+    openapi.install(app, settings.public_paths, secured=state.api_key_hashes is not None)
     for router in ROUTERS + ([docs_router] if settings.openapi_docs else []) + list(extra_routers or []):
         app.include_router(router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.limits.max_body_bytes)

@@ -5,7 +5,9 @@ Requests put their items on one queue per PRM; a single worker runs the engine (
 each request its results. Batching is continuous: items that arrived while the engine was busy form the next batch
 at once; only a batch that starts on an idle engine waits up to `max_wait_ms` for company (woken by arrivals, not
 by polling). A full queue refuses new work (429). A request whose client went away is cancelled: its items that
-have not reached the engine are dropped. A batch the engine fails on is run again one request at a time, so one
+have not reached the engine are dropped, and a batch already in the engine stops at the engine's next safe point
+once every request waiting for it is gone (repirl/cancel.py; `repirl_cancelled_work_total{stage}` counts both). A
+batch the engine fails on is run again one request at a time, so one
 request's bad item fails that request only (it used to fail every request that shared its batch).
 """
 
@@ -18,6 +20,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
+from repirl.cancel import WorkCancelled, stop_when
 from server.errors import QueueFull
 from server.metrics import Metrics
 
@@ -94,7 +97,7 @@ class MicroBatcher:
                 left = len(p.items) - p.taken
                 self._count(-left, -sum(p.tokens[p.taken:]))
                 if p.future.cancelled():  # (not after an engine error, which already failed the request)
-                    self.metrics.cancelled.labels(self.name).inc(left)
+                    self.metrics.cancelled_work.labels(self.name, "queued").inc(left)
                 continue
             end = p.taken
             while (end < len(p.items) and items < self.max_batch_items
@@ -140,7 +143,12 @@ class MicroBatcher:
         flat = [item for p, start, end in batch for item in p.items[start:end]]
         self.busy_since = time.monotonic()
         try:
-            results = await asyncio.to_thread(self.score_fn, flat)
+            # read from the engine thread between its forwards: a future is done once its request is cancelled
+            with stop_when(lambda: all(p.future.done() for p, _, _ in batch)):
+                results = await asyncio.to_thread(self.score_fn, flat)
+        except WorkCancelled:  # every waiter went away mid-batch: nothing to hand out
+            self.metrics.cancelled_work.labels(self.name, "engine").inc(len(flat))
+            return
         except Exception as e:  # never fails the worker; one request's bad item never fails the others
             if len(batch) > 1:
                 log.warning("PRM %s failed on a batch of %d requests (%s: %s); running each alone", self.name,

@@ -28,10 +28,12 @@ def preflight(settings) -> None:
         except ArtifactError as e:
             hint = " (run `repirl bootstrap` to build the demo)" if str(path) == "runs/demo/prm" else ""
             _fail(f"cannot serve PRM '{name}': {e}{hint}")
-    if settings.policy and not settings.policy.startswith(("http://", "https://")):
+    from repirl.policy.spec import PolicySpec
+
+    folder = PolicySpec.parse(settings.policy).folder if settings.policy else None
+    if folder is not None:  # a URL is checked when the service connects to it
         try:
-            check_model_folder(settings.policy.split(":", 1)[1] if settings.policy.startswith(("vllm:", "hf:"))
-                               else settings.policy)  # vllm:DIR / hf:DIR pick the policy engine
+            check_model_folder(folder)
         except ArtifactError as e:
             _fail(f"cannot use policy: {e}")
 
@@ -66,8 +68,9 @@ def serve(
     except FileNotFoundError as e:
         _fail(str(e))
     except ValidationError as e:
-        first = e.errors()[0]
-        _fail(f"setting '{'.'.join(str(x) for x in first['loc'])}': {first['msg']}")
+        from repirl.validation import describe
+
+        _fail(describe(e, noun="setting"))
     if settings.policy is None and Path(DEFAULT_POLICY).is_dir() and settings.prm == ["runs/demo/prm"]:
         settings.policy = DEFAULT_POLICY
     preflight(settings)
@@ -111,7 +114,7 @@ def _banner(state) -> None:
     for name, rt in state.runtimes.items():
         lines.append(f"  PRM {name}: {rt.config.format} on {rt.scorer.engine}")
     for name, policy in state.policies.items():
-        lines.append(f"  {name}: {getattr(policy, 'name', policy)} ({type(policy).__name__})")
+        lines.append(f"  {name}: {policy.root} ({type(policy.engine).__name__})")
     body = '{"question": "Start with 9. Multiply by 4, then subtract 2. What is the result?", ' \
            '"steps": ["9*4=36", "36-2=34", "Answer: 34"]}'
     lines += [f"  try: curl -s {url}/v1/score{key} -H 'Content-Type: application/json' -d '{body}'",

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Annotated, Callable
+from typing import TYPE_CHECKING, Annotated, Callable
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Request
 
 from server.auth import hash_key, key_matches
 from server.errors import APIError
 from server.metrics import Metrics
 from server.runtime import TENANT, GuardedCache, PRMRuntime
 from server.settings import Settings
+
+if TYPE_CHECKING:
+    from server.searching import LoadedPolicy
+
 
 @dataclass
 class AppState:
@@ -20,8 +24,10 @@ class AppState:
     cache: GuardedCache | None = None
     runtimes: dict[str, PRMRuntime] = field(default_factory=dict)
     api_key_hashes: list[str] | None = None
-    policy: str | None = None
-    policies: dict = field(default_factory=dict)  # name -> StepPolicy engine (server/api/search), "policy" from --policy
+    # the policy registry, name -> LoadedPolicy (engine + the spec it came from; server/searching.py): "policy" from
+    # --policy. /v1/models, search, chat, /readyz and shutdown all read this one dict
+    policies: dict[str, LoadedPolicy] = field(default_factory=dict)
+    search_samples_in_flight: int = 0  # admitted searches' samples, against limits.max_search_samples_in_flight
     fatal: str | None = None  # why the service cannot serve any more (an engine died: server/health.py)
     on_fatal: Callable[[], None] | None = None  # `repirl serve` sets it: drain, then exit non-zero
     draining: bool = False  # SIGTERM received (server/drain.py): /readyz 503 "draining", new requests 503
@@ -35,12 +41,13 @@ async def get_state(request: Request) -> AppState:  # async: a sync dependency c
 StateDep = Annotated[AppState, Depends(get_state)]
 
 
-async def require_api_key(request: Request, state: StateDep, authorization: Annotated[str | None, Header()] = None,
-                          x_api_key: Annotated[str | None, Header()] = None) -> None:
-    """Applied to the whole app; paths on `settings.public_paths` are exempt."""
+async def require_api_key(request: Request, state: StateDep) -> None:
+    """Applied to the whole app; paths on `settings.public_paths` are exempt. The headers are read here, not declared
+    as parameters: the schema states the key as a security requirement (server/openapi.py), not as two optional
+    headers of every operation."""
     if state.api_key_hashes is None or request.url.path in state.settings.public_paths:
         return
-    presented = x_api_key
+    authorization, presented = request.headers.get("authorization"), request.headers.get("x-api-key")
     if authorization and authorization.lower().startswith("bearer "):
         presented = authorization[7:].strip()
     if not key_matches(presented, state.api_key_hashes):

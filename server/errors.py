@@ -3,18 +3,60 @@
 from __future__ import annotations
 
 import logging
-import re
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from repirl.validation import error_message, field_path, main_error
 
 log = logging.getLogger("repirl.server")
 
 _TYPES = {400: "invalid_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
           413: "limit_exceeded", 422: "validation_error", 429: "queue_full", 499: "client_closed",
           500: "internal_error", 503: "unavailable", 504: "timeout"}
+
+
+class ErrorDetail(BaseModel):
+    type: str = Field(description="one per status: " + ", ".join(f"{k} {v}" for k, v in sorted(_TYPES.items())))
+    message: str
+    param: str | None = Field(description="the request field at fault (dotted path), when there is one")
+
+
+class ErrorResponse(BaseModel):
+    """Every error the service answers (server/errors.py `to_response`)."""
+
+    error: ErrorDetail
+
+
+_WHY = {400: "malformed request (invalid JSON, a request the PRM cannot serve)", 401: "missing or invalid API key",
+        404: "no such model or policy", 413: "over a limit (body size, items, steps, tokens, context): names the field",
+        422: "invalid field (names it)", 429: "queue or search budget full (Retry-After)",
+        499: "the client disconnected; its work was cancelled", 503: "unavailable (no policy, engine dead, draining)",
+        504: "ran past request_timeout_s"}
+
+
+def sse_event(event: str | None, data_schema: dict | None) -> dict:
+    """The OpenAPI (3.1, one event per `schema`) shape of one server-sent event whose `data` is JSON matching
+    `data_schema` (a `$ref` to a component, or a schema), or exactly the text `data_schema["const"]`."""
+    if data_schema is not None and "const" in data_schema:
+        data = {"type": "string", "const": data_schema["const"]}
+    else:
+        data = {"type": "string", "contentMediaType": "application/json", **({"contentSchema": data_schema}
+                                                                             if data_schema else {})}
+    props = {"data": data, **({"event": {"type": "string", "const": event}} if event else {})}
+    return {"type": "object", "required": ["data"], "properties": props}
+
+
+def ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def responses(*statuses: int) -> dict:
+    """FastAPI `responses=` for the errors a route answers, all with the one error body."""
+    return {s: {"model": ErrorResponse, "description": _WHY[s]} for s in statuses}
 
 
 class APIError(Exception):
@@ -62,21 +104,16 @@ def to_response(exc: Exception) -> JSONResponse:
 
 
 def _validation_message(errors) -> tuple[str, str]:
-    """(message, param) from pydantic's most specific error (the deepest: a union reports one error per member, the
-    member that matched the input's shape goes deepest), param the field's dotted path ("items.0.steps"); for
-    malformed JSON the param is the body and the byte offset goes into the message (pydantic puts it in the loc)."""
-    first = max(errors, key=lambda e: len(e.get("loc", ())))
+    """(message, param) from pydantic's most specific error (repirl/validation.py), param the field's dotted path
+    ("items.0.steps"); for malformed JSON the param is the body and the byte offset goes into the message (pydantic
+    puts it in the loc)."""
+    first = main_error(errors)
     if first.get("type") == "json_invalid":
         pos = next((x for x in first.get("loc", ()) if isinstance(x, int)), None)
         detail = (first.get("ctx") or {}).get("error") or first.get("msg")
         return f"body: invalid JSON{f' at byte {pos}' if pos is not None else ''} ({detail})", "body"
-    loc = [str(x) for x in first.get("loc", ()) if x != "body" and not _UNION_MEMBER.search(str(x))]
-    return f"{'.'.join(loc) or 'body'}: {first.get('msg')}", ".".join(loc)
-
-
-# pydantic puts the union member that failed into an error's loc ("candidates.2.function-after[...]",
-# "messages.0.content.list[ContentPart]"); our field names are snake_case, so these are easy to drop
-_UNION_MEMBER = re.compile(r"^[A-Z]|[\[\-]|^(str|int|float|bool|list|dict|none)$")
+    param = field_path(first, skip=("body",))
+    return f"{param or 'body'}: {error_message(first)}", param
 
 
 def install(app: FastAPI) -> None:

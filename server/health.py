@@ -17,11 +17,8 @@ EXIT_ENGINE_DEAD = 4
 
 def engine_status(state: AppState) -> dict[str, str]:
     """Every engine's name -> "ok" or why not (PRMs, then policies)."""
-    status = {name: rt.status() for name, rt in state.runtimes.items()}
-    for name, policy in state.policies.items():
-        dead = getattr(policy, "engine_dead", None)  # vLLM in-process; transformers and remote policies do not die
-        status[name] = "dead: the engine process died" if dead and dead() else "ok"
-    return status
+    return {**{name: rt.status() for name, rt in state.runtimes.items()},
+            **{name: p.status() for name, p in state.policies.items()}}
 
 
 async def watch_engines(state: AppState) -> None:

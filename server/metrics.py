@@ -22,8 +22,10 @@ class Metrics:
         self.cache_misses = Counter("repirl_cache_misses_total", "prefix-cache step misses", ["model"], registry=r)
         self.cache_errors = Counter("repirl_cache_errors_total", "prefix-cache errors (failed open)", ["op"],
                                     registry=r)
-        self.cancelled = Counter("repirl_cancelled_items_total", "queued items dropped: client gone", ["model"],
-                                 registry=r)
+        self.cancelled_work = Counter(
+            "repirl_cancelled_work_total", "work dropped because every client waiting for it went away (or timed "
+            "out): PRM items (model = the PRM) or policy samples (model = the policy); stage=queued: before "
+            "the engine, stage=engine: stopped inside it", ["model", "stage"], registry=r)
         self.rejected = Counter("repirl_queue_rejections_total", "requests refused with 429", ["model"], registry=r)
         self.queue_depth = Gauge("repirl_queue_items", "items waiting for the PRM", ["model"], registry=r)
         self.requests_in_flight = Gauge("repirl_requests_in_flight", "requests being served (health routes aside); "

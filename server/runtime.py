@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from repirl.scoring.base import StepScores
 from repirl.scoring.cache import decode_value, encode_value, prefix_keys
+from repirl.scoring.formats import format_facts
 from server.batching import MicroBatcher
 from server.errors import APIError, LimitExceeded
 from server.metrics import Metrics
@@ -76,7 +77,7 @@ class PRMRuntime:
                  ttl_s: int, salt: str | None):
         self.name, self.scorer, self.cache, self.metrics, self.limits = name, scorer, cache, metrics, limits
         self.ttl_s, self.salt = ttl_s, salt
-        self.has_token_rewards = scorer.config.format in ("token-reward", "implicit")
+        self.has_token_rewards = format_facts(scorer.config).has_token_rewards
         # the longest trajectory this PRM takes: the limit, or the model's own context when shorter (past it vLLM
         # failed the whole batch and transformers scored positions the model never saw)
         context = getattr(scorer, "context_tokens", None)

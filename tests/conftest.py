@@ -71,10 +71,41 @@ def tiny_prm_dir(tiny_policy_dir, tmp_path_factory):
     return init_token_reward_prm(tiny_policy_dir, tmp_path_factory.mktemp("models") / "prm")
 
 
+# Files that share one session-scoped vLLM service (`vllm_server`, tests/server/conftest.py: two engines, ~90 s to
+# start here): one work unit for `make test`'s two xdist workers, so one worker starts it once for all of them
+# (under plain --dist loadfile each worker that ran one of these files started its own).
+SHARED_ENGINE_GROUPS = {
+    "vllm-service": ("tests/server/test_vllm_service.py", "tests/server/test_probe_findings_vllm.py",
+                     "tests/server/test_search_engines.py"),
+}
+_GROUP_OF = {path: name for name, paths in SHARED_ENGINE_GROUPS.items() for path in paths}
+
+
+def _work_unit(path: str) -> str:
+    return _GROUP_OF.get(path, path)
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """`--dist loadfile` with SHARED_ENGINE_GROUPS: whole files per worker (module-scoped services stay on one),
+    and the files of a group together. (xdist's own `loadgroup` marks do not work on pytest 9: it renames items
+    through `item._nodeid`, which pytest 9 no longer reads.)"""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class EngineSharingScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _work_unit(nodeid.split("::", 1)[0])
+
+    return EngineSharingScheduling(config, log)
+
+
 def pytest_collection_modifyitems(config, items):
-    """Files with slow tests (engine start-ups, training) first: `make test` hands whole files to two xdist workers as
-    they free up, so starting with the longest ones leaves short files, not one long file, for the end (a stable
-    sort: the order within a file and among the rest is unchanged)."""
-    heavy = {item.path for item in items if item.get_closest_marker("vllm") or item.get_closest_marker("slow")}
-    vllm = {item.path for item in items if item.get_closest_marker("vllm")}
-    items.sort(key=lambda item: (item.path not in vllm, item.path not in heavy))
+    """Work units with vLLM engines first (shared groups, the longest, ahead), then other slow ones: `make test`'s two
+    workers take units as they free up, so starting with the longest leaves short files, not one long unit, for the
+    end (a stable sort: the order within a file and among the rest is unchanged)."""
+    unit = {item: _work_unit(item.path.relative_to(REPO).as_posix()) for item in items}
+    heavy = {unit[item] for item in items if item.get_closest_marker("vllm") or item.get_closest_marker("slow")}
+    vllm = {unit[item] for item in items if item.get_closest_marker("vllm")}
+    items.sort(key=lambda item: (unit[item] not in vllm, unit[item] not in heavy,
+                                 unit[item] not in SHARED_ENGINE_GROUPS))

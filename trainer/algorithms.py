@@ -19,7 +19,8 @@ from trainer.losses import (
     prime_ce_loss,
     rloo_advantages,
 )
-from trainer.models import Batch, collate, token_logprobs
+from trainer.device import compute_of
+from trainer.models import Batch, collate, micro_slices, token_logprobs
 from trainer.rollouts import Rollout
 
 
@@ -49,62 +50,93 @@ def irl_prm_step(prm, opt, experts: Sequence[Rollout], negatives: Sequence[Rollo
     gid = torch.tensor([r.group for r in items])
     usable = [g for g in groups if ((gid == g) & is_neg).any() and ((gid == g) & ~is_neg).any()]
     n_global = dist.all_sum(len(usable))
+
+    def loss_of(rbar, rsum):  # the paper's loss over this rank's usable questions, divided by the global count
+        losses, ess, ess_frac = [], [], []
+        for g in usable:
+            e, n = (gid == g) & ~is_neg, (gid == g) & is_neg
+            lp = None if neg_sampler_logprob is None else neg_sampler_logprob[n[len(experts):].nonzero().squeeze(-1)]
+            loss, w, k = irl_group_loss(rbar[e], rbar[n], log_importance_weights(rsum[n], lp),
+                                        cfg.stop_gradient_weights, cfg.max_weight_ratio)
+            losses.append(loss)
+            ess.append(k)
+            ess_frac.append(k / int(n.sum()))
+        return (torch.stack(losses).sum() / max(n_global, 1) if losses else None), ess, ess_frac
+
     metrics: dict = {}
     for it in range(max(1, updates)):
         train = updates > 0
-        # The weights are a scoring pass (eval mode: no dropout), the loss's rewards the update's own pass (the mode
-        # the caller set: train in the Trainer). Without stop-gradient the weights must come from the update's pass.
-        scored = prm.score(batch) if (not train or cfg.stop_gradient_weights) else None
-        with torch.set_grad_enabled(train):
-            r = prm.token_rewards(batch) if train else scored
+        if train and not cfg.stop_gradient_weights:
+            # the weights' gradient couples all rollouts of a question: one pass over the whole batch (no
+            # micro-batches); the weights come from the update's own pass
+            r = prm.token_rewards(batch)
             rbar = masked_mean(r, batch.step_mask)
-            rsum = ((scored if scored is not None else r) * batch.step_mask).sum(-1)
-            shown = masked_mean(scored, batch.step_mask) if scored is not None else rbar.detach()  # for the metrics
-            losses, ess, ess_frac, margins = [], [], [], []
-            for g in usable:
-                e, n = (gid == g) & ~is_neg, (gid == g) & is_neg
-                lp = None if neg_sampler_logprob is None else neg_sampler_logprob[n[len(experts):].nonzero().squeeze(-1)]
-                log_w = log_importance_weights(rsum[n], lp)
-                loss, w, k = irl_group_loss(rbar[e], rbar[n], log_w, cfg.stop_gradient_weights, cfg.max_weight_ratio)
-                losses.append(loss)
-                ess.append(k)
-                ess_frac.append(k / int(n.sum()))
-                margins.append(float(shown[e].mean() - shown[n].mean()))
-            total = torch.stack(losses).sum() / max(n_global, 1) if losses else None
-            if it == 0:  # metrics before this iteration's update
-                rb = shown
-                metrics = {
-                    "prm_loss": dist.all_sum(float(total.detach()) * max(n_global, 1)) / max(n_global, 1) if losses else None,
-                    "margin": _mean(margins), "ess": _mean(ess), "ess_frac": _mean(ess_frac),
-                    "prm_groups": int(n_global),
-                    "expert_rbar": float(rb[~is_neg].mean()) if len(experts) else None,
-                    "negative_rbar": float(rb[is_neg].mean()) if len(negatives) else None,
-                }
-            if train and n_global > 0:
+            total, ess, ess_frac = loss_of(rbar, (r * batch.step_mask).sum(-1))
+            shown, value = rbar.detach(), float(total.detach()) if total is not None else 0.0
+            if n_global > 0:
                 (total if total is not None else 0.0 * r.sum()).backward()
-                _step(prm, opt, cfg.grad_clip)
+        else:
+            # The weights are a scoring pass (eval mode: no dropout), held constant. Then L = sum_i c_i * rbar_i with
+            # c_i = dL/d rbar_i (w_i / n_global for a failed rollout, -1 / (its question's experts * n_global) for an
+            # expert, 0 for skipped questions), read off the loss by autograd. The update's own pass (the caller's
+            # mode: train) then accumulates sum_i c_i * grad rbar_i micro-batch by micro-batch: the same gradient
+            # as one pass over the whole batch, with one micro-batch's activations at a time.
+            scored = prm.score(batch)
+            shown = masked_mean(scored, batch.step_mask)
+            leaf = shown.clone().requires_grad_(True)
+            with torch.enable_grad():
+                total, ess, ess_frac = loss_of(leaf, (scored * batch.step_mask).sum(-1))
+            coef = torch.autograd.grad(total, leaf)[0] if total is not None else torch.zeros_like(shown)
+            value = float(total.detach()) if total is not None else 0.0
+            if train and n_global > 0:
+                value = 0.0
+                for sl in micro_slices(len(items), compute_of(prm.model).micro_batch_size):
+                    mb = batch.rows(sl)
+                    part = (coef[sl] * masked_mean(prm.token_rewards(mb), mb.step_mask)).sum()
+                    part.backward()  # also on a rank without usable questions (zeros): FSDP's collectives pair up
+                    value += float(part.detach())
+        if it == 0:  # metrics before this iteration's update
+            margins = [float(shown[(gid == g) & ~is_neg].mean() - shown[(gid == g) & is_neg].mean()) for g in usable]
+            metrics = {
+                "prm_loss": dist.all_sum(value * n_global) / n_global if n_global > 0 else None,  # every rank sums
+                "margin": _mean(margins), "ess": _mean(ess), "ess_frac": _mean(ess_frac),
+                "prm_groups": int(n_global),
+                "expert_rbar": float(shown[~is_neg].mean()) if len(experts) else None,
+                "negative_rbar": float(shown[is_neg].mean()) if len(negatives) else None,
+            }
+        if train and n_global > 0:
+            _step(prm, opt, cfg.grad_clip)
     return metrics
 
 
 def prime_prm_step(prm, ref_model, opt, rollouts: Sequence[Rollout], cfg_prime, cfg_prm, pad_id: int,
                    n_global_rollouts: int) -> tuple[torch.Tensor, Batch, dict]:
     """PRIME: implicit PRM r_t = beta * log(pi_phi / pi_ref) trained with BCE on outcome labels. Returns the token
-    rewards (computed in the loss's forward pass, before the update, as PRIME does), the batch and metrics."""
+    rewards (computed in the loss's forward pass, before the update, as PRIME does), the batch and metrics.
+    Micro-batches: each one's loss is its rows' share of the global mean BCE, so the gradients add up exactly."""
     batch = batch_of(rollouts, pad_id)
     with torch.no_grad():
         ref_lp = token_logprobs(ref_model, batch)
-    lp = token_logprobs(prm.model, batch)
-    logratio = (lp - ref_lp) * batch.step_mask
     labels = torch.tensor([float(r.correct) for r in rollouts])
-    loss = prime_ce_loss(logratio.sum(-1), labels, cfg_prime.beta) * len(rollouts) / max(n_global_rollouts, 1)
-    if cfg_prm.updates_per_iter > 0 and not cfg_prm.frozen:
-        loss.backward()
+    update = cfg_prm.updates_per_iter > 0 and not cfg_prm.frozen
+    logratio, value = torch.zeros_like(ref_lp), 0.0
+    for sl in micro_slices(len(rollouts), compute_of(prm.model).micro_batch_size):
+        mb = batch.rows(sl)
+        width = mb.ids.shape[1]
+        with torch.set_grad_enabled(update):
+            lr = (token_logprobs(prm.model, mb) - ref_lp[sl, :width]) * mb.step_mask
+            loss = prime_ce_loss(lr.sum(-1), labels[sl], cfg_prime.beta) * len(mb.ids) / max(n_global_rollouts, 1)
+        if update:
+            loss.backward()
+        logratio[sl, :width] = lr.detach()
+        value += float(loss.detach())
+    if update:
         _step(prm, opt, cfg_prm.grad_clip)
-    rewards = (cfg_prime.beta * logratio).detach()
+    rewards = cfg_prime.beta * logratio
     rbar = masked_mean(rewards, batch.step_mask)
     ok = labels > 0
     margin = float(rbar[ok].mean() - rbar[~ok].mean()) if ok.any() and (~ok).any() else None
-    return rewards, batch, {"prm_loss": dist.all_sum(float(loss.detach())), "margin": margin}
+    return rewards, batch, {"prm_loss": dist.all_sum(value), "margin": margin}
 
 
 def minibatch_rows(rows: int, n: int, questions_per_minibatch: int | None) -> list[slice]:
@@ -128,27 +160,33 @@ def policy_step(policy, opt, batch: Batch, old_lp: torch.Tensor, advantages: tor
     if cfg.mini_batch_size is not None:
         per = max(1, cfg.mini_batch_size // dist.world())
     parts = minibatch_rows(batch.ids.shape[0], n, per)
+    micro = compute_of(policy).micro_batch_size
     stats = {"loss": 0.0, "ent": 0.0, "tokens": 0.0, "clipped": 0.0, "seen": 0.0, "steps": 0}
     for epoch in range(cfg.ppo_epochs):
-        for sl in parts:
-            mb = Batch(batch.ids[sl], batch.attn[sl], batch.resp_mask[sl], batch.step_mask[sl])
-            tokens = dist.all_sum(float(mb.resp_mask.sum()))
+        for part in parts:
+            tokens = dist.all_sum(float(batch.resp_mask[part].sum()))
             if tokens <= 0:
                 continue
-            lp, ent = token_logprobs(policy, mb, with_entropy=True, temperature=temperature)
-            pg = ppo_clip_loss_sum(lp, old_lp[sl], advantages[sl], mb.resp_mask, cfg.clip)
-            ent_sum = (ent * mb.resp_mask).sum()
-            loss = (pg - cfg.entropy_coef * ent_sum) / tokens
-            loss.backward()
+            # gradient accumulation: each micro-batch's loss is its share of the mini-batch's token-mean (divided by
+            # the mini-batch's GLOBAL token count), so the summed gradients are the whole mini-batch's, exactly
+            for ms in micro_slices(part.stop - part.start, micro):
+                sl = slice(part.start + ms.start, part.start + ms.stop)
+                mb = batch.rows(sl)  # cut to its longest row
+                width = mb.ids.shape[1]
+                old, adv = old_lp[sl, :width], advantages[sl] if advantages.dim() == 1 else advantages[sl, :width]
+                lp, ent = token_logprobs(policy, mb, with_entropy=True, temperature=temperature)
+                pg = ppo_clip_loss_sum(lp, old, adv, mb.resp_mask, cfg.clip)
+                ent_sum = (ent * mb.resp_mask).sum()
+                loss = (pg - cfg.entropy_coef * ent_sum) / tokens
+                loss.backward()
+                stats["clipped"] += float(ppo_clipped_tokens(lp.detach(), old, adv, mb.resp_mask, cfg.clip))
+                stats["seen"] += float(mb.resp_mask.sum())
+                if epoch == 0:  # the first pass: every token once, weighted by its mini-batch's share
+                    stats["loss"] += float(loss.detach()) * tokens
+                    stats["ent"] += float(ent_sum.detach())
+                    stats["tokens"] += float(mb.resp_mask.sum())
             _step(policy, opt, cfg.grad_clip)
             stats["steps"] += 1
-            stats["clipped"] += float(ppo_clipped_tokens(lp.detach(), old_lp[sl], advantages[sl], mb.resp_mask,
-                                                         cfg.clip))
-            stats["seen"] += float(mb.resp_mask.sum())
-            if epoch == 0:  # the first pass: every token once, weighted by its mini-batch's share
-                stats["loss"] += float(loss.detach()) * tokens
-                stats["ent"] += float(ent_sum.detach())
-                stats["tokens"] += float(mb.resp_mask.sum())
     if not stats["steps"]:
         return {}
     total = dist.all_sum(stats["tokens"])

@@ -41,6 +41,8 @@ class BootstrapConfig:
     eval_problems: int = 200
     eval_temperature: float = 0.8
     eval_seed: int = HELDOUT_SEED  # held-out problems come from a different seed than training batches
+    # "auto": vLLM when installed (200 problems: faster than transformers even after its ~45 s start), else transformers
+    eval_engine: str = "auto"
     # The demo policy must land here (held-out accuracy at eval_temperature): high enough that rollouts contain
     # correct solutions (rePIRL's experts), low enough that a PRM has wrong ones to learn from and room to help.
     accuracy_window: tuple[float, float] = (0.3, 0.85)
@@ -164,7 +166,7 @@ def evaluate_policy(policy_dir: Path, encoder: TrajectoryEncoder, problems, task
     from trainer.rollout_eval import sample_solutions_hf, sample_solutions_vllm
     from repirl.vllm_setup import vllm_available
 
-    if vllm_available():
+    if cfg.eval_engine == "vllm" or (cfg.eval_engine == "auto" and vllm_available()):
         return sample_solutions_vllm(policy_dir, encoder, problems, task, n=1, temperature=cfg.eval_temperature,
                                      seed=cfg.eval_seed)
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -18,6 +18,8 @@ def bootstrap(
     max_operand: int = typer.Option(None, help="Largest start value / +- operand (difficulty)."),
     eval_problems: int = typer.Option(None, help="Held-out problems sampled at the end."),
     seed: int = typer.Option(0, help="Seed for the model init and the training problems."),
+    eval_engine: str = typer.Option("auto", help="Engine for the held-out sampling: auto (vLLM when installed), vllm "
+                                    "or transformers (no engine start: quicker for a few problems)."),
     force: bool = typer.Option(False, "--force", help="Rebuild even if OUT/prm/prm.json exists."),
     accuracy_window: str = typer.Option(None, help="LO,HI: the held-out accuracy the policy must reach (default "
                                         "0.3,0.85); outside it the command fails and writes no PRM."),
@@ -49,7 +51,10 @@ def bootstrap(
         task_cfg = replace(cfg.task, **task_over)
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
-    cfg = replace(cfg, sft=replace(cfg.sft, seed=seed, **sft_over), task=task_cfg, **model_over)
+    if eval_engine not in ("auto", "vllm", "transformers"):
+        raise typer.BadParameter(f"--eval-engine: auto, vllm or transformers, got {eval_engine!r}")
+    cfg = replace(cfg, sft=replace(cfg.sft, seed=seed, **sft_over), task=task_cfg, eval_engine=eval_engine,
+                  **model_over)
     if cfg.hidden_size % 64:
         raise typer.BadParameter(f"--hidden-size must be a multiple of 64, got {cfg.hidden_size}")
     if accuracy_window is not None:

@@ -104,9 +104,9 @@ def ece(probs: Sequence[float], labels: Sequence[int], bins: int = N_BINS) -> fl
 
 def raw_as_probability(raws: Sequence[float], fmt: str) -> list[float]:
     """The uncalibrated reading: a probability format's score as is, any other score through the sigmoid."""
-    from repirl.search.core import PROBABILITY_FORMATS
+    from repirl.scoring.formats import format_facts
 
-    if fmt in PROBABILITY_FORMATS:
+    if format_facts(fmt).is_probability:
         return [min(max(r, 0.0), 1.0) for r in raws]
     return [sigmoid(r) for r in raws]
 

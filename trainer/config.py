@@ -12,10 +12,19 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from repirl.trajectory import PromptTemplate
+from repirl.validation import describe
+
 Algorithm = Literal["repirl", "rloo", "prime", "ttt", "offline"]
 
 
 class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PromptConfig(PromptTemplate):
+    """repirl.trajectory.PromptTemplate with the recipe's strictness (a misspelt key fails)."""
+
     model_config = ConfigDict(extra="forbid")
 
 
@@ -40,6 +49,17 @@ class RolloutConfig(_Strict):
     # vLLM rollout engine's KV cache in GiB (None: REPIRL_VLLM_KV_CACHE_GIB, else repirl.vllm_setup's default);
     # an explicit size lets the run start beside the service and other engines (see repirl/vllm_setup.py)
     kv_cache_gib: float | None = Field(None, gt=0)
+    # how a policy update reaches the vLLM engine: memory = the weights pushed into the running engine
+    # (trainer/weight_sync.py); disk = saved to runs/<name>/live_policy and re-read (the earlier way, kept to compare)
+    weight_sync: Literal["memory", "disk"] = "memory"
+    # one-GPU colocation: 1 or 2 = vLLM sleeps between rollouts (1: weights to host memory, KV cache freed; 2: both
+    # freed, the next sync reloads them), so the update has the GPU's memory; 0 = off. No-op on the CPU (vLLM-CPU
+    # ignores sleep; its memory is host memory anyway).
+    sleep_level: int = Field(0, ge=0, le=2)
+    # run vLLM's engine core inside the trainer process (VLLM_ENABLE_V1_MULTIPROCESSING=0, TRL's colocate mode):
+    # weight pushes then hand over the tensors themselves (no copy). On the CPU vLLM also binds this process's threads
+    # and memory; off by default there. See docs/trainer.md "Scaling up".
+    engine_in_process: bool = False
 
 
 class FilterConfig(_Strict):
@@ -118,6 +138,10 @@ class TrainConfig(_Strict):
     seed: int = 0
     out_dir: str = "runs"
     policy: str = "tiny"  # a causal-LM folder, or "tiny": a random tiny Qwen2 built in code (tests)
+    # how a question becomes the prompt (kind plain: `template` with {question}; kind chat: the folder's own chat
+    # template, with an optional system message). None: the folder's policy.json, else the plain default. Written
+    # into the run's policy.json / prm.json, so the evaluator and the service prompt the same way.
+    prompt_template: PromptConfig | None = None
     tiny_layers: int = 2
     iterations: int = Field(10, ge=0)
     questions_per_iter: int = Field(8, ge=1)
@@ -125,6 +149,21 @@ class TrainConfig(_Strict):
     eval_every: int = Field(0, ge=0)  # held-out accuracy every k iterations (0: only at the end)
     eval_problems: int = Field(64, ge=0)
     threads: int | None = None  # torch threads (None: torch's default)
+    # --- hardware (issue 13; trainer/device.py, docs/trainer.md "Scale-out") ---
+    # where the models, batches and the frozen reference live: auto = cuda when torch sees a GPU, else cpu
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # compute precision of the forward/backward. bfloat16: fp32 master weights and fp32 AdamW state; one process runs
+    # the forward under bf16 autocast, several shard with FSDP2 MixedPrecisionPolicy(param_dtype=bf16,
+    # reduce_dtype=fp32). Log-softmax, log-probs and every loss are float32 either way.
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    # recompute each decoder layer's activations in backward instead of storing them (HF gradient checkpointing)
+    gradient_checkpointing: bool = False
+    # sequences (rollouts) per forward/backward pass in the PRM and policy updates and the no-grad scoring passes;
+    # gradients accumulate over micro-batches, one optimizer step per mini-batch (None: the whole mini-batch at once)
+    micro_batch_size: int | None = Field(None, ge=1)
+    # log-probs are taken from the final hidden states in chunks of this many token positions (lm_head + float32
+    # log_softmax + gather per chunk), so [batch, tokens, vocab] logits never exist in full (None: one chunk)
+    logprob_chunk_tokens: int | None = Field(None, ge=1)
     task: TaskConfig = Field(default_factory=TaskConfig)
     rollouts: RolloutConfig = Field(default_factory=RolloutConfig)
     filters: FilterConfig = Field(default_factory=FilterConfig)
@@ -160,12 +199,7 @@ def parse_config(raw: dict, source: str = "<config>") -> TrainConfig:
     try:
         return TrainConfig.model_validate(raw)
     except ValidationError as e:
-        err = e.errors()[0]
-        key = ".".join(str(x) for x in err["loc"]) or "(top level)"
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key (not part of the recipe schema; check the spelling)"
-        raise ConfigError(f"{source}: key '{key}': {msg}") from None
+        raise ConfigError(f"{source}: {describe(e, noun='key')}") from None
 
 
 def load_config(path: str | Path, overrides: dict | None = None) -> TrainConfig:

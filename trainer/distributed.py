@@ -15,8 +15,8 @@ Why `fully_shard` directly and not `Accelerator.prepare` (checked in accelerate 
     with `cpu=True` (or ACCELERATE_USE_CPU) under torchrun it is MULTI_CPU, and `prepare` with an FSDP plugin returns
     a DDP wrapper, dropping the plugin without a word. Without `cpu=True` on a host with no GPU it is even
     DistributedType.NO: every process thinks it is rank 0.
-  * `prepare` moves models to `accelerator.device`, but this trainer computes on CPU (batches and rollouts are never
-    moved to a GPU), so it cannot be used on GPU hosts either until device placement exists.
+  * device placement is the trainer's own (trainer/device.py: `device`, `dtype` in the recipe; each rank takes the
+    GPU of its LOCAL_RANK in `setup`), the same on CPU and GPU, so `prepare`'s placement would be a second one.
   * one code path: what the 2-process CPU test (tests/trainer/test_distributed.py) runs is what runs everywhere, and it
     is what accelerate's `fsdp2_prepare_model` does (fully_shard per transformer layer, then the root). We read the
     layer class and reshard setting that `accelerate launch` exports from configs/accelerate/*.yaml.
@@ -34,10 +34,17 @@ import torch
 import torch.distributed as dist
 
 
-def setup() -> None:
+def setup(device_type: str = "cpu") -> None:
+    """Join the process group when started by torchrun / accelerate (WORLD_SIZE > 1). On GPUs each rank first makes
+    the GPU of its LOCAL_RANK the current device (NCCL and FSDP's mesh then use it; without it every rank would
+    allocate on GPU 0), and the group gets two backends: NCCL for the models' CUDA tensors, gloo for the float
+    metrics (`all_sum`, CPU tensors, which NCCL cannot carry). On CPU everything goes over gloo."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        # CPU tensors (metrics, and the models: the trainer computes on CPU) go over gloo; NCCL cannot carry them.
-        dist.init_process_group("cuda:nccl,cpu:gloo" if torch.cuda.is_available() else "gloo")
+        if device_type == "cuda":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            dist.init_process_group("cuda:nccl,cpu:gloo")
+        else:
+            dist.init_process_group("gloo")
 
 
 def world() -> int:
@@ -75,23 +82,29 @@ def _mesh(device_type: str):
     return init_device_mesh(device_type, (world(),))
 
 
-def wrap(model: torch.nn.Module) -> torch.nn.Module:
+def wrap(model: torch.nn.Module, bf16: bool = False) -> torch.nn.Module:
     """Shard a Hugging Face model in place (no-op when WORLD_SIZE == 1). Pass the module whose forward() is called
     (FSDP's root hooks run on forward: for a RewardModel that is `prm.model`).
 
     Build the optimizer right after this and before the first forward: fully_shard replaces the parameters with
     DTensor shards, and after a forward FSDP leaves the root's (embeddings, final norm) *unsharded* tensors
     registered until the next backward, so `parameters()` would then hand the optimizer the wrong objects (the 2-process
-    test caught exactly that: embeddings never updated)."""
+    test caught exactly that: embeddings never updated).
+
+    Move the model to its device first (the mesh is built on the parameters' device). `bf16`: FSDP2 mixed precision,
+    MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32): the sharded parameters (the optimizer's master
+    weights) and AdamW state stay fp32, each unit all-gathers its weights as bf16 for forward/backward, and gradients
+    are reduce-scattered in fp32 (a bf16 SUM over ranks would round every partial sum)."""
     if world() == 1:
         return model
     if os.environ.get("FSDP_CPU_RAM_EFFICIENT_LOADING", "false").lower() == "true":
         # transformers' from_pretrained then loads zeros on every rank but 0 (modeling_utils, is_fsdp_enabled),
         # expecting accelerate's prepare to broadcast rank 0's weights, which this trainer does not call
         raise ValueError("fsdp_cpu_ram_efficient_loading is not supported by the trainer: set it to false")
-    from torch.distributed.fsdp import FSDPModule, fully_shard
+    from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
-    mesh = _mesh(next(model.parameters()).device.type)  # where the model lives: CPU in this trainer
+    mesh = _mesh(next(model.parameters()).device.type)  # where the model lives (cuda: the current device)
+    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
     names = os.environ.get("FSDP_TRANSFORMER_CLS_TO_WRAP") or ",".join(getattr(model, "_no_split_modules", None) or [])
     names = {n.strip() for n in names.split(",") if n.strip()}
     layers = [m for m in model.modules() if type(m).__name__ in names]
@@ -99,8 +112,8 @@ def wrap(model: torch.nn.Module) -> torch.nn.Module:
         raise ValueError(f"FSDP: no module of class {sorted(names)} in {type(model).__name__}")
     reshard = os.environ.get("FSDP_RESHARD_AFTER_FORWARD", "true").lower() not in ("false", "0")
     for layer in layers:
-        fully_shard(layer, mesh=mesh, reshard_after_forward=reshard)
-    fully_shard(model, mesh=mesh)  # the root: embeddings (tied with lm_head), final norm, head
+        fully_shard(layer, mesh=mesh, reshard_after_forward=reshard, mp_policy=mp)
+    fully_shard(model, mesh=mesh, mp_policy=mp)  # the root: embeddings (tied with lm_head), final norm, head
     for m in model.modules():
         if isinstance(m, FSDPModule):  # both setters act on one unit only, so every unit is set
             m.set_gradient_divide_factor(1.0)
@@ -138,7 +151,8 @@ def _options(**kw):
 
 def model_state(model: torch.nn.Module) -> dict:
     """`model.state_dict()`; when sharded, the FULL unsharded weights on rank 0 (CPU; {} on other ranks). Collective
-    when sharded: every rank must call it."""
+    when sharded: every rank must call it. For exported folders (`saveable`); training checkpoints do not gather
+    (trainer/checkpoint.py, DCP)."""
     if not is_sharded(model):
         return model.state_dict()
     from torch.distributed.checkpoint.state_dict import get_model_state_dict

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import typer
 
+from repirl.policy.spec import PolicySpec
+
 
 def _parse_prms(values: list[str]) -> dict[str, str]:
     out = {}
@@ -43,7 +45,8 @@ def discover(runs_dir: Path) -> tuple[dict[str, str], list[str], str | None]:
 
 
 def eval_command(
-    policy: Path = typer.Option(Path("runs/demo/policy"), help="Policy whose samples are reranked and searched."),
+    policy: str = typer.Option("runs/demo/policy", help="Policy whose samples are reranked and searched: a folder, "
+                               "vllm:DIR / hf:DIR, or an OpenAI-compatible URL."),
     prm: list[str] = typer.Option([], help="PRM as NAME=DIR or DIR (repeat). Default: discovered under --runs-dir."),
     run: list[Path] = typer.Option([], help="Run folders for the policy table (default: discovered)."),
     gsm8k_prm: Path = typer.Option(None, help="PRM trained offline on GSM8K (default: an `offline` run's prm)."),
@@ -112,8 +115,9 @@ def eval_command(
     prms = _parse_prms(prm) if prm else found_prms
     if not prms and {"bestofn", "steperror", "search"} & set(chosen):
         raise typer.BadParameter(f"--prm: none given and none found under {runs_dir}")
-    if not (policy / "config.json").is_file() and not str(policy).startswith("http"):
-        raise typer.BadParameter(f"--policy: {policy} is not a model folder (no config.json)")
+    folder = PolicySpec.parse(policy).folder  # None for a URL (repirl/policy/spec.py: the one parser of specs)
+    if folder is not None and not (folder / "config.json").is_file():
+        raise typer.BadParameter(f"--policy: {folder} is not a model folder (no config.json)")
     cfg = EvalConfig(policy=str(policy), prms=prms, runs=[str(r) for r in run] or found_runs,
                      gsm8k_prm=str(gsm8k_prm) if gsm8k_prm else found_gsm8k, sections=chosen, problems=problems,
                      dev_problems=dev_problems, n=n, temperatures=temps, n_subsets=subsets, seed=seed,

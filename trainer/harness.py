@@ -33,6 +33,11 @@ class Tokens:
     policy_cfg: object  # repirl.artifacts.PolicyConfig of the initial policy
     eos_id: int
     pad_id: int
+    eos_ids: list[int] | None = None  # every id that ends a generation (eos_id first); None: [eos_id]
+
+    @property
+    def stop_ids(self) -> list[int]:
+        return self.eos_ids or [self.eos_id]
 
 
 def initial_policy_dir(cfg, run_dir: Path) -> Path:
@@ -46,14 +51,23 @@ def initial_policy_dir(cfg, run_dir: Path) -> Path:
     return d
 
 
-def load_tokens(init_dir: Path) -> Tokens:
+def load_tokens(init_dir: Path, prompt_template=None) -> Tokens:
+    """The folder's tokenizer, its EOS ids (repirl.artifacts.eos_token_ids: generation_config.json may list several)
+    and trajectory encoder. `prompt_template` (the recipe's) replaces the folder's policy.json template, and is what
+    the run's exported policy.json / prm.json then carry."""
     from transformers import AutoTokenizer
+
+    from repirl.artifacts import eos_token_ids
+    from repirl.trajectory import PromptTemplate
 
     tok = AutoTokenizer.from_pretrained(init_dir)
     pcfg = policy_config_of(init_dir)
-    eos = tok.eos_token_id
+    if prompt_template is not None:
+        pcfg = pcfg.model_copy(update={"prompt_template": PromptTemplate.model_validate(prompt_template.model_dump())})
+    eos_ids = eos_token_ids(init_dir, tok)
+    eos = eos_ids[0]
     return Tokens(tok, TrajectoryEncoder(tok, pcfg.prompt_template, pcfg.step_separator), pcfg, eos,
-                  tok.pad_token_id if tok.pad_token_id is not None else eos)
+                  tok.pad_token_id if tok.pad_token_id is not None else eos, eos_ids)
 
 
 # ------------------------------------------------------------------------------------------------ the interface

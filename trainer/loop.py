@@ -17,16 +17,17 @@ from pathlib import Path
 import torch
 import yaml
 
-from repirl.artifacts import PolicyConfig, Provenance, atomic_dir, atomic_write_text, save_model_folder
-from repirl.vllm_setup import vllm_available
+from repirl.artifacts import PolicyConfig, Provenance, atomic_write_text, save_model_folder
+from trainer import checkpoint
 from trainer import distributed as dist
 from trainer.algorithms import batch_of, kl_to_init, policy_step
 from trainer.config import TrainConfig
 from trainer.data import EVAL_SAMPLE_SEED, make_task_and_pools
+from trainer.device import compute_for, place, reference_dtype, resolve_device
 from trainer.harness import Models, RolloutBatch, initial_policy_dir, kept_rows, load_tokens, make_algorithm
 from trainer.metrics import append_row, plot, read_rows, truncate_rows
 from trainer.models import load_causal_lm, token_logprobs
-from trainer.rollouts import HFEngine, VLLMEngine, build_rollouts
+from trainer.rollouts import HFEngine, VLLMEngine, build_rollouts, choose_engine
 from trainer.summary import RunSummary
 
 
@@ -40,7 +41,8 @@ def iteration_seed(seed: int, it: int) -> int:
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, resume: bool = False, console=None):
-        dist.setup()
+        self.device = resolve_device(cfg.device)  # auto: this rank's GPU if torch sees one, else the CPU
+        dist.setup(self.device.type)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.cfg, self.console = cfg, console
@@ -50,7 +52,7 @@ class Trainer:
         self._prepare_run_dir(resume)
         self.algo = make_algorithm(cfg)  # rePIRL, RLOO, PRIME, TTT: trainer/harness.py
         self.init_dir = initial_policy_dir(cfg, self.run_dir)
-        self.tokens = load_tokens(self.init_dir)
+        self.tokens = load_tokens(self.init_dir, cfg.prompt_template)  # the recipe's template wins over policy.json
         self.tokenizer, self.encoder, self.policy_cfg = self.tokens.tokenizer, self.tokens.encoder, self.tokens.policy_cfg
         self.eos_id, self.pad_id = self.tokens.eos_id, self.tokens.pad_id
         self.task, train_pool, self.heldout = make_task_and_pools(cfg)
@@ -64,14 +66,17 @@ class Trainer:
             raise ValueError(f"optim.mini_batch_size ({cfg.optim.mini_batch_size}) must be a multiple of the number "
                              f"of processes ({dist.world()})")
         torch.manual_seed(cfg.seed)
-        # WORLD_SIZE > 1: the trainable models are sharded with FSDP2 before the optimizers are built (fully_shard
-        # replaces the parameters); single process: dist.wrap returns the model untouched. The frozen initial policy
-        # stays a full replica (forward only, no gradients to reduce).
-        self.policy = dist.wrap(load_causal_lm(self.init_dir).train())
-        self.init_policy = load_causal_lm(self.init_dir).eval().requires_grad_(False)
+        # Models go to the device (trainer/device.py place); WORLD_SIZE > 1: the trainable ones are sharded with FSDP2
+        # before the optimizers are built (fully_shard replaces the parameters); one process: nothing is wrapped. The
+        # frozen initial policy stays a full replica (forward only, no gradients to reduce), in the policy's compute
+        # dtype. Every forward reads its Compute (device, bf16 autocast, micro-batches, log-prob chunks).
+        compute = compute_for(cfg, self.device, dist.world())
+        self.policy = place(load_causal_lm(self.init_dir).train(), cfg, compute, trainable=True)
+        self.init_policy = place(load_causal_lm(self.init_dir, reference_dtype(cfg, dist.world())).eval()
+                                 .requires_grad_(False), cfg, compute, trainable=False)
         self.prm = self.algo.build_prm(self.init_dir)
-        if self.prm is not None:
-            dist.wrap(self.prm.model)  # the HF module: FSDP's root hooks run on its forward (token_rewards calls it)
+        if self.prm is not None:  # the HF module: FSDP's root hooks run on its forward (token_rewards calls it)
+            place(self.prm.model, cfg, compute, trainable=True)
         self.opt_policy = torch.optim.AdamW(self.policy.parameters(), lr=cfg.optim.lr, weight_decay=0.0)
         self.opt_prm = (torch.optim.AdamW(self.prm.parameters(), lr=cfg.prm.lr, weight_decay=0.0)
                         if self.prm is not None else None)
@@ -96,14 +101,17 @@ class Trainer:
 
     def _make_engine(self):
         c = self.cfg.rollouts
-        use_vllm = c.engine == "vllm" or (c.engine == "auto" and vllm_available() and dist.world() == 1)
-        if not use_vllm:
-            return HFEngine(self.policy, self.eos_id)
+        engine, note = choose_engine(c.engine, dist.world())  # vLLM is imported only when it is used
+        if note and self.is_main:
+            self._say(note)
+        if engine != "vllm":
+            return HFEngine(self.policy, self.tokens.stop_ids, self.pad_id)
         live = self._save_live_policy()
         if self.is_main:
             self.tokenizer.save_pretrained(live)
         dist.barrier()
-        return VLLMEngine(live, self.cfg.seed, c.max_model_len, c.kv_cache_gib)
+        return VLLMEngine(live, self.cfg.seed, c.max_model_len, c.kv_cache_gib, eos_ids=self.tokens.stop_ids,
+                          dtype=self.cfg.dtype, sleep_level=c.sleep_level, in_process=c.engine_in_process)
 
     def _save_live_policy(self) -> Path:
         """The policy's current weights for the vLLM engine(s). Sharded: every rank gathers, rank 0 writes, all wait."""
@@ -116,7 +124,10 @@ class Trainer:
 
     def _sync_engine(self) -> None:
         if isinstance(self.engine, VLLMEngine):
-            self.engine.sync(self._save_live_policy())
+            # in memory (trainer/weight_sync.py) with one process; sharded runs and `weight_sync: disk` save the
+            # gathered weights and the engine re-reads them
+            memory = self.cfg.rollouts.weight_sync == "memory" and dist.world() == 1
+            self.engine.sync(self.policy if memory else self._save_live_policy())
 
     # --------------------------------------------------------------------------------------------------- the loop
     def run(self, progress: bool = True) -> dict:
@@ -161,7 +172,7 @@ class Trainer:
         n = cfg.rollouts.n
         gens = self.engine.generate([self.encoder.prompt_ids(p.question) for p in problems], n,
                                     cfg.rollouts.temperature, cfg.rollouts.top_p, cfg.rollouts.max_new_tokens, seed)
-        rollouts = build_rollouts(problems, gens, self.encoder, self.tokenizer, self.task, self.eos_id)
+        rollouts = build_rollouts(problems, gens, self.encoder, self.tokenizer, self.task, self.tokens.stop_ids)
         for r in rollouts:
             r.group = mine[r.group][0]
         t_roll = time.time() - t0
@@ -177,7 +188,9 @@ class Trainer:
                "kl_init": kl_to_init(old_lp, init_lp, batch.resp_mask), "engine": self.engine.name,
                "mean_len": float(batch.resp_mask.sum(-1).mean())}
         row["logprob_max_abs_diff"] = _logprob_check(self.policy, rollouts, self.pad_id, temp)
-        if row["logprob_max_abs_diff"] is not None and it > self.start_iter:  # what stale engine weights would show
+        # what stale engine weights would show; from iteration 1 on (not `it > start_iter`: a resumed run must log the
+        # same row as an uninterrupted one)
+        if row["logprob_max_abs_diff"] is not None and it > 0:
             row["logprob_diff_if_stale"] = _logprob_check(self.init_policy, rollouts, self.pad_id, temp)
 
         # the PRM update and the policy's rewards/advantages: whatever the algorithm does (trainer/harness.py)
@@ -210,46 +223,29 @@ class Trainer:
             return float("nan")
         gens = self.engine.generate([self.encoder.prompt_ids(p.question) for p in probs], 1, c.rollouts.temperature,
                                     c.rollouts.top_p, c.rollouts.max_new_tokens, seed=EVAL_SAMPLE_SEED + c.seed)
-        rs = build_rollouts(probs, gens, self.encoder, self.tokenizer, self.task, self.eos_id)
+        rs = build_rollouts(probs, gens, self.encoder, self.tokenizer, self.task, self.tokens.stop_ids)
         return sum(r.correct for r in rs) / len(rs)
 
+    def _parts(self) -> dict:
+        return {"policy": (self.policy, self.opt_policy), "prm": (self.prm, self.opt_prm)}
+
     def save_checkpoint(self, iteration: int) -> None:
-        # Single process: the state dicts themselves. Sharded: FULL weights and optimizer state (keyed by parameter
-        # name) gathered to rank 0, so a checkpoint does not depend on how many ranks wrote it; every rank gathers.
-        state = {"iteration": iteration, "policy": dist.model_state(self.policy),
-                 "opt_policy": dist.optim_state(self.policy, self.opt_policy),
-                 "prm": dist.model_state(self.prm) if self.prm is not None else None,
-                 "opt_prm": dist.optim_state(self.prm, self.opt_prm) if self.opt_prm is not None else None}
-        if not self.is_main:
-            return
-        meta = {"iteration": iteration, **({"sharded": True} if dist.world() > 1 else {})}
-        root = self.run_dir / "checkpoints"
-        with atomic_dir(root / f"iter_{iteration:06d}") as tmp:
-            torch.save(state, tmp / "state.pt")
-            (tmp / "state.json").write_text(json.dumps(meta))
-        for old in sorted(root.glob("iter_*"))[:-2]:  # keep the two newest
-            shutil.rmtree(old, ignore_errors=True)
+        # torch distributed checkpoint (trainer/checkpoint.py): each rank writes its own shards, nothing is gathered
+        checkpoint.save(self.run_dir, iteration, self._parts())
 
     def _load_checkpoint(self) -> int:
-        ckpts = sorted(p for p in (self.run_dir / "checkpoints").glob("iter_*") if (p / "state.json").exists())
-        if not ckpts:
+        last = checkpoint.latest(self.run_dir)
+        if last is None:
             if self.is_main:  # killed before the first checkpoint: start over, cleanly
                 truncate_rows(self.metrics_path, 0)
             return 0
-        meta = json.loads((ckpts[-1] / "state.json").read_text())  # read by every rank: they must agree
-        if meta.get("sharded", False) != (dist.world() > 1):  # the optimizer state layouts differ
-            raise ResumeError(f"--resume: {ckpts[-1]} was written by a {'multi' if meta.get('sharded') else 'single'}"
-                              f"-process run; resume it with {'several processes' if meta.get('sharded') else 'one'}")
-        if self.is_main or dist.world() == 1:
-            state = torch.load(ckpts[-1] / "state.pt", weights_only=False)
-        else:  # sharded: rank 0 broadcasts its copy into every rank's shards (dist.load_state)
-            state = {"iteration": meta["iteration"], "policy": {}, "opt_policy": {}, "prm": {}, "opt_prm": {}}
-        dist.load_state(self.policy, self.opt_policy, state["policy"], state["opt_policy"])
-        if self.prm is not None and state["prm"] is not None:
-            dist.load_state(self.prm, self.opt_prm, state["prm"], state["opt_prm"])
+        try:  # any number of processes: DCP reshards
+            iteration = checkpoint.load(last, self._parts())
+        except checkpoint.CheckpointError as e:
+            raise ResumeError(f"--resume: {e}") from None
         if self.is_main:
-            truncate_rows(self.metrics_path, state["iteration"])
-        return int(state["iteration"])
+            truncate_rows(self.metrics_path, iteration)
+        return iteration
 
     def finish(self) -> dict:
         cfg = self.cfg

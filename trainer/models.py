@@ -13,6 +13,7 @@ from typing import Sequence
 import torch
 
 from repirl.artifacts import PolicyConfig, PRMConfig, Provenance, load_policy_config, save_model_folder
+from trainer.device import compute_of
 
 
 @dataclass
@@ -21,6 +22,12 @@ class Batch:
     attn: torch.Tensor  # [B, T]
     resp_mask: torch.Tensor  # [B, T] float: response tokens (steps + EOS) -> policy loss
     step_mask: torch.Tensor  # [B, T] float: step tokens (no EOS) -> PRM rewards
+
+    def rows(self, sl: slice) -> "Batch":
+        """Rows `sl`, cut to the longest of them (right padding: the columns after it are padding in every row)."""
+        width = max(int(self.attn[sl].sum(-1).max()), 1) if self.attn[sl].numel() else 1
+        return Batch(self.ids[sl, :width], self.attn[sl, :width], self.resp_mask[sl, :width],
+                     self.step_mask[sl, :width])
 
 
 def collate(seqs: Sequence[Sequence[int]], prompt_lens: Sequence[int], step_ends: Sequence[int], pad_id: int) -> Batch:
@@ -39,6 +46,24 @@ def collate(seqs: Sequence[Sequence[int]], prompt_lens: Sequence[int], step_ends
     return Batch(ids, attn, resp, step)
 
 
+def micro_slices(rows: int, size: int | None) -> list[slice]:
+    """Consecutive row ranges of at most `size` rows (None: one range)."""
+    size = size or max(rows, 1)
+    return [slice(i, min(i + size, rows)) for i in range(0, rows, size)] or [slice(0, 0)]
+
+
+def map_micro_batches(batch: Batch, size: int | None, fn) -> tuple[torch.Tensor, ...]:
+    """fn(sub-batch) -> tuple of [b, t] tensors, per micro-batch of `size` rows (each cut to its longest row), put
+    back together as [B, T] tensors (zeros past each row's end). Memory: one micro-batch's activations at a time
+    when no gradient is kept; training loops call this one micro-batch at a time and backward each."""
+    width = batch.ids.shape[1]
+    parts = [fn(batch.rows(sl)) for sl in micro_slices(batch.ids.shape[0], size)]
+    if len(parts) == 1 and parts[0][0].shape[1] == width:
+        return parts[0]
+    pad = lambda x: torch.nn.functional.pad(x, (0, width - x.shape[1]))  # noqa: E731
+    return tuple(torch.cat([pad(p[k]) for p in parts]) for k in range(len(parts[0])))
+
+
 def token_logprobs(model, batch: Batch, with_entropy: bool = False, temperature: float = 1.0):
     """log pi(ids[t] | ids[<t]) at every position (0 at t=0), and optionally each position's predictive entropy
     (of the distribution that produced ids[t]).
@@ -46,17 +71,73 @@ def token_logprobs(model, batch: Batch, with_entropy: bool = False, temperature:
     `temperature`: the distribution is softmax(logits / T), the one the sampler drew from at temperature T (as veRL
     divides the logits by the rollout temperature). Every policy log-prob in the trainer (PPO ratio, entropy, the
     importance-weight denominator pi_theta(tau), old log-probs, the frozen initial policy's KL) uses the rollout
-    temperature; a PRM's own log-prob reward is defined at T=1."""
-    logits = model(input_ids=batch.ids, attention_mask=batch.attn).logits.float()
+    temperature; a PRM's own log-prob reward is defined at T=1.
+
+    How it computes comes from the model's trainer.device.Compute: on its device, in micro-batches of rows, under
+    bf16 autocast if asked, and with `chunk_tokens` the vocabulary projection runs per chunk of token positions.
+    The result is float32, on the batch's device."""
+    c = compute_of(model)
+    out = map_micro_batches(batch, c.micro_batch_size, lambda mb: _token_logprobs(model, mb, c, temperature, with_entropy))
+    return (out[0], out[1]) if with_entropy else out[0]
+
+
+def _token_logprobs(model, mb: Batch, c, temperature: float, with_entropy: bool):
+    ids, attn = mb.ids.to(c.device), mb.attn.to(c.device)
+    if c.chunk_tokens is None:
+        with c.autocast():
+            logits = model(input_ids=ids, attention_mask=attn).logits
+        lp, ent = _logprobs_of_logits(logits[:, :-1], ids[:, 1:], temperature, with_entropy)
+    else:
+        lp, ent = _chunked_logprobs(model, ids, attn, c, temperature, with_entropy)
+    zero = torch.zeros_like(lp[:, :1])
+    return torch.cat([zero, lp], 1).to(mb.ids.device), torch.cat([zero, ent], 1).to(mb.ids.device)
+
+
+def _logprobs_of_logits(logits: torch.Tensor, targets: torch.Tensor, temperature: float, with_entropy: bool):
+    """Log-prob of `targets` and the entropy (zeros unless asked) under softmax(logits / T), in float32 whatever the
+    logits' dtype."""
+    logits = logits.float()
     if temperature != 1.0:
         logits = logits / temperature
-    logp_all = torch.log_softmax(logits[:, :-1], dim=-1)
-    lp = logp_all.gather(-1, batch.ids[:, 1:, None]).squeeze(-1)
-    lp = torch.cat([torch.zeros_like(lp[:, :1]), lp], dim=1)
-    if not with_entropy:
-        return lp
-    ent = -(logp_all.exp() * logp_all).sum(-1)
-    return lp, torch.cat([torch.zeros_like(ent[:, :1]), ent], dim=1)
+    logp = torch.log_softmax(logits, dim=-1)
+    lp = logp.gather(-1, targets[..., None]).squeeze(-1)
+    return lp, (-(logp.exp() * logp).sum(-1) if with_entropy else torch.zeros_like(lp))
+
+
+def _chunked_logprobs(model, ids: torch.Tensor, attn: torch.Tensor, c, temperature: float, with_entropy: bool):
+    """The final hidden states once (HF's `logits_to_keep=1`: the full forward computes logits for the last position
+    only), then lm_head + float32 log_softmax + gather per chunk of `c.chunk_tokens` real (attended) positions, so no
+    [batch, tokens, vocab] tensor exists. Under autograd each chunk is recomputed in backward (torch checkpoint):
+    otherwise every chunk's log_softmax output would be kept for backward, i.e. the full logits again. The hidden
+    states come from the model's own outputs (not a hook), so FSDP's pre-backward hooks see them."""
+    from torch.utils.checkpoint import checkpoint
+
+    with c.autocast():
+        out = model(input_ids=ids, attention_mask=attn, output_hidden_states=True, logits_to_keep=1)
+    h = out.hidden_states[-1][:, :-1]  # the last layer after the final norm: what lm_head reads
+    del out
+    head = model.get_output_embeddings()
+    B, T1 = h.shape[:2]
+    keep = attn[:, 1:].reshape(-1).nonzero().squeeze(-1)  # padding positions are never projected (they stay 0)
+    flat_h, flat_t = h.reshape(B * T1, -1), ids[:, 1:].reshape(-1)
+
+    def chunk(hh, tt):
+        with c.autocast():
+            logits = head(hh)
+        return _logprobs_of_logits(logits, tt, temperature, with_entropy)
+
+    lps, ents = [], []
+    for s in range(0, keep.numel(), c.chunk_tokens):
+        idx = keep[s : s + c.chunk_tokens]
+        args = (flat_h[idx], flat_t[idx])
+        lp, ent = checkpoint(chunk, *args, use_reentrant=False) if torch.is_grad_enabled() else chunk(*args)
+        lps.append(lp)
+        ents.append(ent)
+    zeros = torch.zeros(B * T1, dtype=torch.float32, device=ids.device)
+    if not lps:
+        return zeros.view(B, T1), zeros.view(B, T1)
+    lp = zeros.index_put((keep,), torch.cat(lps)).view(B, T1)
+    return lp, zeros.index_put((keep,), torch.cat(ents)).view(B, T1)
 
 
 def build_tiny_policy(out_dir: Path, seed: int, layers: int = 2) -> Path:
@@ -73,10 +154,10 @@ def build_tiny_policy(out_dir: Path, seed: int, layers: int = 2) -> Path:
     return save_model_folder(model, tok, out_dir, policy_config=cfg)
 
 
-def load_causal_lm(folder: str | Path):
+def load_causal_lm(folder: str | Path, dtype: torch.dtype = torch.float32):
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    return AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
 
 
 class RewardModel(torch.nn.Module):
@@ -104,8 +185,14 @@ class RewardModel(torch.nn.Module):
     def token_rewards(self, batch: Batch) -> torch.Tensor:
         if self.parameterization == "logprob":
             return self.beta * token_logprobs(self.model, batch)
-        raw = self.model(input_ids=batch.ids, attention_mask=batch.attn).logits[..., 0].float()
+        c = compute_of(self.model)
+        raw = map_micro_batches(batch, c.micro_batch_size, lambda mb: (self._head(mb, c),))[0]
         return raw if self.bound is None else self.bound * torch.tanh(raw / self.bound)
+
+    def _head(self, mb: Batch, c) -> torch.Tensor:
+        with c.autocast():
+            raw = self.model(input_ids=mb.ids.to(c.device), attention_mask=mb.attn.to(c.device)).logits[..., 0]
+        return raw.float().to(mb.ids.device)
 
     @torch.no_grad()
     def score(self, batch: Batch) -> torch.Tensor:

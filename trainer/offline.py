@@ -89,7 +89,7 @@ def run_offline(cfg, resume: bool = False, console=None) -> dict:
     algo = make_algorithm(cfg)
     init_dir = initial_policy_dir(cfg, run_dir)
     torch.manual_seed(cfg.seed)
-    tokens = load_tokens(init_dir)
+    tokens = load_tokens(init_dir, cfg.prompt_template)
     tok, pol_cfg, enc = tokens.tokenizer, tokens.policy_cfg, tokens.encoder
     eos, o = tok.eos_token_id, cfg.offline
 

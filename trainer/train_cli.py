@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
@@ -33,10 +32,16 @@ def train(
     except ConfigError as e:
         console.print(f"[red]config error:[/red] {e}")
         raise typer.Exit(2)
+    from trainer.device import resolve_device
+
+    try:  # `device: cuda` on a machine without a GPU: one line naming the key, before any model is loaded
+        resolve_device(cfg.device)
+    except ValueError as e:
+        console.print(f"[red]config error:[/red] {config}: {e}")
+        raise typer.Exit(2)
     quiet_logs()
-    summary = run_training(cfg, resume=resume, console=console, progress=not no_progress)
-    if summary:
-        typer.echo(json.dumps(summary))
+    # the loop's last lines say the held-out accuracy before/after and where summary.json is: no JSON dump here
+    run_training(cfg, resume=resume, console=console, progress=not no_progress)
 
 
 def run_training(cfg, resume: bool = False, console=None, progress: bool = False) -> dict:

@@ -6,8 +6,11 @@ Trained on several solutions of the same question, it samples among them at the 
 in proportion to how often each appears), which gives searches real choices to make.
 
 The fixture checks itself: where a noisy optimiser happens to stop differs between CPU kernel sets (AVX2 vs AVX-512
-ended 250 constant-lr steps at loss 0.35 vs 0.04), so training decays the lr, keeps the best state, and a folder is
-written only after `check_memorised` passes; otherwise training goes on up to a cap, then fails saying what it got.
+ended 250 constant-lr steps at loss 0.35 vs 0.04), so training warms up, decays the lr, keeps the best state, and a
+folder is written only after `check_memorised` passes; otherwise it starts again from the next seed, up to a cap,
+then fails saying what it got. The hard part is the minority solution's second step, which must copy the "8" it
+chose three tokens earlier: at a peak lr of 3e-3 some inits never learn that copy (stuck at p=1/3, seeds 0 and 1 on
+AVX-512); 1e-3 with a 50-step warm-up learnt it for seeds 0-5 on AVX-512, AVX2 and the default kernels (p >= 0.94).
 `python -m repirl.policy.toy` builds every toy policy the tests use into a fresh folder (CI runs it per kernel set).
 """
 
@@ -32,8 +35,9 @@ TOY_SOLUTIONS = (
     ("3+4=8", "8*2=16", "Answer: 16"),
 )
 
-_VERSION = 2  # bump when the training recipe changes, so cached folders are rebuilt
-_ROUNDS = 4  # training rounds of `steps` each before a fixture that does not converge is a failure
+_VERSION = 3  # bump when the training recipe changes, so cached folders are rebuilt
+_ROUNDS = 4  # fresh starts (seed, seed+1, ...) of `steps` each before a fixture that does not converge is a failure
+_PEAK_LR, _WARMUP = 1e-3, 50
 # A memorised token has at least this share of the probability its solutions give it: 1.0 for a token every
 # solution with that prefix agrees on, 2/3 vs 1/3 where they diverge (two of three say "7", one "8").
 _MIN_SHARE = 0.6
@@ -83,9 +87,9 @@ def check_memorised(model, targets) -> tuple[bool, str]:
 
 
 def build_toy_policy(root: str | Path | None = None, question: str = TOY_QUESTION,
-                     solutions: Sequence[Sequence[str]] = TOY_SOLUTIONS, steps: int = 250, seed: int = 0) -> Path:
+                     solutions: Sequence[Sequence[str]] = TOY_SOLUTIONS, steps: int = 500, seed: int = 0) -> Path:
     """Train (or reuse, when `root` already holds the same one) a toy policy folder; returns its path.
-    Raises ToyPolicyError when the model has not memorised its solutions after `_ROUNDS * steps` steps."""
+    Raises ToyPolicyError when the model has not memorised its solutions in `_ROUNDS` fresh starts."""
     root = toy_cache_dir() if root is None else root
     spec = json.dumps({"v": _VERSION, "q": question, "s": [list(s) for s in solutions], "steps": steps, "seed": seed})
     out = Path(root) / f"toy-policy-{hashlib.sha256(spec.encode()).hexdigest()[:12]}"
@@ -97,11 +101,9 @@ def build_toy_policy(root: str | Path | None = None, question: str = TOY_QUESTIO
 
     from repirl.tiny import build_tokenizer, tiny_qwen2_config
 
-    torch.manual_seed(seed)
     tok = build_tokenizer()
     config = tiny_qwen2_config(len(tok), hidden_size=128, num_layers=2, max_position_embeddings=256,
                                eos_token_id=tok.eos_token_id)
-    model = Qwen2ForCausalLM(config)
     pcfg = PolicyConfig(task={"name": "toy"}, provenance=Provenance(algorithm="toy-memorise", iterations=steps))
     enc = TrajectoryEncoder(tok, pcfg.prompt_template, pcfg.step_separator)
     rows = [enc.encode(question, list(s)) for s in solutions]
@@ -113,13 +115,18 @@ def build_toy_policy(root: str | Path | None = None, question: str = TOY_QUESTIO
         ids[i, : len(seq)] = torch.tensor(seq)
         labels[i, start: len(seq)] = torch.tensor(seq[start:])  # learn the solution, not the prompt
 
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    best_loss, best_state, status = math.inf, None, ""
+    statuses = []
     for rnd in range(_ROUNDS):
+        torch.manual_seed(seed + rnd)  # a fresh init: a run stuck in a local minimum does not get out of it
+        model = Qwen2ForCausalLM(config)
+        opt = torch.optim.AdamW(model.parameters(), lr=_PEAK_LR)
+        best_loss, best_state = math.inf, None
         model.train()
-        for step in range(steps):  # cosine decay per round: the last steps are small, so the end is no spike
+        for step in range(steps):  # linear warm-up, then cosine decay to 2%: the last steps are small, no end spike
+            frac = (step + 1) / _WARMUP if step < _WARMUP else \
+                0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * (step - _WARMUP) / (steps - _WARMUP)))
             for g in opt.param_groups:
-                g["lr"] = 3e-3 * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * step / steps)))
+                g["lr"] = _PEAK_LR * frac
             loss = model(input_ids=ids, labels=labels).loss
             if loss.item() < best_loss:  # the loss of the weights before this step: keep those weights
                 best_loss = loss.item()
@@ -130,14 +137,15 @@ def build_toy_policy(root: str | Path | None = None, question: str = TOY_QUESTIO
         model.load_state_dict(best_state)  # the best state seen, wherever the optimiser stopped
         model.eval()
         ok, status = check_memorised(model, targets)
+        statuses.append(f"seed {seed + rnd}: best loss {best_loss:.4f}, {status}")
         if ok:
             break
     else:
-        raise ToyPolicyError(f"toy policy did not memorise its {len(solutions)} solutions in {_ROUNDS * steps} steps "
-                             f"(best loss {best_loss:.4f}; {status}; torch CPU kernels: "
+        raise ToyPolicyError(f"toy policy did not memorise its {len(solutions)} solutions in {_ROUNDS} starts of "
+                             f"{steps} steps ({'; '.join(statuses)}; torch CPU kernels: "
                              f"{torch.backends.cpu.get_cpu_capability()})")
     model.generation_config.eos_token_id = tok.eos_token_id
-    pcfg.provenance.metrics = {"loss": round(best_loss, 5), "rounds": rnd + 1}
+    pcfg.provenance.metrics = {"loss": round(best_loss, 5), "rounds": rnd + 1, "seed": seed + rnd}
     return save_model_folder(model, tok, out, policy_config=pcfg)
 
 
@@ -160,7 +168,7 @@ def main() -> None:
         sys.exit(1)
     metrics = json.loads((path / "policy.json").read_text())["provenance"]["metrics"]
     print(f"ok [{torch.backends.cpu.get_cpu_capability()}] toy policy memorised its solutions: loss "
-          f"{metrics['loss']}, {metrics['rounds']} round(s), {time.time() - t0:.1f} s")
+          f"{metrics['loss']}, {metrics['rounds']} start(s), {time.time() - t0:.1f} s")
 
 
 if __name__ == "__main__":

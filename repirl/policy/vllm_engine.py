@@ -19,6 +19,7 @@ import threading
 from pathlib import Path
 from typing import Any, Sequence
 
+from repirl import cancel
 from repirl.artifacts import check_model_folder, load_policy_config
 from repirl.policy.base import (PolicyError, Prefix, SamplingConfig, StepSample, encoder_for, fill_greedy, make_step,
                                 prefix_seed, request_n)
@@ -52,6 +53,11 @@ class VLLMPolicy:
         kwargs.setdefault("max_num_batched_tokens", max(8192, int(kwargs.get("max_model_len") or 0)))
         self.llm = start_llm(model_dir, f"policy {model_dir}", **kwargs)
         self.tokenizer = self.llm.get_tokenizer()
+        from repirl.artifacts import eos_token_ids
+
+        # every EOS id of the folder (generation_config.json may list several): vLLM stops on them, and a stop on
+        # any of them is an EOS, not a separator stop
+        self.eos_ids = eos_token_ids(model_dir, self.tokenizer)
         self.encoder = encoder_for(self.tokenizer, self.config)
         self._lock = threading.Lock()
         self.dead = False  # set once a call raised EngineDeadError (or the engine-core process is gone)
@@ -102,7 +108,8 @@ class VLLMPolicy:
                     SamplingParams(n=k, temperature=params.temperature, top_p=params.top_p,
                                    max_tokens=params.max_tokens,
                                    seed=prefix_seed(prefix_seed(params.seed, i), first),  # < SEED_LIMIT
-                                   stop=[sep], logprobs=0, skip_special_tokens=True)
+                                   stop=[sep], stop_token_ids=self.eos_ids, logprobs=0,
+                                   skip_special_tokens=True)
                     for i, first, k in call
                 ]
                 for (i, _, _), out in zip(call, self._generate(prompts, sampling)):
@@ -112,7 +119,7 @@ class VLLMPolicy:
             samples = []
             for c in outs:
                 lps = [float(pos[tok].logprob) for tok, pos in zip(c.token_ids, c.logprobs or [])] if c.logprobs else []
-                hit_eos = c.finish_reason == "stop" and c.stop_reason is None
+                hit_eos = c.finish_reason == "stop" and (c.stop_reason is None or c.stop_reason in self.eos_ids)
                 samples.append(make_step(c.text, list(c.token_ids), lps, sep, hit_eos=hit_eos,
                                          hit_length=c.finish_reason == "length"))
             result.append(fill_greedy(samples, params.n))
@@ -122,7 +129,8 @@ class VLLMPolicy:
         if self.dead:  # fail fast (vLLM's own error on a dead engine says nothing about restarting)
             raise PolicyError("the vLLM policy engine died; restart the service")
         try:
-            return self.llm.generate(prompts, sampling, use_tqdm=False)
+            # a stopped search (its client went away) aborts its requests between engine steps (repirl/cancel.py)
+            return cancel.generate(self.llm, prompts, sampling)
         except Exception as e:
             from vllm.v1.engine.exceptions import EngineDeadError
 

@@ -28,8 +28,46 @@ from repirl.artifacts import ArtifactError, PRMConfig
 from repirl.scoring.base import StepScores
 from repirl.trajectory import TrajectoryIds
 
-TAG_FORMATS = ("qwen-step-tag", "math-shepherd")
-TOKEN_FORMATS = ("token-reward", "implicit")
+
+
+@dataclass(frozen=True)
+class FormatFacts:
+    """What holds for every PRM of a format: the one place code asks about a format (never by comparing names)."""
+
+    name: str
+    is_probability: bool  # step rewards are probabilities in [0, 1] (a weighted vote weighs by the score itself)
+    has_token_rewards: bool  # one value per token, reduced per step (`step_reward`); else read at the step tag
+    default_step_reward: str | None  # token formats: how a step's token values reduce when prm.json says nothing
+    two_models: bool = False  # a policy and a reference (implicit: beta * log(pi_phi / pi_ref))
+    on_vllm_by_default: bool = False  # `engine: auto` serves it on vLLM's pooling runner (when vLLM is installed)
+    on_vllm: bool = False  # `engine: vllm` can serve it at all
+
+
+FORMATS: dict[str, FormatFacts] = {f.name: f for f in (
+    FormatFacts("token-reward", is_probability=False, has_token_rewards=True, default_step_reward="mean",
+                on_vllm_by_default=True, on_vllm=True),
+    FormatFacts("qwen-step-tag", is_probability=True, has_token_rewards=False, default_step_reward=None,
+                on_vllm_by_default=True, on_vllm=True),
+    FormatFacts("math-shepherd", is_probability=True, has_token_rewards=False, default_step_reward=None),
+    FormatFacts("implicit", is_probability=False, has_token_rewards=True, default_step_reward="sum", two_models=True,
+                on_vllm=True),  # vLLM's generate runner, when `engine: vllm` is asked for
+)}
+
+
+def format_facts(fmt_or_config) -> FormatFacts:
+    """The facts of a format name, or of a PRMConfig / scorer's config (anything with `.format`)."""
+    # a str has a `.format` method too: a name is used as is
+    name = fmt_or_config if isinstance(fmt_or_config, str) else getattr(fmt_or_config, "format", None)
+    try:
+        return FORMATS[name]
+    except KeyError:
+        raise ValueError(f"unknown PRM format {name!r} (known: {', '.join(FORMATS)})") from None
+
+
+def scores_are_probabilities(scorer) -> bool:
+    """Whether a scorer's (raw) scores are probabilities; False for anything without a known format."""
+    fmt = getattr(getattr(scorer, "config", None), "format", None)
+    return fmt in FORMATS and FORMATS[fmt].is_probability
 
 
 def single_token_id(tokenizer, text: str | None, field: str, where: str) -> int:
@@ -54,20 +92,25 @@ class FormatSpec:
     step_reward: str = "mean"  # token formats: mean | sum | min of the step's token values
 
     @property
+    def facts(self) -> FormatFacts:
+        return FORMATS[self.format]
+
+    @property
     def needs_previous_logits(self) -> bool:
         """The value of token t depends on the logits at t-1 (implicit): a resumed forward starts one token early."""
-        return self.format == "implicit"
+        return self.facts.two_models
 
     @classmethod
     def resolve(cls, cfg: PRMConfig, tokenizer, where: str) -> "FormatSpec":
-        if cfg.format == "token-reward":
-            return cls("token-reward", step_reward=cfg.step_reward or "mean")
-        if cfg.format == "implicit":
+        facts = format_facts(cfg)
+        if facts.two_models:
             if cfg.beta is None or cfg.beta <= 0:
-                raise ArtifactError(f"{where}: field 'beta' must be a positive number for format 'implicit'")
+                raise ArtifactError(f"{where}: field 'beta' must be a positive number for format {cfg.format!r}")
             if not cfg.reference_model:
-                raise ArtifactError(f"{where}: field 'reference_model' is required for format 'implicit'")
-            return cls("implicit", beta=float(cfg.beta), step_reward=cfg.step_reward or "sum")
+                raise ArtifactError(f"{where}: field 'reference_model' is required for format {cfg.format!r}")
+            return cls(cfg.format, beta=float(cfg.beta), step_reward=cfg.step_reward or facts.default_step_reward)
+        if facts.has_token_rewards:
+            return cls(cfg.format, step_reward=cfg.step_reward or facts.default_step_reward)
         if cfg.step_reward is not None:
             raise ArtifactError(f"{where}: field 'step_reward' applies to the token formats (token-reward, implicit); "
                                 f"format {cfg.format!r} reads one value per step at its step tag")
@@ -104,10 +147,11 @@ class FormatSpec:
     def step_scores(self, traj: TrajectoryIds, values: list[float], tokens_computed: int) -> StepScores:
         """`values` has one entry per token of `traj.ids`."""
         step_rewards: list[float] = []
-        token_rewards: list[list[float]] | None = [] if self.format in TOKEN_FORMATS else None
+        per_token = self.facts.has_token_rewards
+        token_rewards: list[list[float]] | None = [] if per_token else None
         for k, (start, end) in enumerate(traj.step_spans):
             span = values[start:end]
-            if self.format in TOKEN_FORMATS:
+            if per_token:
                 step_rewards.append(_reduce_step(span, self.step_reward))
             else:
                 tag_positions = [i for i in range(start, end) if traj.ids[i] == self.step_tag_id]

@@ -17,6 +17,7 @@ from typing import Sequence
 
 import torch
 
+from repirl import cancel
 from repirl.artifacts import ArtifactError, PRMConfig, check_model_folder, reference_dir, scoring_revision
 from repirl.scoring.base import Item, StepScores
 from repirl.scoring.formats import FormatSpec, Qwen2ForProcessRewardModel
@@ -192,6 +193,9 @@ class HFScorer:
                    results: list) -> None:
         from transformers import DynamicCache
 
+        # a safe point: when every request waiting for this call has gone (the service's micro-batcher says so),
+        # the forwards still to run are skipped (repirl/cancel.py); the KV entries already remembered stay valid
+        cancel.raise_if_stopped(f"PRM {self.name!r}")
         lengths = [len(t.ids) - start for t in trajs]
         width, b = max(lengths), len(trajs)
         pad = self.tokenizer.pad_token_id or 0

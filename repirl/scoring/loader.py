@@ -12,13 +12,13 @@ Engine = Literal["auto", "vllm", "hf"]
 
 def resolve_engine(fmt: str, engine: Engine = "auto") -> str:
     """auto = vLLM's pooling runner when vLLM is installed and serves the format, transformers otherwise."""
-    from repirl.scoring.vllm_engine import VLLM_FORMATS
+    from repirl.scoring.formats import format_facts
     from repirl.vllm_setup import vllm_available
 
     if engine not in ("auto", "vllm", "hf"):
         raise ValueError(f"engine must be auto, vllm or hf, got {engine!r}")
     if engine == "auto":
-        return "vllm" if fmt in VLLM_FORMATS and vllm_available() else "hf"
+        return "vllm" if format_facts(fmt).on_vllm_by_default and vllm_available() else "hf"
     return engine
 
 

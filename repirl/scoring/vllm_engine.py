@@ -23,11 +23,12 @@ import torch
 
 from repirl.artifacts import ArtifactError, PRMConfig, check_model_folder, reference_dir, scoring_revision
 from repirl.scoring.base import Item, StepScores
-from repirl.scoring.formats import FormatSpec
+from repirl.scoring.formats import FORMATS, FormatSpec
 from repirl.trajectory import TrajectoryEncoder, TrajectoryIds
 
-VLLM_FORMATS = ("token-reward", "qwen-step-tag")  # what `engine: auto` puts on vLLM (pooling models)
-VLLM_ONLY_ON_REQUEST = ("implicit",)  # served by vLLM's generate runner when `engine: vllm` is asked for
+# what `engine: auto` puts on vLLM (pooling models), and what `engine: vllm` can serve at all (formats.py says)
+VLLM_FORMATS = tuple(f.name for f in FORMATS.values() if f.on_vllm_by_default)
+VLLM_SERVABLE = tuple(f.name for f in FORMATS.values() if f.on_vllm)
 
 
 class VLLMScorer:
@@ -43,9 +44,9 @@ class VLLMScorer:
         from repirl.vllm_setup import start_llm
 
         prm_dir = check_model_folder(prm_dir)
-        if cfg.format not in VLLM_FORMATS + VLLM_ONLY_ON_REQUEST:
+        if cfg.format not in VLLM_SERVABLE:
             raise ArtifactError(f"{prm_dir / 'prm.json'}: format {cfg.format!r} is not served by the vLLM engine "
-                                f"(supported: {', '.join(VLLM_FORMATS + VLLM_ONLY_ON_REQUEST)}); use engine 'hf'")
+                                f"(supported: {', '.join(VLLM_SERVABLE)}); use engine 'hf'")
         self.prm_dir, self.config, self.name, self.revision = prm_dir, cfg, name or prm_dir.name, scoring_revision(cfg)
         self.tokenizer = AutoTokenizer.from_pretrained(prm_dir)
         self.encoder = TrajectoryEncoder(self.tokenizer, cfg.prompt_template, cfg.step_separator)
@@ -53,16 +54,16 @@ class VLLMScorer:
         hf_cfg = AutoConfig.from_pretrained(prm_dir)
         self.max_model_len = max_model_len or min(int(getattr(hf_cfg, "max_position_embeddings", 2048)), 8192)
         # the longest trajectory it scores (implicit generates one token after it)
-        self.context_tokens = self.max_model_len - (1 if cfg.format == "implicit" else 0)
+        self.context_tokens = self.max_model_len - (1 if self.spec.facts.two_models else 0)
         self._lock = threading.Lock()
-        if cfg.format == "implicit":
+        if self.spec.facts.two_models:
             self._init_implicit(prm_dir, cfg, dtype, enforce_eager, llm_kwargs)
             return
         self.llm = start_llm(prm_dir, f"PRM {self.name!r}", runner="pooling", dtype=dtype, enforce_eager=enforce_eager,
                              max_model_len=self.max_model_len, **llm_kwargs)
         # raw logits (the format applies its own softmax). Qwen2ForProcessRewardModel pools by STEP in vLLM: it
         # returns rows only at the step tag, so the tag id (resolved from the tokenizer) is passed on.
-        step_tag = self.spec.step_tag_id if cfg.format == "qwen-step-tag" else None
+        step_tag = None if self.spec.facts.has_token_rewards else self.spec.step_tag_id
         self._params = PoolingParams(use_activation=False, step_tag_id=step_tag)
 
     def _init_implicit(self, prm_dir: Path, cfg: PRMConfig, dtype: str, enforce_eager: bool, llm_kwargs) -> None:
@@ -105,7 +106,7 @@ class VLLMScorer:
         if not trajs:
             return []
         prompts = [{"prompt_token_ids": t.ids} for t in trajs]
-        if self.config.format == "implicit":
+        if self.spec.facts.two_models:
             return self._score_implicit(trajs, prompts)
         with self._lock:
             outs = self.llm.encode(prompts, pooling_params=self._params, pooling_task="token_classify",

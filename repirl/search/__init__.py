@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from repirl.policy.base import StepPolicy
 from repirl.scoring import StepScorer
-from repirl.search.core import CancelCheck, EventCallback, SearchContext, choose, default_aggregation, rank
+from repirl.search.core import (CancelCheck, EventCallback, SearchContext, choose, default_aggregation, rank, vote_weights,
+                                votes)
 from repirl.search.strategies import STRATEGY_FUNCS
 from repirl.search.types import (SELECTIONS, STRATEGIES, Candidate, SearchCancelled, SearchEvent, SearchParams,
                                  SearchResult, SearchStats)
@@ -26,4 +27,4 @@ def run_search(policy: StepPolicy, scorer: StepScorer | None, question: str, par
 
 
 __all__ = ["Candidate", "SELECTIONS", "STRATEGIES", "SearchCancelled", "SearchEvent", "SearchParams", "SearchResult",
-           "SearchStats", "choose", "default_aggregation", "rank", "run_search"]
+           "SearchStats", "choose", "default_aggregation", "rank", "run_search", "vote_weights", "votes"]

@@ -12,7 +12,8 @@ from repirl.answers import extract_answer, majority_answer, normalize_answer
 from repirl.calibration import active_calibration
 from repirl.policy.base import SamplingConfig, StepPolicy
 from repirl.scoring import StepScorer, aggregate
-from repirl.search.types import Candidate, SearchCancelled, SearchEvent, SearchParams, SearchStats
+from repirl.scoring.formats import scores_are_probabilities
+from repirl.search.types import SELECTIONS, Candidate, SearchCancelled, SearchEvent, SearchParams, SearchStats
 
 EventCallback = Callable[[SearchEvent], None]
 CancelCheck = Callable[[], bool]
@@ -44,8 +45,7 @@ class SearchContext:
             raise ValueError("aggregate_input='probability' needs a PRM with a calibration (prm.json `calibration`; "
                              "`repirl calibrate --prm DIR` fits one)")
         self.on_probability = params.aggregate_input == "probability"
-        self.probability_scores = self.on_probability or \
-            getattr(getattr(scorer, "config", None), "format", None) in PROBABILITY_FORMATS
+        self.probability_scores = self.on_probability or scores_are_probabilities(scorer)
         self.on_event, self.should_stop = on_event, should_stop
         self.stats = SearchStats()
         self._t0 = time.perf_counter()
@@ -168,32 +168,46 @@ class SearchContext:
         return [r.steps for r in rolls]
 
 
-PROBABILITY_FORMATS = ("qwen-step-tag", "math-shepherd")  # PRM formats whose scores are probabilities
+def vote_weights(cands: list[Candidate], select: str, vote_temperature: float = 1.0,
+                 probability_scores: bool = False) -> list[float]:
+    """Each candidate's vote. Weighted: probability scores vote with the score itself (search-and-learn); unbounded
+    scores (token-reward, implicit) with exp((score - max) / vote_temperature), the score read as a log-weight.
+    Majority (and naive, which does not vote): 1 each."""
+    if select not in SELECTIONS:
+        raise ValueError(f"select must be naive, weighted or majority, got {select!r}")
+    if select != "weighted" or not cands:
+        return [1.0] * len(cands)
+    scores = [c.score if c.score is not None else 0.0 for c in cands]
+    if probability_scores:
+        return [max(s, 0.0) for s in scores]
+    top = max(scores)
+    return [math.exp((s - top) / vote_temperature) for s in scores]
+
+
+def votes(cands: list[Candidate], select: str, vote_temperature: float = 1.0,
+          probability_scores: bool = False) -> dict[str, float]:
+    """Normalized answer -> summed vote, over the candidates that state an answer (what `choose` counts)."""
+    out: dict[str, float] = {}
+    answered = [c for c in cands if c.answer is not None]
+    for c, w in zip(answered, vote_weights(answered, select, vote_temperature, probability_scores)):
+        key = normalize_answer(c.answer)
+        if key is not None:
+            out[key] = out.get(key, 0.0) + w
+    return out
 
 
 def choose(cands: list[Candidate], select: str, vote_temperature: float = 1.0,
            probability_scores: bool = False) -> tuple[Candidate | None, str | None]:
-    """The final pick among completed candidates. Candidates with an answer beat those without; ties keep order.
-
-    Weighted vote (as /v1/rerank): probability scores vote with the score itself (search-and-learn); unbounded
-    scores (token-reward, implicit) vote with exp((score - max) / vote_temperature), the score read as a log-weight.
-    """
+    """The final pick among completed candidates, for search, /v1/rerank and the evaluator alike. Candidates with
+    an answer beat those without; ties keep order. naive: the best score; weighted / majority: the answer with the
+    most votes (`vote_weights`), then its best-scored candidate."""
     if not cands:
         return None, None
     with_answer = [c for c in cands if c.answer is not None] or cands
+    weights = vote_weights(with_answer, select, vote_temperature, probability_scores)
     if select == "naive":
         best = max(with_answer, key=lambda c: c.score if c.score is not None else -math.inf)
         return best, best.answer
-    scores = [c.score if c.score is not None else 0.0 for c in with_answer]
-    if select == "weighted" and probability_scores:
-        weights = [max(s, 0.0) for s in scores]
-    elif select == "weighted":
-        top = max(scores)
-        weights = [math.exp((s - top) / vote_temperature) for s in scores]
-    elif select == "majority":
-        weights = None
-    else:
-        raise ValueError(f"select must be naive, weighted or majority, got {select!r}")
     answer = majority_answer([c.answer for c in with_answer], weights)
     group = [c for c in with_answer if normalize_answer(c.answer) == answer] or with_answer
     best = max(group, key=lambda c: c.score if c.score is not None else -math.inf)

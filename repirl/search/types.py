@@ -5,10 +5,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, ValidationInfo, field_validator
 
 from repirl.artifacts import Aggregation
 from repirl.calibration import AggregateInput
+from repirl.cancel import WorkCancelled
 from repirl.policy.base import SEED_LIMIT
 
 Strategy = Literal["best-of-n", "beam", "dvts"]
@@ -22,7 +23,8 @@ class SearchParams(BaseModel):
 
     strategy: Strategy = "best-of-n"
     n: int = Field(8, ge=1, description="best-of-n: samples; beam: beams per step; dvts: total samples per step")
-    beam_width: int = Field(4, ge=1, description="beam/dvts: samples per kept beam (n / beam_width beams are kept)")
+    beam_width: int = Field(4, ge=1, validate_default=True, description="beam/dvts: samples per kept beam (n / beam_width beams are kept); "
+                            "must divide n for beam/dvts (else 422)")
     max_steps: int = Field(16, ge=1, description="reasoning steps before unfinished beams are cut")
     select: Selection = Field("naive", description="final choice: best score, PRM-weighted vote, majority vote")
     aggregation: Aggregation | None = Field(None, description="step rewards -> score; None = the PRM's default")
@@ -38,13 +40,14 @@ class SearchParams(BaseModel):
         "p_correct (needs a PRM whose prm.json has a calibration; mean-token then averages the steps' probabilities, "
         "and a weighted vote weighs by the score itself)")
 
-    @model_validator(mode="after")
-    def _check_tree(self):
-        if self.strategy in ("beam", "dvts"):
-            if self.beam_width > self.n or self.n % self.beam_width:
-                raise ValueError(f"beam_width must divide n for strategy {self.strategy!r} "
-                                 f"(got n={self.n}, beam_width={self.beam_width})")
-        return self
+    @field_validator("beam_width")
+    @classmethod
+    def _check_tree(cls, beam_width: int, info: ValidationInfo) -> int:
+        """On the field (not the model), so the error names `beam_width` (the fields before it are validated)."""
+        strategy, n = info.data.get("strategy"), info.data.get("n")
+        if strategy in ("beam", "dvts") and n is not None and (beam_width > n or n % beam_width):
+            raise ValueError(f"beam_width must divide n for strategy {strategy!r} (got n={n}, beam_width={beam_width})")
+        return beam_width
 
     @property
     def dedup_on(self) -> bool:
@@ -131,5 +134,5 @@ class SearchResult:
                 "params": self.params.model_dump(), "stats": self.stats.to_dict()}
 
 
-class SearchCancelled(RuntimeError):
+class SearchCancelled(WorkCancelled):
     """Raised between steps when the caller's cancel check fires (e.g. the HTTP client went away)."""

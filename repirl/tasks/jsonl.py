@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from repirl.tasks.base import Problem
 from repirl.trajectory import DEFAULT_SEP, split_steps
+from repirl.validation import describe
 
 
 class DataError(ValueError):
@@ -85,10 +86,7 @@ def read_records(path: str | Path) -> Iterator[tuple[int, Record]]:
             try:
                 yield lineno, Record.model_validate(raw)
             except ValidationError as e:
-                err = e.errors()[0]
-                field = ".".join(str(x) for x in err["loc"]) or "(record)"
-                msg = err["msg"].removeprefix("Value error, ")
-                raise DataError(f"{path}:{lineno}: field '{field}': {msg}") from None
+                raise DataError(f"{path}:{lineno}: {describe(e, top='(record)')}") from None
 
 
 def load_problems(path: str | Path, sep: str = DEFAULT_SEP) -> list[Problem]:

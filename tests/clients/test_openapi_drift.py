@@ -26,7 +26,7 @@ RESPONSES = {
     "ModelList": types.ModelList, "ModelCard": types.ModelCard,
     "ChatCompletionResponse": types.ChatCompletion, "Choice": types.ChatChoice,
     "ResponseMessage": types.ChatResponseMessage, "server__api__chat__protocol__Usage": types.ChatUsage,
-    "SearchInfo": types.SearchInfo,
+    "SearchInfo": types.SearchInfo, "ErrorResponse": types.ErrorResponse, "ErrorDetail": types.ErrorDetail,
 }
 # the path each top-level response model is served on (checked: the schema really answers with it)
 ROUTES = {("/v1/score", "post"): "ScoreResponse", ("/v1/rerank", "post"): "RerankResponse",

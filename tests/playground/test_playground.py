@@ -137,7 +137,7 @@ def test_beam_search_draws_every_streamed_candidate_as_the_tree_grows(page):
     connect(page)
     page.click("#tabs button[data-view=search]")
     page.select_option("#search-strategy", "beam")
-    for field, value in (("n", "16"), ("beam-width", "8"), ("temperature", "1.0"), ("seed", "2")):
+    for field, value in (("n", "16"), ("beam-width", "8"), ("temperature", "2"), ("seed", "2")):
         page.fill(f"#search-{field}", value)
     with page.expect_response(lambda r: r.url.endswith("/v1/search")) as response:
         page.click("#search-run")

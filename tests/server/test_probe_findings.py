@@ -230,7 +230,7 @@ def _serve(settings, policy):
 
     from server.app import create_app
 
-    app = create_app(settings, on_startup=lambda st: st.policies.update(policy=policy))
+    app = create_app(settings, policies={"policy": policy})
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

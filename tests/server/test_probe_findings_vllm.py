@@ -106,3 +106,26 @@ def test_a_dead_policy_engine_ends_the_service(server_prms, tmp_path):
         assert "engine died: policy" in log
     finally:
         srv.stop()
+
+
+def test_a_gone_clients_search_is_aborted_inside_the_policy_engine(vllm_server):
+    """A search whose client disconnects stops inside vLLM: its requests are aborted between engine steps (before,
+    the engine ran the step's 64 samples to their end and the search stopped only after it)."""
+    from tests.server.conftest import metric, poll
+    from tests.server.test_cancellation import Victim
+
+    # 64 samples at T=2 rarely meet the step separator: each runs ~150 decode steps, a second or more of engine time
+    body = {"question": TOY_QUESTION, "n": 64, "max_steps": 1, "max_step_tokens": 150, "temperature": 2.0}
+    with httpx.Client(base_url=vllm_server.url, timeout=120) as c:
+        aborted0 = metric(c, "repirl_cancelled_work_total", model="policy", stage="engine")
+        cancelled0 = metric(c, "repirl_searches_total", outcome="cancelled")
+        victim = Victim(vllm_server.url, path="/v1/best-of-n", body=body)
+        assert poll(lambda: metric(c, "repirl_searches_in_flight") >= 1, timeout=60)  # its samples are in the engine
+        victim.leave()
+        assert poll(lambda: metric(c, "repirl_searches_total", outcome="cancelled") >= cancelled0 + 1, timeout=60)
+        aborted = metric(c, "repirl_cancelled_work_total", model="policy", stage="engine") - aborted0
+        assert 0 < aborted <= 64, aborted  # the samples still running when it stopped
+        # the engine is healthy and free: the next search is answered
+        r = c.post("/v1/best-of-n", json={"question": TOY_QUESTION, "n": 2})
+        assert r.status_code == 200, r.text
+        assert c.get("/readyz").json()["engines"]["policy"] == "ok"

@@ -145,7 +145,7 @@ def inproc(toy_prm_dir):
     # an in-flight budget of 200 samples: one search of n=2 x 60 steps (120) fits, two do not
     settings = Settings(prm=[f"tr={toy_prm_dir}"], engine="hf",
                         limits={"max_steps": 64, "max_search_samples": 200, "max_search_samples_in_flight": 200})
-    app = create_app(settings, on_startup=lambda st: st.policies.update(policy=policy))
+    app = create_app(settings, policies={"policy": policy})
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

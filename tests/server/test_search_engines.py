@@ -121,7 +121,17 @@ def test_service_with_a_remote_policy(api_server, prm_dir, reference, tmp_path):
     assert dvts["answer"] == bon["answer"] == reference.answer
 
 
-def test_service_with_vllm_in_process(toy_dir, prm_dir, reference, tmp_path):
-    beam, dvts, bon = _service_search(f"vllm:{toy_dir}", prm_dir, tmp_path)
+def test_service_with_vllm_in_process(vllm_server, hf_policy, server_prms):
+    """(3) The session's `vllm_server` (shared with the other vLLM service tests: one start for all): `--policy
+    vllm:DIR` with the same toy policy in-process, and its PRM on vLLM's pooling runner, which agrees with
+    transformers to 1e-4 (tests/repirl/test_scoring_vllm.py): the reference is the same search on transformers."""
+    params = SearchParams(**{k: v for k, v in GREEDY.items() if k != "question"})
+    reference = run_search(hf_policy, load_scorer(server_prms["token-reward"], engine="hf"), TOY_QUESTION, params)
+    with httpx.Client(base_url=vllm_server.url, timeout=120) as c:
+        cards = c.get("/v1/models").json()["data"]
+        out = [c.post("/v1/search", json=GREEDY | {"strategy": s}) for s in ("beam", "dvts", "best-of-n")]
+    assert [m["root"].startswith("vllm:") for m in cards if m["kind"] == "policy"] == [True], cards  # in-process
+    assert all(r.status_code == 200 for r in out), [r.text for r in out]
+    beam, dvts, bon = (r.json() for r in out)
     assert beam["steps"] == reference.best.steps and beam["score"] == pytest.approx(reference.best.score, abs=1e-4)
     assert dvts["answer"] == bon["answer"] == reference.answer

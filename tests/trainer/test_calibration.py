@@ -152,8 +152,12 @@ def test_report_section_measures_ece_on_the_test_samples(tmp_path):
                       step_rewards={"cal": [2.0, 0.0], "plain": [2.0, 0.0]}),
                Sample(answer="2", correct=False, steps=["a", "c"], first_wrong_step=1,
                       step_rewards={"cal": [2.0, -2.0], "plain": [2.0, -2.0]})]
-    settings = {"in-distribution, T=1.0": {"temperature": 1.0, "_samples": [samples]},
-                "in-distribution, T=0.8": {"temperature": 0.8, "_samples": []}}
+    from trainer.evaluation.pipeline import HARDER, IN_DIST
+
+    # the section picks the in-distribution setting at the highest temperature by its key, not by its label
+    settings = {"in-distribution, T=1.0": {"temperature": 1.0, "task_key": IN_DIST, "_samples": [samples]},
+                "in-distribution, T=0.8": {"temperature": 0.8, "task_key": IN_DIST, "_samples": []},
+                "harder, T=1.5": {"temperature": 1.5, "task_key": HARDER, "_samples": []}}
     sec = section.section(scorers, settings, log=lambda _: None)
     assert sec["setting"] == "in-distribution, T=1.0"
     s = 1 / (1 + math.exp(-2.0))  # sigmoid(2): steps labelled 1, 1, 1, 0 with p = s, .5, s, 1 - s

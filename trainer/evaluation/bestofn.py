@@ -10,7 +10,7 @@ from typing import Callable, Sequence
 
 from repirl.scoring import aggregate
 from repirl.search import SearchParams, default_aggregation, run_search
-from repirl.search.core import PROBABILITY_FORMATS
+from repirl.scoring.formats import scores_are_probabilities
 from repirl.tasks.arithmetic import ArithmeticConfig, ArithmeticTask
 from repirl.tasks.base import Problem
 from trainer.data import DEV_SEED, HELDOUT_SEED  # noqa: F401  (one home: trainer/data.py; used by the evaluator)
@@ -91,7 +91,7 @@ def score_samples(scorer, name: str, questions: Sequence[str], problems: list[li
 
 
 def is_probability_scorer(scorer) -> bool:
-    return getattr(getattr(scorer, "config", None), "format", None) in PROBABILITY_FORMATS
+    return scores_are_probabilities(scorer)
 
 
 def curves(problems: list[list[Sample]], prm_names: Sequence[str], probability: dict[str, bool] | None = None,

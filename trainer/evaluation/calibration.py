@@ -14,8 +14,10 @@ from trainer.calibration import ece, raw_as_probability, reliability, step_label
 
 def section(scorers: dict, settings: dict, log=print) -> dict:
     """settings: the best-of-N settings with their scored samples (`_samples`, step_rewards per PRM name)."""
+    from trainer.evaluation.pipeline import IN_DIST
+
     key = next((k for k in sorted(settings, key=lambda k: -settings[k]["temperature"])
-                if k.startswith("in-distribution")), None)
+                if settings[k].get("task_key") == IN_DIST), None)
     if key is None:
         return {"skipped": "no in-distribution samples"}
     samples = [s for ss in settings[key]["_samples"] for s in ss if s.steps]

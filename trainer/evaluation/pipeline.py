@@ -72,7 +72,8 @@ def run_evaluation(cfg: EvalConfig, out_json: Path, log: Callable[[str], None] =
 
     if "bestofn" in cfg.sections or "steperror" in cfg.sections:
         settings = {}
-        for label, task_cfg in (("in-distribution", in_dist), ("harder", bestofn.harder(in_dist))):
+        for task_key, task_cfg in ((IN_DIST, in_dist), (HARDER, bestofn.harder(in_dist))):
+            label = TASK_LABELS[task_key]
             task = ArithmeticTask(task_cfg)
             problems = bestofn.heldout_problems(task_cfg, cfg.problems)
             for temp in cfg.temperatures:
@@ -84,7 +85,8 @@ def run_evaluation(cfg: EvalConfig, out_json: Path, log: Callable[[str], None] =
                 for name, scorer in scorers.items():
                     bestofn.score_samples(scorer, name, [p.question for p in problems], samples)
                 prob = {name: bestofn.is_probability_scorer(s) for name, s in scorers.items()}
-                settings[key] = {"task": asdict(task_cfg), "temperature": temp, "problems": len(problems),
+                settings[key] = {"task_key": task_key, "task": asdict(task_cfg), "temperature": temp,
+                                 "problems": len(problems),
                                  "samples_per_problem": cfg.n, "sample_seconds": round(t_sample, 1),
                                  "score_seconds": round(time.time() - t_score, 1),
                                  "curves": bestofn.curves(samples, list(scorers), prob, cfg.ns, cfg.n_subsets,
@@ -170,7 +172,17 @@ def cached_samples(cfg, policy, task, problems, sample_cfg, key, log):
     return samples, seconds
 
 
-LIKELIHOOD_BASELINE = "policy likelihood (baseline, no training)"
+LIKELIHOOD_BASELINE = "policy likelihood (baseline, no training)"  # a scorer's name, shown as is
+# the task settings of the best-of-N and step-error sections: code selects them by these stable keys (kept in each
+# setting as `task_key`, with `temperature`), the report shows the labels (the settings' keys in results.json)
+IN_DIST, HARDER = "in_dist", "harder"
+TASK_LABELS = {IN_DIST: "in-distribution", HARDER: "harder"}
+
+
+def find_setting(settings: dict, task_key: str, temperature: float) -> str | None:
+    """The results key of the setting sampled on `task_key` at `temperature`, or None."""
+    return next((k for k, s in settings.items() if s.get("task_key") == task_key
+                 and s.get("temperature") == temperature), None)
 
 
 def likelihood_scorer(cfg, log):
@@ -201,8 +213,8 @@ def step_error_section(cfg, policy, scorers, in_dist, settings, log) -> dict:
     baseline = likelihood_scorer(cfg, log)
     if baseline is not None:
         scorers = {**scorers, LIKELIHOOD_BASELINE: baseline}
-        for key, setting in settings.items():  # the policy-sample source reads step rewards off these samples
-            if key.endswith(f"T={max(cfg.temperatures)}"):
+        for setting in settings.values():  # the policy-sample source reads step rewards off these samples
+            if setting["temperature"] == max(cfg.temperatures):
                 bestofn.score_samples(baseline, LIKELIHOOD_BASELINE, setting["_questions"], setting["_samples"])
     # 1. corrupted references: dev and test from different problem seeds
     dev_items = steperror.corrupted_set(bestofn.heldout_problems(in_dist, cfg.dev_problems, "dev"), cfg.seed + 1)
@@ -216,8 +228,7 @@ def step_error_section(cfg, policy, scorers, in_dist, settings, log) -> dict:
     out["sources"]["corrupted references (in-distribution)"] = {"dev": len(dev_items), "test": len(test_items),
                                                                  "prms": src}
     # 2. the policy's own samples (T=1.0 in-distribution and harder), checker-labelled; dev = a sampled dev split
-    key = next((k for k in settings if k.startswith("in-distribution") and k.endswith(f"T={max(cfg.temperatures)}")),
-               None)
+    key = find_setting(settings, IN_DIST, max(cfg.temperatures))
     if key is not None:
         dev_problems = bestofn.heldout_problems(in_dist, cfg.dev_problems, "dev")
         dev_samples = bestofn.sample_problems(policy, task, dev_problems, bestofn.SampleConfig(
@@ -225,8 +236,8 @@ def step_error_section(cfg, policy, scorers, in_dist, settings, log) -> dict:
         for name, scorer in scorers.items():
             bestofn.score_samples(scorer, name, [p.question for p in dev_problems], dev_samples)
         dev = steperror.balanced([s for ss in dev_samples for s in ss if s.steps], cfg.seed)
-        hard_key = key.replace("in-distribution", "harder")
-        pooled = [s for k in (key, hard_key) if k in settings for ss in settings[k]["_samples"] for s in ss if s.steps]
+        hard_key = find_setting(settings, HARDER, max(cfg.temperatures))
+        pooled = [s for k in (key, hard_key) if k is not None for ss in settings[k]["_samples"] for s in ss if s.steps]
         test = steperror.balanced(pooled, cfg.seed, cap=400)
         if not dev or not test:  # the policy never (or always) solved them: no balanced set to score
             out["notes"] = f"policy samples: no balanced dev/test set (dev {len(dev)}, test {len(test)})"

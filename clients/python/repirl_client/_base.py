@@ -243,11 +243,13 @@ class BaseClient:
         return RequestSpec("POST", "/v1/score", {**body, **(extra_body or {})}, ScoreResponse)
 
     @staticmethod
-    def _rerank_spec(question, candidates, model, aggregation, voting, top_n, extra_body) -> RequestSpec:
+    def _rerank_spec(question, candidates, model, aggregation, voting, vote_temperature, top_n,
+                     extra_body) -> RequestSpec:
         from repirl_client.types import RerankResponse
 
         body = _drop_unset({"question": question, "candidates": normalize_candidates(candidates), "model": model,
-                            "aggregation": aggregation, "voting": voting, "top_n": top_n})
+                            "aggregation": aggregation, "voting": voting, "vote_temperature": vote_temperature,
+                            "top_n": top_n})
         return RequestSpec("POST", "/v1/rerank", {**body, **(extra_body or {})}, RerankResponse)
 
     @staticmethod

@@ -114,11 +114,12 @@ class Client(BaseClient):
 
     def rerank(self, *, question: str, candidates: Iterable[CandidateLike], model: Optional[str] = None,
                aggregation: Optional[Aggregation] = None, voting: Optional[Voting] = None,
-               top_n: Optional[int] = None, extra_body: Optional[Dict[str, Any]] = None,
+               vote_temperature: Optional[float] = None, top_n: Optional[int] = None, extra_body: Optional[Dict[str, Any]] = None,
                extra_headers: Optional[Mapping[str, str]] = None,
                timeout: Union[TimeoutLike, NotGiven] = NOT_GIVEN) -> RerankResponse:
         """POST /v1/rerank: rank candidate solutions (texts split at the PRM's separator, or lists of steps)."""
-        spec = self._rerank_spec(question, candidates, model, aggregation, voting, top_n, extra_body)
+        spec = self._rerank_spec(question, candidates, model, aggregation, voting, vote_temperature, top_n,
+                                 extra_body)
         return self._request(spec, extra_headers=extra_headers, timeout=timeout)
 
     def search(self, *, question: str, strategy: Optional[Strategy] = None, n: Optional[int] = None,
@@ -252,10 +253,11 @@ class AsyncClient(BaseClient):
 
     async def rerank(self, *, question: str, candidates: Iterable[CandidateLike], model: Optional[str] = None,
                      aggregation: Optional[Aggregation] = None, voting: Optional[Voting] = None,
-                     top_n: Optional[int] = None, extra_body: Optional[Dict[str, Any]] = None,
+                     vote_temperature: Optional[float] = None, top_n: Optional[int] = None, extra_body: Optional[Dict[str, Any]] = None,
                      extra_headers: Optional[Mapping[str, str]] = None,
                      timeout: Union[TimeoutLike, NotGiven] = NOT_GIVEN) -> RerankResponse:
-        spec = self._rerank_spec(question, candidates, model, aggregation, voting, top_n, extra_body)
+        spec = self._rerank_spec(question, candidates, model, aggregation, voting, vote_temperature, top_n,
+                                 extra_body)
         return await self._request(spec, extra_headers=extra_headers, timeout=timeout)
 
     async def search(self, *, question: str, strategy: Optional[Strategy] = None, n: Optional[int] = None,

@@ -64,11 +64,17 @@ class APIStatusError(APIError):
         self.response = response
         self.status_code = status_code if status_code is not None else response.status_code
         self.request_id = response.headers.get("x-request-id")
-        err = body.get("error") if isinstance(body, dict) else None
-        err = err if isinstance(err, dict) else {}
-        self.type = err.get("type")
-        self.param = err.get("param")
-        self.error_message = err.get("message") if isinstance(err.get("message"), str) else None
+        from pydantic import ValidationError
+
+        from repirl_client.types import ErrorResponse
+
+        try:  # the service's error body; a proxy's HTML page or a bare 502 leaves these None
+            self.error = ErrorResponse.model_validate(body).error
+        except ValidationError:
+            self.error = None
+        self.type = self.error.type if self.error else None
+        self.param = self.error.param if self.error else None
+        self.error_message = self.error.message if self.error else None
 
     def __str__(self) -> str:
         rid = f" (request id {self.request_id})" if self.request_id else ""

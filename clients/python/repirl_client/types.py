@@ -35,6 +35,18 @@ class RepirlModel(BaseModel):
 
 
 # ---- /v1/score
+class ErrorDetail(RepirlModel):
+    type: str  # one per status: "limit_exceeded" (413), "validation_error" (422), "queue_full" (429), ...
+    message: str
+    param: Optional[str] = None  # the request field at fault (dotted path), when there is one
+
+
+class ErrorResponse(RepirlModel):
+    """The body of every error the service answers (4xx/5xx); `APIStatusError.error` when the body parses."""
+
+    error: ErrorDetail
+
+
 class ScoreResult(RepirlModel):
     index: int
     step_rewards: List[float]
@@ -70,7 +82,7 @@ class RerankResult(RepirlModel):
 
 
 class RerankSelection(RepirlModel):
-    index: Optional[int]
+    index: int  # the chosen candidate (a weighted vote picks one too)
     answer: Optional[str]
     score: Optional[float]
     votes: Dict[str, float] = Field(default_factory=dict)
@@ -108,7 +120,7 @@ class SearchResponse(RepirlModel):
     strategy: str
     select: str
     aggregation: str
-    aggregate_input: str = "raw"
+    aggregate_input: AggregateInput = "raw"
     answer: Optional[str]
     text: str
     steps: List[str]

@@ -17,12 +17,13 @@ from fastapi import Request
 from pydantic import ValidationError
 
 from repirl.search import SearchParams, SearchResult
+from repirl.validation import error_message, field_path, main_error
 from server.api.chat.protocol import (ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse, Choice,
                                       ChunkChoice, Delta, ResponseMessage, SearchInfo, Usage)
-from server.api.search.serving import SearchJob, fit_defaults, run_job, streaming_response
 from server.cancellation import until_deadline
 from server.deps import AppState
 from server.errors import APIError, error_body, to_response
+from server.searching import SearchJob, fit_defaults, run_job, streaming_response
 
 
 def _question(req: ChatCompletionRequest) -> str:
@@ -52,8 +53,8 @@ def _make_job(state: AppState, req: ChatCompletionRequest) -> SearchJob:
         params = fit_defaults(state, params, req.search.model_fields_set | given)
         return SearchJob(state, params, _question(req), prm, policy)
     except ValidationError as e:
-        first = e.errors()[0]
-        raise _in_chat_terms(APIError(422, first["msg"], ".".join(map(str, first["loc"]))), req, given) from None
+        first = main_error(e)
+        raise _in_chat_terms(APIError(422, error_message(first), field_path(first)), req, given) from None
     except APIError as e:
         raise _in_chat_terms(e, req, given) from None
 

@@ -3,24 +3,47 @@ call, so polling it costs nothing), /metrics (Prometheus). Each also answers HEA
 
 from __future__ import annotations
 
+from typing import Literal
+
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field
 
 from server.deps import StateDep
-from server.errors import error_body
+from server.errors import ErrorDetail, error_body
 from server.health import engine_status
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/livez")
+class Live(BaseModel):
+    status: Literal["ok"]
+
+
+class CacheState(BaseModel):
+    kind: str
+    healthy: bool
+
+
+class Readiness(BaseModel):
+    """200 when ready; 503 (with the error body's `error` too) when not."""
+
+    status: Literal["ready", "unready", "draining"]
+    engines: dict[str, str] = Field(description="engine name -> \"ok\" or why not")
+    cache: CacheState | None
+    in_flight: int | None = Field(None, description="while draining: requests still being served")
+    error: ErrorDetail | None = None
+
+
+@router.get("/livez", response_model=Live)
 @router.head("/livez", include_in_schema=False)
 async def livez() -> dict:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", response_model=Readiness,
+            responses={503: {"model": Readiness, "description": "not ready: an engine dead or stuck, or draining"}})
 @router.head("/readyz", include_in_schema=False)
 async def readyz(state: StateDep) -> JSONResponse:
     """Ready when no engine (PRM or policy) is dead or stuck in one call past request_timeout_s. The cache is
@@ -40,7 +63,8 @@ async def readyz(state: StateDep) -> JSONResponse:
     return JSONResponse(body, status_code=200 if ok else 503)
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=Response, responses={200: {
+    "description": "Prometheus text exposition", "content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}}}})
 @router.head("/metrics", include_in_schema=False)
 async def metrics(state: StateDep) -> Response:
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -9,6 +9,5 @@ def list_models(state: AppState) -> ModelList:
                        format=rt.config.format, engine=rt.scorer.engine,
                        default_aggregation=rt.config.default_aggregation, step_separator=rt.config.step_separator)
              for name, rt in state.runtimes.items()]
-    if state.policy:
-        cards.append(ModelCard(id="policy", kind="policy", root=state.policy))
+    cards += [ModelCard(id=name, kind="policy", root=p.root) for name, p in state.policies.items()]
     return ModelList(data=cards)

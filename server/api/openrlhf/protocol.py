@@ -20,9 +20,10 @@ class OpenRLHFRewardRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     query: list[Text] = Field(min_length=1, description="prompt + response, decoded (special tokens kept)")
-    prompts: list[Text] | None = Field(None, description="the prompt of each query (OpenRLHF always sends them)")
-    labels: list[Any] | None = Field(None, description="reference answers (dataset label_key); compared with the "
-                                     "response's final answer for `outcome`")
+    prompts: list[Text] | None = Field(None, description="the prompt of each query (OpenRLHF always sends them); "
+                                       "one per query, else 422")
+    labels: list[Any] | None = Field(None, description="reference answers (dataset label_key), one per query (else "
+                                     "422); compared with the response's final answer for `outcome`")
 
 
 class OpenRLHFRewardResponse(BaseModel):

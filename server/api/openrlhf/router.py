@@ -9,11 +9,12 @@ from server.api.openrlhf.serving import serve_openrlhf_reward
 from server.api.score.protocol import Aggregation
 from server.cancellation import with_cancellation
 from server.deps import StateDep
+from server.errors import responses
 
 router = APIRouter(tags=["openrlhf"])
 
 
-@router.post("/v1/openrlhf/reward", response_model=OpenRLHFRewardResponse)
+@router.post("/v1/openrlhf/reward", response_model=OpenRLHFRewardResponse, responses=responses(400, 404, 413, 422, 429, 499, 503, 504))
 async def openrlhf_reward(req: OpenRLHFRewardRequest, request: Request, state: StateDep,
                           model: Annotated[str | None, Query(description="PRM name; default: the first")] = None,
                           aggregation: Annotated[Aggregation | None, Query()] = None,

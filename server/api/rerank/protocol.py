@@ -21,6 +21,8 @@ class RerankRequest(StrictModel):
     candidates: list[NonEmptyText | StepsCandidate] = Field(min_length=1)
     aggregation: Aggregation | None = None
     voting: Literal["none", "weighted", "majority"] = "none"
+    vote_temperature: float = Field(1.0, gt=0.0, description="weighted vote with unbounded scores: weight = "
+                                    "exp((score - max) / vote_temperature), as in search's `vote_temperature`")
     top_n: int | None = Field(None, gt=0)
 
 
@@ -32,7 +34,7 @@ class RerankResult(BaseModel):
 
 
 class Selection(BaseModel):
-    index: int | None  # the chosen candidate (None if no candidate states an answer under voting)
+    index: int  # the chosen candidate (the best-scored one when none states an answer)
     answer: str | None
     score: float | None
     votes: dict[str, float] = Field(default_factory=dict)  # normalized answer -> (weighted) votes

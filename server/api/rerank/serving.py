@@ -1,25 +1,19 @@
-"""POST /v1/rerank logic: score every candidate, rank, select under a voting mode.
-
-- none: the best-scored candidate.
-- majority: the most frequent extracted answer (repirl.answers.majority_answer); among its candidates, the best.
-- weighted: answers vote with weights from the PRM. Probability-valued formats (qwen-step-tag, math-shepherd)
-  vote with the score itself (search-and-learn's weighted best-of-N); unbounded formats (token-reward, implicit)
-  vote with exp(score - max score), i.e. the score read as a log-weight, so negative rewards still vote sensibly.
-"""
+"""POST /v1/rerank logic: score every candidate, rank, select under a voting mode with the very `choose()` that
+search and the evaluator use (repirl/search/core.py): none = naive (the best score), majority, weighted (probability
+formats vote with the score, unbounded ones with exp((score - max) / vote_temperature)); candidates that state an
+answer beat those that do not."""
 
 from __future__ import annotations
 
-import math
-
-from repirl.answers import extract_answer, majority_answer, normalize_answer
+from repirl.answers import extract_answer
 from repirl.scoring.aggregate import aggregate
+from repirl.scoring.formats import format_facts
+from repirl.search import Candidate, choose, votes
 from repirl.trajectory import split_steps
 from server.api.limits import check_count, check_trajectory
 from server.api.rerank.protocol import RerankRequest, RerankResponse, RerankResult, Selection
 from server.deps import AppState, get_runtime
 from server.errors import APIError
-
-PROBABILITY_FORMATS = ("qwen-step-tag", "math-shepherd")
 
 
 async def serve_rerank(state: AppState, req: RerankRequest) -> RerankResponse:
@@ -46,31 +40,19 @@ async def serve_rerank(state: AppState, req: RerankRequest) -> RerankResponse:
                             answer=extract_answer(texts[i]), step_rewards=s.scores.step_rewards)
                for i, s in enumerate(scored)]
     ranked = sorted(results, key=lambda r: (-r.score, r.index))
-    selected = _select(req.voting, ranked, runtime.config.format)
+    selected = _select(req, ranked, format_facts(runtime.config).is_probability)
     return RerankResponse(model=runtime.name, revision=runtime.scorer.revision, aggregation=how, voting=req.voting,
                           results=ranked[: req.top_n] if req.top_n else ranked, ranking=[r.index for r in ranked],
                           selected=selected)
 
 
-def _select(voting: str, ranked: list[RerankResult], fmt: str) -> Selection:
-    best = ranked[0]
-    if voting == "none":
-        return Selection(index=best.index, answer=best.answer, score=best.score)
-    if voting == "majority":
-        weights = [1.0] * len(ranked)
-    elif fmt in PROBABILITY_FORMATS:
-        weights = [max(r.score, 0.0) for r in ranked]
-    else:
-        top = max(r.score for r in ranked)
-        weights = [math.exp(r.score - top) for r in ranked]
-    answers = [r.answer for r in ranked]
-    winner = majority_answer(answers, weights)  # ties go to the first seen, i.e. the better-scored candidate
-    votes: dict[str, float] = {}
-    for a, w in zip(answers, weights):
-        key = normalize_answer(a)
-        if key is not None:
-            votes[key] = votes.get(key, 0.0) + w
-    if winner is None:
-        return Selection(index=None, answer=None, score=None, votes=votes)
-    chosen = next(r for r in ranked if normalize_answer(r.answer) == winner)
-    return Selection(index=chosen.index, answer=chosen.answer, score=chosen.score, votes=votes)
+VOTING_TO_SELECT = {"none": "naive", "weighted": "weighted", "majority": "majority"}
+
+
+def _select(req: RerankRequest, ranked: list[RerankResult], probability_scores: bool) -> Selection:
+    """The one `choose()` of search and the evaluator, on the ranked candidates (so ties go to the better score)."""
+    cands = [Candidate(steps=[], score=r.score, answer=r.answer, id=r.index) for r in ranked]
+    select = VOTING_TO_SELECT[req.voting]
+    best, answer = choose(cands, select, req.vote_temperature, probability_scores)
+    counted = votes(cands, select, req.vote_temperature, probability_scores) if req.voting != "none" else {}
+    return Selection(index=best.id, answer=answer, score=best.score, votes=counted)

@@ -17,12 +17,24 @@ class ScoreItem(StrictModel):
     steps: list[Text] = Field(min_length=1)
 
 
+# the two forms, as the schema states them (the validator below enforces the same): exactly one of them, and the
+# other form's fields absent or null
+_ONE_FORM = {"oneOf": [
+    {"required": ["question", "steps"], "properties": {"question": {"type": "string"}, "steps": {"type": "array"},
+                                                       "items": {"type": "null"}}},
+    {"required": ["items"], "properties": {"items": {"type": "array"}, "question": {"type": "null"},
+                                           "steps": {"type": "null"}}},
+]}
+
+
 class ScoreRequest(StrictModel):
     """Single form: `question` + `steps`. Batch form: `items`."""
 
+    model_config = {**StrictModel.model_config, "json_schema_extra": _ONE_FORM}
+
     model: Text | None = None  # a loaded PRM's name; default: the first
     question: NonEmptyText | None = None
-    steps: list[Text] | None = None
+    steps: list[Text] | None = Field(None, min_length=1)
     items: list[ScoreItem] | None = None
     aggregation: Aggregation | None = None  # default: the PRM's prm.json default_aggregation
     return_token_rewards: bool = False

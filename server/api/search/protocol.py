@@ -5,14 +5,20 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
+from repirl.calibration import AggregateInput
 from repirl.search import SearchParams
-from server.api.types import NonEmptyText, StrictModel, Text
+from server.api.types import NonEmptyText, StrictModel, Text, integral_floats
 
 
 class SearchRequest(SearchParams):
     model_config = StrictModel.model_config  # the library's SearchParams stays lenient; the API does not
+
+    @model_validator(mode="before")
+    @classmethod
+    def _integral_floats(cls, data):
+        return integral_floats(cls, data)
 
     question: NonEmptyText
     model: Text | None = Field(None, description="PRM name (GET /v1/models); default: the first")
@@ -46,7 +52,7 @@ class SearchResponse(BaseModel):
     strategy: str
     select: str
     aggregation: str
-    aggregate_input: str = "raw"
+    aggregate_input: AggregateInput = "raw"
     answer: str | None
     text: str
     steps: list[str]
