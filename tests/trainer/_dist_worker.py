@@ -18,13 +18,13 @@ from trainer.models import RewardModel, load_causal_lm, token_logprobs
 from trainer.rollouts import Rollout
 
 
-def fixed_rollouts(n_groups=4, n=3):
+def fixed_rollouts(n_groups=4, n=3, max_extra=6):
     g = torch.Generator().manual_seed(0)
     out = []
     for grp in range(n_groups):
         for k in range(n + 1):  # one reference + n rollouts per question
             plen = 5 + grp
-            length = plen + 6 + int(torch.randint(0, 6, (1,), generator=g))
+            length = plen + 6 + int(torch.randint(0, max_extra, (1,), generator=g))
             ids = torch.randint(0, 250, (length,), generator=g).tolist()
             out.append(Rollout(None, grp, ["x"], ids, plen, length - 1, correct=(k == 0 or (grp + k) % 3 == 0),
                                is_reference=k == 0))

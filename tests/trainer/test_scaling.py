@@ -27,7 +27,6 @@ from trainer.algorithms import batch_of, irl_prm_step, policy_step, prime_prm_st
 from trainer.config import ConfigError, PolicyTrainConfig, PrimeConfig, PRMTrainConfig, load_config, parse_config
 from trainer.device import Compute, attach, resolve_device
 from trainer.models import RewardModel, collate, load_causal_lm, token_logprobs
-from trainer.rollouts import Rollout
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -127,17 +126,10 @@ def test_chunked_logprobs_never_build_the_full_logits():
 
 
 # --------------------------------------------------------------------------------------- micro-batches, checkpointing
-def _rollouts(n_groups=4, n=3):
-    g = torch.Generator().manual_seed(0)
-    out = []
-    for grp in range(n_groups):
-        for k in range(n + 1):  # one reference + n rollouts per question
-            plen = 5 + grp
-            length = plen + 6 + int(torch.randint(0, 12, (1,), generator=g))
-            ids = torch.randint(0, 250, (length,), generator=g).tolist()
-            out.append(Rollout(None, grp, ["x"], ids, plen, length - 1, correct=(k == 0 or (grp + k) % 3 == 0),
-                               is_reference=k == 0))
-    return out
+def _rollouts():
+    from tests.trainer._dist_worker import fixed_rollouts
+
+    return fixed_rollouts(max_extra=12)  # longer spread of lengths than the 2-process tests: more padding exercised
 
 
 def _run_updates(policy_dir, compute, checkpointing=False):
