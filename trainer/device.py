@@ -99,6 +99,12 @@ def place(model: torch.nn.Module, cfg, compute: Compute, trainable: bool) -> tor
     from trainer import distributed as dist
 
     model = model.to(compute.device)
+    if compute.device.type == "cpu" and cfg.dtype == "bfloat16":
+        # torch 2.13's CPU flash-attention kernel for bf16 packs with AVX-512 VNNI when the hardware has it and fails
+        # ("pack_vnni2 is only supported when avx512 is supported") when ATEN_CPU_CAPABILITY holds torch's kernels
+        # below AVX-512, as CI does to reproduce other machines. Eager attention (plain matmuls) runs on every kernel
+        # set, also in a checkpointed layer's recompute; bf16 on a CPU is for tests, where its speed does not matter.
+        model.set_attn_implementation("eager")
     if trainable:
         if cfg.gradient_checkpointing:
             enable_gradient_checkpointing(model)
