@@ -68,12 +68,15 @@ def test_every_operation_is_listed(api_schema):
     assert served == set(OPERATIONS)
 
 
-@pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE], ids=lambda m: m.value)
-@pytest.mark.parametrize("method,path", OPERATIONS, ids=[f"{m} {p}" for m, p in OPERATIONS])
+# invalid data needs something to make invalid: the four GETs take no parameters and no body (checked below)
+CASES = [(m, p, mode) for m, p in OPERATIONS for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
+         if mode is GenerationMode.POSITIVE or m == "POST"]
+
+
+@pytest.mark.parametrize("method,path,mode", CASES, ids=[f"{m} {p} {mode.value}" for m, p, mode in CASES])
 def test_operation_conforms(api_schema, method, path, mode):
     operation = api_schema[path][method]
-    if mode is GenerationMode.NEGATIVE and not (operation.body or operation.query):
-        pytest.skip("nothing to negate: the operation takes no parameters and no body")
+    assert (method == "POST") == bool(operation.body or operation.query), (method, path)
     key = f"{method} {path} {mode.value}"
     SEEN[key] = 0
 
