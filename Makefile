@@ -39,8 +39,9 @@ install: $(STAMP)
 runs/demo/prm/prm.json: | $(STAMP)
 	$(BIN)/repirl bootstrap --out runs/demo
 
+# In a terminal a progress bar (one line); in a log (no terminal) one line per iteration.
 runs/demo-repirl/prm/prm.json: | runs/demo/prm/prm.json $(STAMP)
-	$(BIN)/repirl train --config configs/demo.yaml --no-progress
+	$(BIN)/repirl train --config configs/demo.yaml $$([ -t 1 ] || echo --no-progress)
 
 demo: runs/demo-repirl/prm/prm.json
 
