@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 Engine = Literal["auto", "vllm", "transformers", "remote"]
-ENGINES: tuple[str, ...] = ("auto", "vllm", "transformers", "remote")
+ENGINES: tuple[str, ...] = get_args(Engine)
 _PREFIXES = {"vllm:": "vllm", "hf:": "transformers"}
 
 

@@ -2,11 +2,32 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
+
 import pytest
 
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-def _recipe(tmp_path, policy_dir, **over) -> dict:
-    """A recipe small enough that a whole run takes a few seconds on 2 CPU cores."""
+
+def torchrun(*args) -> subprocess.CompletedProcess:
+    """`torchrun --nproc_per_node 2 ARGS` on loopback (a free port, one thread per process); must exit 0."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
+                          "127.0.0.1", "--master_port", str(port), *args],
+                         env={**os.environ, "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1"}, cwd=REPO,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
+def small_recipe(tmp_path, policy_dir, **over) -> dict:
+    """A recipe small enough that a whole run takes a few seconds on 2 CPU cores; `over` replaces top-level keys
+    and merges into the nested ones (`rollouts={"n": 4}` keeps the other rollout settings)."""
     raw = {
         "name": "t", "out_dir": str(tmp_path), "policy": str(policy_dir), "iterations": 2, "questions_per_iter": 3,
         "checkpoint_every": 1, "eval_problems": 4, "threads": 1,
@@ -22,4 +43,4 @@ def _recipe(tmp_path, policy_dir, **over) -> dict:
 
 @pytest.fixture
 def recipe(tmp_path, tiny_policy_dir):
-    return lambda **over: _recipe(tmp_path, tiny_policy_dir, **over)
+    return lambda **over: small_recipe(tmp_path, tiny_policy_dir, **over)

@@ -10,7 +10,6 @@
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 
@@ -18,23 +17,10 @@ import pytest
 import torch
 import yaml
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.trainer.conftest import REPO, torchrun
+
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_dist_worker.py")
 ENV = {**os.environ, "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1"}
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _torchrun(*args):
-    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
-                          "127.0.0.1", "--master_port", str(_free_port()), *args], env=ENV, cwd=REPO,
-                         capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return out
 
 
 @pytest.mark.slow
@@ -44,7 +30,7 @@ def test_two_process_step_equals_single_process(tiny_policy_dir, tmp_path):
     single = subprocess.run([sys.executable, WORKER, str(tiny_policy_dir), str(tmp_path / "one")], env=ENV,
                             capture_output=True, text=True, timeout=300)
     assert single.returncode == 0, single.stderr[-3000:]
-    two = _torchrun(WORKER, str(tiny_policy_dir), str(tmp_path / "two"))
+    two = torchrun(WORKER, str(tiny_policy_dir), str(tmp_path / "two"))
 
     held = {int(r): (int(n), int(full)) for r, n, full in
             (line.split()[1:] for line in two.stdout.splitlines() if line.startswith("local_numel"))}
@@ -78,7 +64,7 @@ def test_two_process_training_run_resumes_exactly(recipe, tmp_path):
     raw = recipe(name="d2", questions_per_iter=4, checkpoint_every=1)  # 4: an equal question shard per rank
     path = tmp_path / "d2.yaml"
     path.write_text(yaml.safe_dump(raw))
-    _torchrun("-m", "trainer.train_cli", "--config", str(path), "--no-progress")
+    torchrun("-m", "trainer.train_cli", "--config", str(path), "--no-progress")
     run = tmp_path / "d2"
     assert json.loads((run / "checkpoints" / "iter_000001" / "state.json").read_text())["sharded"] is True
 
@@ -91,7 +77,7 @@ def test_two_process_training_run_resumes_exactly(recipe, tmp_path):
     for gone in ("checkpoints/iter_000002", "policy", "prm", "summary.json"):
         p = tmp_path / "d2b" / gone
         shutil.rmtree(p) if p.is_dir() else p.unlink()
-    _torchrun("-m", "trainer.train_cli", "--config", str(tmp_path / "d2b.yaml"), "--no-progress", "--resume")
+    torchrun("-m", "trainer.train_cli", "--config", str(tmp_path / "d2b.yaml"), "--no-progress", "--resume")
 
     rows = lambda r: [{k: v for k, v in json.loads(x).items() if not k.startswith("t_")}  # noqa: E731
                       for x in (r / "metrics.jsonl").read_text().splitlines()]

@@ -14,6 +14,8 @@ from trainer.config import parse_config
 from trainer.harness import load_tokens
 from trainer.rollouts import HFEngine, build_rollouts
 
+from tests.trainer.conftest import small_recipe
+
 SYSTEM = "Solve it step by step."
 
 
@@ -23,14 +25,12 @@ def chat_folder(tmp_path_factory):
 
 
 def _recipe(tmp_path, folder, **over):
-    raw = {"name": "chat", "out_dir": str(tmp_path), "policy": str(folder), "iterations": 2, "questions_per_iter": 2,
-           "checkpoint_every": 1, "eval_problems": 2, "threads": 1,
-           "prompt_template": {"kind": "chat", "system": SYSTEM},
-           "task": {"min_ops": 1, "max_ops": 1, "train_size": 8, "eval_size": 2},
-           "rollouts": {"n": 2, "max_new_tokens": 24, "engine": "transformers"},
-           "prm": {"lr": 1e-3}, "optim": {"lr": 1e-3}, "calibration": {"problems": 0}}
-    raw.update(over)
-    return raw
+    """conftest's small recipe on the chat folder, prompting through its chat template."""
+    return small_recipe(tmp_path, folder, **{
+        "name": "chat", "questions_per_iter": 2, "eval_problems": 2,
+        "prompt_template": {"kind": "chat", "system": SYSTEM},
+        "task": {"train_size": 8, "eval_size": 2}, "rollouts": {"n": 2, "max_new_tokens": 24},
+        "prm": {"lr": 1e-3}, "optim": {"lr": 1e-3}, "calibration": {"problems": 0}, **over})
 
 
 def test_eos_ids_and_chat_prompt(chat_folder):
@@ -51,7 +51,9 @@ def test_eos_ids_and_chat_prompt(chat_folder):
     assert tokens.tokenizer.decode(plain.encoder.prompt_ids("Q")) == "Question: Q\nSolution:\n"
     # a misspelt template key fails like any other recipe key
     with pytest.raises(Exception, match="prompt_template.sytem"):
-        parse_config(_recipe("/tmp", folder, prompt_template={"kind": "chat", "sytem": SYSTEM}))
+        raw = _recipe("/tmp", folder)
+        raw["prompt_template"] = {"kind": "chat", "sytem": SYSTEM}  # replaced whole, not merged into the default
+        parse_config(raw)
 
 
 def test_generation_stops_at_the_second_eos_id(chat_folder):

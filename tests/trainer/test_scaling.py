@@ -28,7 +28,7 @@ from trainer.config import ConfigError, PolicyTrainConfig, PrimeConfig, PRMTrain
 from trainer.device import Compute, attach, resolve_device
 from trainer.models import RewardModel, collate, load_causal_lm, token_logprobs
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.trainer.conftest import REPO, small_recipe, torchrun
 
 
 @pytest.fixture(autouse=True)
@@ -203,15 +203,12 @@ def test_bf16_logprobs_on_cpu_are_float32_and_close(tiny_policy_dir):
 
 # --------------------------------------------------------------------------------------- whole runs, DCP resume
 def _recipe(tmp_path, policy_dir, **over):
-    raw = {"name": "s", "out_dir": str(tmp_path), "policy": str(policy_dir), "iterations": 3, "questions_per_iter": 4,
-           "checkpoint_every": 1, "eval_problems": 0, "threads": 1,
-           "device": "auto", "dtype": "bfloat16", "gradient_checkpointing": True, "micro_batch_size": 3,
-           "logprob_chunk_tokens": 16,
-           "task": {"min_ops": 1, "max_ops": 1, "train_size": 16, "eval_size": 4},
-           "rollouts": {"n": 3, "max_new_tokens": 16, "engine": "transformers"},
-           "prm": {"lr": 1e-3}, "optim": {"lr": 1e-3, "mini_batch_size": 2}, "calibration": {"problems": 0}}
-    raw.update(over)
-    return raw
+    """conftest's small recipe, bf16 with every memory option on, no evaluation or calibration."""
+    return small_recipe(tmp_path, policy_dir, **{
+        "name": "s", "iterations": 3, "questions_per_iter": 4, "eval_problems": 0,
+        "device": "auto", "dtype": "bfloat16", "gradient_checkpointing": True, "micro_batch_size": 3,
+        "logprob_chunk_tokens": 16, "prm": {"lr": 1e-3}, "optim": {"lr": 1e-3, "mini_batch_size": 2},
+        "calibration": {"problems": 0}, **over})
 
 
 def _rows(run):
@@ -263,14 +260,6 @@ def test_dcp_resume_with_every_memory_option_equals_an_uninterrupted_run(tiny_po
         assert all(torch.equal(a[k], b[k]) for k in a), sub
 
 
-def _free_port():
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_process_bf16_checkpoint_loads_into_one_process(tiny_policy_dir, tmp_path):
     """2 gloo processes, FSDP2 with the bf16 mixed-precision policy, micro-batches and chunks: the run's sharded DCP
@@ -279,12 +268,7 @@ def test_two_process_bf16_checkpoint_loads_into_one_process(tiny_policy_dir, tmp
 
     raw = _recipe(tmp_path, tiny_policy_dir, name="d", iterations=1)
     (tmp_path / "d.yaml").write_text(yaml.safe_dump(raw))
-    env = {**os.environ, "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1"}
-    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
-                          "127.0.0.1", "--master_port", str(_free_port()), "-m", "trainer.train_cli", "--config",
-                          str(tmp_path / "d.yaml"), "--no-progress"], env=env, cwd=REPO, capture_output=True,
-                         text=True, timeout=300)
-    assert res.returncode == 0, res.stderr[-3000:]
+    torchrun("-m", "trainer.train_cli", "--config", str(tmp_path / "d.yaml"), "--no-progress")
     ckpt = tmp_path / "d" / "checkpoints" / "iter_000001"
     assert json.loads((ckpt / "state.json").read_text())["world"] == 2
     assert len(list(ckpt.glob("*.distcp"))) == 2  # one file per rank: nothing was gathered to write it
@@ -312,10 +296,7 @@ def test_two_process_memory_options_give_the_single_process_step(tiny_policy_dir
     one = subprocess.run([sys.executable, worker, str(tiny_policy_dir), str(tmp_path / "one"), "0"], env=env, cwd=REPO,
                          capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr[-3000:]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
-                          "127.0.0.1", "--master_port", str(_free_port()), worker, str(tiny_policy_dir),
-                          str(tmp_path / "two"), "1"], env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert two.returncode == 0, two.stderr[-3000:]
+    two = torchrun(worker, str(tiny_policy_dir), str(tmp_path / "two"), "1")
     assert "bf16 ok" in two.stdout
     a, b = (torch.load(tmp_path / d / "weights.pt", weights_only=False) for d in ("one", "two"))
     init = load_causal_lm(tiny_policy_dir).state_dict()
@@ -366,7 +347,7 @@ def test_train_cli_refuses_cuda_without_a_gpu_in_one_line(tmp_path):
     p = tmp_path / "gpu.yaml"
     p.write_text("name: g\ndevice: cuda\n")
     r = subprocess.run([sys.executable, "-m", "trainer.train_cli", "--config", str(p), "--no-progress"],
-                       capture_output=True, text=True, timeout=120, cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+                       capture_output=True, text=True, timeout=120, cwd=REPO)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
     said = " ".join(r.stderr.split())  # rich wraps long lines at the terminal's width
     assert str(p) in said and "device: cuda" in said and "torch sees no GPU" in said, r.stderr
