@@ -68,6 +68,15 @@ def all_sum(x: float) -> float:
     return float(t.item())
 
 
+def all_max(x: float | None) -> float | None:
+    """The largest x over ranks (None where every rank has None)."""
+    if not dist.is_initialized():
+        return x
+    t = torch.tensor([float("-inf") if x is None else float(x)], dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return None if t.item() == float("-inf") else float(t.item())
+
+
 def shard(items: list, r: int | None = None, w: int | None = None) -> list:
     r = rank() if r is None else r
     w = world() if w is None else w

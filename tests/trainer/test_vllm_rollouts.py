@@ -39,3 +39,27 @@ def test_vllm_training_run_and_pooling_export(recipe, tmp_path):
     items = [("Start with 3. Add 4. What is the result?", ["3+4=7", "Answer: 7"]),
              ("Start with 5. Subtract 2. What is the result?", ["5-2=4", "Answer: 4"])]
     assert_vllm_matches_hf(prm, items)
+
+
+def test_two_processes_sample_with_one_vllm_engine_per_rank(recipe, tmp_path):
+    """torchrun with 2 processes and `engine: vllm`: each rank runs its own in-process engine (vLLM's external_launcher
+    executor in the trainer's process group) on its half of the questions, and after every FSDP2 update each rank's
+    engine receives the full gathered weights in memory. The log-prob check is the largest difference over both
+    ranks, so a rank whose engine kept stale weights would fail it."""
+    from tests.trainer.conftest import torchrun
+
+    raw = recipe(name="v2", iterations=3, questions_per_iter=4, eval_problems=6, task={"eval_size": 6},
+                 rollouts={"engine": "vllm", "max_new_tokens": 16, "kv_cache_gib": 0.25}, optim={"lr": 1e-3})
+    path = tmp_path / "v2.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    out = torchrun("-m", "trainer.train_cli", "--config", str(path), "--no-progress")
+    rows = [json.loads(line) for line in (tmp_path / "v2" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iter"] for r in rows] == [0, 1, 2]
+    assert all(r["engine"] == "vllm" for r in rows)
+    assert all(r["logprob_max_abs_diff"] < 1e-4 for r in rows), [r["logprob_max_abs_diff"] for r in rows]
+    assert all(r["logprob_diff_if_stale"] > 1e-2 for r in rows[1:])  # the updates moved the weights the engines use
+    assert all(r["t_sync"] > 0 for r in rows)  # every update was pushed
+    summary = json.loads((tmp_path / "v2" / "summary.json").read_text())
+    # the held-out accuracy counts the 6 problems the two engines shared out between them
+    assert summary["eval_problems"] == 6 and 0 <= summary["eval_accuracy"] <= 1
+    assert "held-out accuracy" in out.stdout + out.stderr

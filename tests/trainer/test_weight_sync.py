@@ -19,6 +19,52 @@ def test_pack_round_trip(dtype):
         assert got[k].dtype == dtype and torch.equal(got[k], t.to(dtype))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_shared_memory_round_trip_and_fallback(dtype, monkeypatch, tmp_path):
+    import os
+
+    import trainer.weight_sync as ws
+
+    w = {"a.weight": torch.randn(3, 5), "b.bias": torch.randn(7), "c": torch.randn(2, 3, 4)[:, 1]}
+    monkeypatch.setattr(ws, "SHM_DIR", str(tmp_path))  # a folder with room stands in for /dev/shm
+    table, path, size = ws.pack_shared(w, dtype)
+    try:
+        assert os.path.dirname(path) == str(tmp_path) and size == os.path.getsize(path)
+        got = dict(ws.unpack_shared(table, path, size))
+        assert list(got) == list(w) and all(torch.equal(got[k], t.to(dtype)) for k, t in w.items())
+    finally:
+        os.unlink(path)
+    monkeypatch.setattr(ws, "SHM_DIR", str(tmp_path / "absent"))  # no /dev/shm: the caller sends the bytes instead
+    assert ws.pack_shared(w, dtype) is None
+
+
+def test_gathered_layers_buckets_whole_decoder_layers(tiny_policy_dir):
+    from transformers import AutoModelForCausalLM
+
+    from trainer.weight_sync import gathered_layers
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_policy_dir, dtype=torch.float32)
+    buckets = list(gathered_layers(model, torch.bfloat16))
+    names = [n for b in buckets for n in b]
+    assert names == [n for n, _ in model.named_parameters()]  # every parameter once, in order
+    layers = [{n.split(".layers.")[1].split(".")[0] for n in b if ".layers." in n} for b in buckets]
+    assert all(len(x) <= 1 for x in layers)  # never two layers in one bucket...
+    assert sum(1 for x in layers if x) == model.config.num_hidden_layers  # ...and each layer in exactly one
+    assert all(t.dtype == torch.bfloat16 for b in buckets for t in b.values())
+
+
+@pytest.mark.parametrize("world,device,vllm,want", [(1, "cpu", True, "vllm"), (1, "cpu", False, "transformers"),
+                                                    (2, "cpu", True, "transformers"), (2, "cuda", True, "vllm"),
+                                                    (2, "cuda", False, "transformers")])
+def test_auto_engine_by_process_count_and_device(monkeypatch, world, device, vllm, want):
+    import repirl.vllm_setup
+    from trainer.rollouts import choose_engine
+
+    monkeypatch.setattr(repirl.vllm_setup, "vllm_available", lambda: vllm)
+    assert choose_engine("auto", world, device)[0] == want
+    assert choose_engine("vllm", world, device)[0] == "vllm"  # asked for: one engine per rank, also on the CPU
+
+
 @pytest.mark.slow
 @pytest.mark.vllm
 @pytest.mark.skipif(not vllm_available(), reason="no vLLM")
@@ -58,7 +104,7 @@ def test_push_in_memory_matches_hf(tmp_path):
             for p in model.parameters():
                 p.copy_(torch.randn_like(p) * 0.05)
         engine.sync(model)
-        assert engine.last_sync["mode"] == "rpc-bytes" and engine.last_sync["tensors"] == len(
+        assert engine.last_sync["mode"] == "shared-memory" and engine.last_sync["tensors"] == len(
             list(model.named_parameters()))
         assert engine.last_sync["path"] == "copy"  # the fast path covered every vLLM parameter
         assert max_diff(model) < 1e-4
@@ -77,5 +123,17 @@ def test_push_in_memory_matches_hf(tmp_path):
         model.save_pretrained(tmp_path / "live")
         engine.sync(tmp_path / "live")
         assert engine.last_sync["mode"] == "disk" and max_diff(model) < 1e-4
+
+        # 4. one decoder layer at a time, what each rank's engine gets in a sharded run (gathered_layers: full
+        # tensors per parameter; here the model is not sharded, so they are the parameters themselves)
+        from trainer.weight_sync import engine_dtype, gathered_layers, push_weights
+
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p) * 0.05)
+        info = push_weights(engine.llm, gathered_layers(model, engine_dtype(engine.llm)))
+        assert info["tensors"] == len(list(model.named_parameters()))
+        assert info["buckets"] >= model.config.num_hidden_layers + 1 and info["path"] == "copy", info
+        assert max_diff(model) < 1e-4
     finally:
         engine.llm.llm_engine.engine_core.shutdown()
