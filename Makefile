@@ -64,11 +64,11 @@ load: $(STAMP)
 	$(BIN)/python load_tests/run_load.py $(LOAD_ARGS)
 
 # `make report`: the training runs docs/results.md compares (each skipped when its summary.json exists), then
-# `repirl eval` over them. Measured on 2 CPU cores: bootstrap 9-12 min, each of the 9 recipe runs 3-5 min (demo.yaml:
+# `repirl eval` over them. Measured on 2 CPU cores: bootstrap 9-12 min, each of the 10 recipe runs 3-5 min (demo.yaml:
 # 4 min 57 s), offline GSM8K ~2 min, the evaluation 22 min 48 s: about 80 minutes from a fresh clone.
 # REPORT_ARGS adds eval options.
 REPORT_RUNS := runs/demo-repirl/summary.json runs/demo-prime/summary.json runs/demo-rloo/summary.json \
-	runs/offline-gsm8k/summary.json
+	runs/demo-repirl-head/summary.json runs/offline-gsm8k/summary.json
 REPORT_ARGS ?=
 # Seeds 1 and 2 of each algorithm (seed 0 is the run above): the policy table's mean and spread over 3 seeds.
 # `make report EXTRA_SEEDS=` evaluates seed 0 only (about 30 minutes less training).
@@ -82,6 +82,8 @@ runs/demo-prime/summary.json: runs/demo/prm/prm.json
 	$(BIN)/repirl train --config configs/prime.yaml
 runs/demo-rloo/summary.json: runs/demo/prm/prm.json
 	$(BIN)/repirl train --config configs/rloo.yaml
+runs/demo-repirl-head/summary.json: runs/demo/prm/prm.json
+	$(BIN)/repirl train --config configs/demo-head.yaml
 runs/demo-repirl-s%/summary.json: runs/demo/prm/prm.json
 	$(BIN)/repirl train --config configs/demo.yaml --seed $* --name demo-repirl-s$*
 runs/demo-prime-s%/summary.json: runs/demo/prm/prm.json

@@ -23,6 +23,9 @@ def _parse_prms(values: list[str]) -> dict[str, str]:
     return out
 
 
+PRM_LABELS = {"repirl": "rePIRL", "repirl-head": "rePIRL head PRM", "prime": "PRIME"}  # by describe_run's algorithm
+
+
 def discover(runs_dir: Path) -> tuple[dict[str, str], list[str], str | None]:
     """PRMs (named by the run's algorithm), policy runs and an offline GSM8K PRM found under runs_dir."""
     from trainer.evaluation.policies import describe_run
@@ -35,8 +38,8 @@ def discover(runs_dir: Path) -> tuple[dict[str, str], list[str], str | None]:
         if (run / "prm" / "prm.json").is_file():
             if info.algorithm == "offline":
                 gsm8k = gsm8k or str(run / "prm")
-            elif info.algorithm in ("repirl", "prime"):
-                prms[f"{'rePIRL' if info.algorithm == 'repirl' else 'PRIME'} ({run.name})"] = str(run / "prm")
+            elif info.algorithm in PRM_LABELS:
+                prms[f"{PRM_LABELS[info.algorithm]} ({run.name})"] = str(run / "prm")
             elif info.algorithm.startswith("sft"):
                 prms[f"untrained ({run.name})"] = str(run / "prm")
         if (run / "policy" / "config.json").is_file() and info.algorithm != "offline":

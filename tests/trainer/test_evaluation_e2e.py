@@ -92,3 +92,31 @@ def test_evaluator_pick_equals_run_search(tmp_path):
                 n=8, temperature=1.0, seed=seed, select=rule, max_steps=8, max_step_tokens=32))
             assert ours.steps == theirs.best.steps and ours.answer == theirs.answer
             assert ours.scores["p"] == pytest.approx(theirs.best.score, abs=1e-6)
+
+
+def test_discovery_names_prms_and_keeps_the_head_form_apart(tmp_path):
+    """A rePIRL run with the head PRM gets its own name and its own row in the policy table (not a 4th rePIRL seed)."""
+    import yaml
+
+    from trainer.eval_cli import discover
+    from trainer.evaluation.policies import by_algorithm, describe_run
+
+    def run(name, algorithm, seed=0, **prm):
+        d = tmp_path / name
+        (d / "prm").mkdir(parents=True)
+        (d / "prm" / "prm.json").write_text("{}")
+        (d / "config.yaml").write_text(yaml.safe_dump({"algorithm": algorithm, "seed": seed, "prm": prm}))
+
+    run("demo-repirl", "repirl", parameterization="logprob")
+    run("demo-repirl-s1", "repirl", 1, parameterization="logprob")
+    run("demo-repirl-head", "repirl", parameterization="head")
+    run("demo-prime", "prime")
+    prms, _, _ = discover(tmp_path)
+    assert prms == {"PRIME (demo-prime)": str(tmp_path / "demo-prime" / "prm"),
+                    "rePIRL (demo-repirl)": str(tmp_path / "demo-repirl" / "prm"),
+                    "rePIRL head PRM (demo-repirl-head)": str(tmp_path / "demo-repirl-head" / "prm"),
+                    "rePIRL (demo-repirl-s1)": str(tmp_path / "demo-repirl-s1" / "prm")}
+    rows = [{"run": i.name, "algorithm": i.algorithm, "seed": i.seed, "greedy": 0.5, "sampled": 0.5}
+            for i in map(describe_run, sorted(tmp_path.iterdir()))]
+    groups = {g["algorithm"]: g["seeds"] for g in by_algorithm(rows)}
+    assert groups == {"prime": [0], "repirl": [0, 1], "repirl-head": [0]}

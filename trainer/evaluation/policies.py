@@ -31,6 +31,8 @@ def describe_run(run_dir: Path) -> RunInfo:
 
         cfg = yaml.safe_load(cfg_path.read_text()) or {}
         algorithm, seed = cfg.get("algorithm", "?"), int(cfg.get("seed", 0))
+        if algorithm == "repirl" and (cfg.get("prm") or {}).get("parameterization") == "head":
+            algorithm = "repirl-head"  # the paper's literal reward form: its own row, not a fourth rePIRL seed
     return RunInfo(run_dir.name, run_dir, algorithm, seed)
 
 
