@@ -238,42 +238,44 @@ def push_weights(llm, weights: dict[str, torch.Tensor] | Iterable[dict[str, torc
     loaded as it comes) into the running engine, in memory; drops the prefix cache (its KV entries were computed with
     the old weights). Returns {"tensors", "bytes", "seconds", "mode", "path", "buckets", ...}."""
     t0 = time.perf_counter()
-    dtype = engine_dtype(llm)
-    inproc = _inproc(llm)
-    mode = "in-process"
-    buckets = [weights] if isinstance(weights, dict) else weights
+    dtype, inproc, partial = engine_dtype(llm), _inproc(llm), not isinstance(weights, dict)
     total = nbytes = count = 0
-    paths, worker_s = set(), 0.0
-    for bucket in buckets:
-        partial = not isinstance(weights, dict)
-        if inproc:
-            tensors = [(n, t.detach().to(dtype)) for n, t in bucket.items()]
-            results = llm.collective_rpc(load_weights_in_worker, kwargs={"tensors": tensors, "partial": partial})
-            nbytes += sum(t.numel() * t.element_size() for _, t in tensors)
-        elif (shared := pack_shared(bucket, dtype)) is not None:
-            table, path, size = shared
-            try:
-                results = llm.collective_rpc(load_weights_in_worker, kwargs={"table": table, "shm": (path, size),
-                                                                             "partial": partial})
-            finally:
-                os.unlink(path)
-            nbytes, mode = nbytes + size, "shared-memory"
-        else:
-            table, buf = pack(bucket, dtype)
-            results = llm.collective_rpc(load_weights_in_worker, kwargs={"table": table, "buf": buf,
-                                                                         "partial": partial})
-            nbytes, mode = nbytes + len(buf), "rpc-bytes"
+    paths, modes, worker_s = set(), set(), 0.0
+    for bucket in (weights,) if not partial else weights:
+        results, size, mode = _send(llm, bucket, dtype, inproc, partial)
         bad = [r for r in results if r["tensors"] != len(bucket)]
         if bad:
             raise RuntimeError(f"vLLM weight sync: a worker loaded {bad[0]['tensors']} of {len(bucket)} tensors")
-        total, count = total + len(bucket), count + 1
+        total, nbytes, count = total + len(bucket), nbytes + size, count + 1
         paths.add(results[0]["path"])
+        modes.add(mode)
         worker_s += max(r["seconds"] for r in results)
     t_rpc = time.perf_counter()
     llm.reset_prefix_cache()
     return {"tensors": total, "bytes": nbytes, "seconds": time.perf_counter() - t0, "buckets": count,
-            "mode": mode, "path": "+".join(sorted(paths)),
+            "mode": "+".join(sorted(modes)), "path": "+".join(sorted(paths)),
             "worker_seconds": worker_s, "reset_seconds": time.perf_counter() - t_rpc}
+
+
+def _send(llm, bucket: dict[str, torch.Tensor], dtype, inproc: bool, partial: bool) -> tuple[list, int, str]:
+    """One collective_rpc of `load_weights_in_worker`: the tensors themselves to an engine in this process, else a
+    /dev/shm file's path (the bytes through the RPC when /dev/shm lacks room). -> (results, bytes, mode)."""
+    if inproc:
+        tensors = [(n, t.detach().to(dtype)) for n, t in bucket.items()]
+        results = llm.collective_rpc(load_weights_in_worker, kwargs={"tensors": tensors, "partial": partial})
+        return results, sum(t.numel() * t.element_size() for _, t in tensors), "in-process"
+    shared = pack_shared(bucket, dtype)
+    if shared is not None:
+        table, path, size = shared
+        try:
+            results = llm.collective_rpc(load_weights_in_worker, kwargs={"table": table, "shm": (path, size),
+                                                                         "partial": partial})
+        finally:
+            os.unlink(path)
+        return results, size, "shared-memory"
+    table, buf = pack(bucket, dtype)
+    results = llm.collective_rpc(load_weights_in_worker, kwargs={"table": table, "buf": buf, "partial": partial})
+    return results, len(buf), "rpc-bytes"
 
 
 def reload_from_disk(llm, folder) -> None:
