@@ -1,9 +1,9 @@
 """`make bench`: every load_tests/bench_*.py in turn (each prints its own measurements, taken in its own run), then
 ONE table of every ratio with what it compares (collected from the scripts' `BENCH_RESULT` lines).
 
-Usage: python load_tests/run_all.py [--quick] [--no-vllm] [--only scoring,search,rollouts,adapter]
+Usage: python load_tests/run_all.py [--quick] [--no-vllm] [--only scoring,search,rollouts,weight_sync,adapter]
   --quick    reduced sizes (1 round, 2 search problems, a smaller rollout batch, 64 completions): minutes, not tens
-  --no-vllm  skip what needs vLLM (scoring on vLLM, the search's vLLM set-up, rollouts)
+  --no-vllm  skip what needs vLLM (scoring on vLLM, the search's vLLM set-up, rollouts, weight sync)
 """
 
 from __future__ import annotations
@@ -31,6 +31,10 @@ def runs(quick: bool, vllm: bool) -> list[tuple[str, str, list[str]]]:
     if vllm:
         out.append(("rollouts", "bench_rollouts.py",
                     ["--prompts", "8", "--n", "4", "--tokens", "32", "--repeats", "1"] if quick else []))
+    if vllm:  # the trainer's weight push: engine core in its own process (vLLM's default) and in the trainer's
+        reps = ["--repeats", "2" if quick else "5"]
+        out.append(("weight_sync", "bench_weight_sync.py", reps))
+        out.append(("weight_sync", "bench_weight_sync.py", [*reps, "--in-process"]))
     out.append(("adapter", "bench_client_adapter.py", ["--completions", "64", "--rounds", "1"] if quick else []))
     return out
 
@@ -39,7 +43,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--no-vllm", action="store_true")
-    ap.add_argument("--only", default="scoring,search,rollouts,adapter")
+    ap.add_argument("--only", default="scoring,search,rollouts,weight_sync,adapter")
     args = ap.parse_args()
     from repirl.vllm_setup import vllm_available  # noqa: E402 (run from the repository root: make bench)
 

