@@ -124,6 +124,10 @@ def test_policy_target_compares_seed_means():
                 "sampled_mean": s, "sampled_std": 0.02}
 
     text = " ".join(policy_target([alg("repirl", 0.60, 0.50), alg("rloo", 0.55, 0.52)]))
-    assert "greedy 0.600 vs 0.550 (+5.0 points" in text and "**met**" in text
-    assert "sampled 0.500 vs 0.520 (-2.0 points" in text and "**missed**" in text
+    assert "greedy 0.600 vs 0.550 (+5.0 points, spread 0.010 / 0.010): **met**" in text
+    assert "sampled 0.500 vs 0.520 (-2.0 points, spread 0.020 / 0.020): **missed**" in text
+    # ahead, but by less than the spread over seeds: not separated, so missed
+    text = " ".join(policy_target([alg("repirl", 0.565, 0.53), alg("rloo", 0.55, 0.52)]))
+    assert "(+1.5 points, spread 0.010 / 0.010): **met**" in text
+    assert "(+1.0 points, spread 0.020 / 0.020): **missed**" in text
     assert policy_target([alg("repirl", 0.6, 0.5)]) == []  # no RLOO run: no verdict
