@@ -64,9 +64,9 @@ load: $(STAMP)
 	$(BIN)/python load_tests/run_load.py $(LOAD_ARGS)
 
 # `make report`: the training runs docs/results.md compares (each skipped when its summary.json exists), then
-# `repirl eval` over them. Measured on 2 CPU cores: bootstrap 9-12 min, each of the 10 recipe runs 3-5 min (demo.yaml:
-# 4 min 57 s), offline GSM8K ~2 min, the evaluation 22 min 48 s: about 80 minutes from a fresh clone.
-# REPORT_ARGS adds eval options.
+# `repirl eval` over them. Measured on 2 CPU cores (session 6, from a fresh clone): bootstrap 11 min, each of the 10
+# recipe runs 2-5 min with rollouts and evaluation, offline GSM8K ~2 min, the evaluation 39 min (with other jobs
+# beside it): about 90 minutes. REPORT_ARGS adds eval options.
 REPORT_RUNS := runs/demo-repirl/summary.json runs/demo-prime/summary.json runs/demo-rloo/summary.json \
 	runs/demo-repirl-head/summary.json runs/offline-gsm8k/summary.json
 REPORT_ARGS ?=
