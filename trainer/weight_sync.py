@@ -76,18 +76,26 @@ def _inproc(llm) -> bool:
     return isinstance(getattr(llm.llm_engine, "engine_core", None), InprocClient)
 
 
-def pack(weights: dict[str, torch.Tensor], dtype: torch.dtype) -> tuple[list[tuple[str, str, list[int], int]], bytes]:
-    """(table, buffer): every tensor cast to `dtype`, on the CPU, concatenated into one byte string; the table holds
-    (name, dtype name, shape, byte offset). One buffer instead of one message part per tensor: msgpack's per-item
-    overhead is then paid once. Joined with bytes.join (one single-threaded memcpy): torch.cat of the uint8 views
-    took 330 ms for 4 MiB on a loaded 2-core machine (its OpenMP threads waited on a busy core), 6 ms on one thread."""
-    parts, table, offset = [], [], 0
+def _layout(weights: dict[str, torch.Tensor], dtype: torch.dtype) -> tuple[list[tuple[str, str, list[int], int]], int]:
+    """(table, total bytes): each tensor's (name, dtype name, shape, byte offset) once cast to `dtype`, back to back:
+    the one layout `pack` and `pack_shared` write and `_views` reads."""
+    size = torch.empty((), dtype=dtype).element_size()
+    table, offset = [], 0
     for name, t in weights.items():
-        t = t.detach().to(device="cpu", dtype=dtype).contiguous()
-        b = t.reshape(-1).view(torch.uint8).numpy()  # uint8: numpy has no bfloat16, the bytes are what travel
         table.append((name, str(dtype).removeprefix("torch."), list(t.shape), offset))
-        parts.append(b.data)
-        offset += b.nbytes
+        offset += t.numel() * size
+    return table, offset
+
+
+def pack(weights: dict[str, torch.Tensor], dtype: torch.dtype) -> tuple[list[tuple[str, str, list[int], int]], bytes]:
+    """(table, buffer): every tensor cast to `dtype`, on the CPU, concatenated into one byte string (`_layout`). One
+    buffer instead of one message part per tensor: msgpack's per-item overhead is then paid once. Joined with
+    bytes.join (one single-threaded memcpy): torch.cat of the uint8 views took 330 ms for 4 MiB on a loaded 2-core
+    machine (its OpenMP threads waited on a busy core), 6 ms on one thread."""
+    table, _ = _layout(weights, dtype)
+    # uint8: numpy has no bfloat16, the bytes are what travel
+    parts = [t.detach().to(device="cpu", dtype=dtype).contiguous().reshape(-1).view(torch.uint8).numpy().data
+             for t in weights.values()]
     return table, b"".join(parts)
 
 
@@ -99,11 +107,9 @@ def pack_shared(weights: dict[str, torch.Tensor], dtype: torch.dtype) -> tuple[l
     None when there is no /dev/shm or it lacks room (a container's default /dev/shm is 64 MiB; writing past a full
     tmpfs through a mapping would kill the process with SIGBUS, so the room is checked first). The caller deletes
     the file when the push returns."""
-    import os
     import tempfile
 
-    sizes = [t.numel() * torch.empty((), dtype=dtype).element_size() for t in weights.values()]
-    total = sum(sizes)
+    table, total = _layout(weights, dtype)
     try:
         st = os.statvfs(SHM_DIR)
     except OSError:
@@ -114,12 +120,9 @@ def pack_shared(weights: dict[str, torch.Tensor], dtype: torch.dtype) -> tuple[l
     try:
         os.ftruncate(fd, total)
         dst = torch.from_file(path, shared=True, size=total, dtype=torch.uint8)
-        table, offset = [], 0
-        for (name, t), n in zip(weights.items(), sizes):
-            t = t.detach().to(dtype=dtype)
-            dst[offset : offset + n].copy_(t.reshape(-1).contiguous().view(torch.uint8).cpu())
-            table.append((name, str(dtype).removeprefix("torch."), list(t.shape), offset))
-            offset += n
+        for (_, _, _, offset), t in zip(table, weights.values()):
+            b = t.detach().to(dtype=dtype).reshape(-1).contiguous().view(torch.uint8).cpu()
+            dst[offset : offset + b.numel()].copy_(b)
         del dst
     except BaseException:
         os.unlink(path)
