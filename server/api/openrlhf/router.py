@@ -21,7 +21,8 @@ async def openrlhf_reward(req: OpenRLHFRewardRequest, request: Request, state: S
                           prm_weight: Annotated[float | None, Query(description="rewards = outcome + prm_weight x "
                                                                     "PRM score (needs labels)")] = None,
                           ) -> OpenRLHFRewardResponse:
-    """OpenRLHF's remote reward model protocol: `--reward.remote_url http://HOST:PORT/v1/openrlhf/reward` (knobs as
-    query parameters: `?model=NAME&aggregation=min&prm_weight=0.1`). OpenRLHF sends no API key: with keys set, list
+    """OpenRLHF's remote reward model protocol: `--reward.remote_url http://HOST:PORT/v1/openrlhf/reward` (OpenRLHF
+    >= 0.10.2; `--remote_rm_url` before), knobs as query parameters: `?model=NAME&aggregation=min&prm_weight=0.1`.
+    No label (`""`, OpenRLHF's default without `--data.label_key`): `scores` is the PRM's value in [0, 1]. OpenRLHF sends no API key: with keys set, list
     this path in `public_paths` or put the service behind a network boundary the trainer shares."""
     return await with_cancellation(request, serve_openrlhf_reward(state, req, model, aggregation, prm_weight))

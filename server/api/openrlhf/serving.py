@@ -10,10 +10,11 @@ import asyncio
 import re
 
 from repirl.answers import answers_match, extract_answer
+from repirl.calibration import unit_score
 from repirl.scoring.aggregate import aggregate
 from repirl.trajectory import split_steps
 from server.api.limits import check_count, check_trajectory
-from server.api.openrlhf.protocol import OpenRLHFRewardRequest, OpenRLHFRewardResponse
+from server.api.openrlhf.protocol import EXTRA_LOG_KEYS, OpenRLHFRewardRequest, OpenRLHFRewardResponse
 from server.deps import AppState, get_runtime
 from server.errors import APIError, LimitExceeded
 
@@ -60,11 +61,16 @@ def split_query(query: str, prompt: str | None, special_tokens: list[str], templ
     return question_of(prompt or "", template), response
 
 
-def _label_answer(label) -> str | None:
+def label_answer(label) -> str | None:
+    """The reference answer of an OpenRLHF label, or None for no label. OpenRLHF sends `""` for every sample when
+    `--data.label_key` is unset (openrlhf/datasets/prompts_dataset.py:44, `label = "" if label_key is None`): an
+    empty or whitespace label is no label, never a wrong answer."""
     if label is None:
         return None
-    text = str(label)
-    return extract_answer(text) or text.strip() or None
+    text = str(label).strip()
+    if not text:
+        return None
+    return extract_answer(text) or text
 
 
 async def serve_openrlhf_reward(state: AppState, req: OpenRLHFRewardRequest, model: str | None,
@@ -77,6 +83,8 @@ async def serve_openrlhf_reward(state: AppState, req: OpenRLHFRewardRequest, mod
         if given is not None and len(given) != n:
             raise APIError(422, f"{field}: {len(given)} entries for {n} queries", field)
     runtime = get_runtime(state, model)
+    if n == 0:  # OpenRLHF <= 0.11.0 shards one query over several endpoints: the others get empty lists
+        return OpenRLHFRewardResponse(rewards=[], scores=[], extra_logs={key: [] for key in EXTRA_LOG_KEYS})
     how = aggregation or runtime.config.default_aggregation
     tokenizer = runtime.scorer.encoder.tokenizer
     special = sorted(set(getattr(tokenizer, "all_special_tokens", []) or []), key=len, reverse=True)
@@ -96,7 +104,7 @@ async def serve_openrlhf_reward(state: AppState, req: OpenRLHFRewardRequest, mod
             continue
         items[i] = (question, steps)
 
-    scored: dict[int, tuple[float, int]] = {}
+    scored: dict[int, tuple[float, float, int]] = {}  # query index -> (raw score, value in [0, 1], steps)
     while items:  # an item over the token limit fails alone: drop it, score the rest
         order = list(items)
         try:
@@ -108,22 +116,24 @@ async def serve_openrlhf_reward(state: AppState, req: OpenRLHFRewardRequest, mod
             del items[bad]
             continue
         for i, s in zip(order, out):
-            scored[i] = (aggregate(s.scores.step_rewards, how, s.scores.token_rewards), len(s.scores.step_rewards))
+            rewards = s.scores.step_rewards
+            scored[i] = (aggregate(rewards, how, s.scores.token_rewards), unit_score(runtime.config, rewards, how),
+                         len(rewards))
         break
 
-    prm = [scored.get(i, (0.0, 0))[0] for i in range(n)]
-    logs: dict[str, list[float]] = {"prm_score": prm, "prm_steps": [float(scored.get(i, (0.0, 0))[1]) for i in range(n)],
-                                    "prm_failed": [0.0 if i in scored else 1.0 for i in range(n)]}
-    have_labels = req.labels is not None and any(label is not None for label in req.labels)
-    if have_labels:
-        def outcomes() -> list[float]:  # math-verify may parse LaTeX: off the event loop
-            return [float(answers_match(extract_answer(r), _label_answer(label)))
-                    for r, label in zip(responses, req.labels)]
+    answers = [label_answer(label) for label in (req.labels if req.labels is not None else [None] * n)]
 
-        logs["outcome"] = await asyncio.to_thread(outcomes)
-    if have_labels and prm_weight is not None:
-        rewards = [o + prm_weight * p for o, p in zip(logs["outcome"], prm)]
-    else:
-        rewards = prm
-    scores = logs["outcome"] if have_labels else rewards
+    def outcomes() -> list[float]:  # math-verify may parse LaTeX: off the event loop
+        return [float(answers_match(extract_answer(r), a)) if a is not None else 0.0
+                for r, a in zip(responses, answers)]
+
+    outcome = await asyncio.to_thread(outcomes) if any(a is not None for a in answers) else [0.0] * n
+    raw, unit, steps = zip(*(scored.get(i, (0.0, 0.0, 0)) for i in range(n)))
+    labelled = [a is not None for a in answers]
+    # per sample, so a sample's answer never depends on what else shares its request
+    rewards = [o + prm_weight * p if lab and prm_weight is not None else p for o, p, lab in zip(outcome, raw, labelled)]
+    scores = [o if lab else u for o, u, lab in zip(outcome, unit, labelled)]
+    logs = {"prm_score": list(raw), "prm_value": list(unit), "prm_steps": [float(k) for k in steps],
+            "prm_failed": [0.0 if i in scored else 1.0 for i in range(n)], "outcome": outcome,
+            "labelled": [float(lab) for lab in labelled]}
     return OpenRLHFRewardResponse(rewards=rewards, scores=scores, extra_logs=logs)
