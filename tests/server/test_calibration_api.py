@@ -137,3 +137,59 @@ def test_search_stream_step_events_carry_p_correct(http):
     for e in steps:
         for c in e["beams"] + e["completed"]:
             assert c["p_correct"] == pytest.approx([p_of(x) for x in c["step_rewards"]], abs=1e-12)
+
+
+CHAT = f"<|im_start|>user\n{TOY_QUESTION}<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_openrlhf_unlabelled_scores_are_the_prms_value(http):
+    """OpenRLHF without --data.label_key sends "" as every label (openrlhf/datasets/prompts_dataset.py:44, 0.11.2):
+    `scores` is then the PRM's value in [0, 1]: the mean p_correct (mean-token, the PRM's default aggregation, over
+    step probabilities) for the calibrated PRM, the mean sigmoid of the raw step rewards for the uncalibrated one."""
+    body = {"query": [CHAT + "\n\n".join(STEPS) + "<|im_end|>"], "prompts": [CHAT], "labels": [""]}
+    for model, value in (("cal", p_of), ("plain", lambda r: 1 / (1 + math.exp(-r)))):
+        raw = http.post("/v1/score", json={"model": model, "question": TOY_QUESTION, "steps": STEPS}).json()["data"][0]
+        r = http.post(f"/v1/openrlhf/reward?model={model}", json=body)
+        assert r.status_code == 200, r.text
+        got = r.json()
+        want = sum(value(x) for x in raw["step_rewards"]) / len(STEPS)
+        assert got["scores"] == [pytest.approx(want, abs=1e-12)] and got["extra_logs"]["prm_value"] == got["scores"]
+        assert got["rewards"] == [pytest.approx(raw["score"], abs=1e-12)] and got["extra_logs"]["labelled"] == [0.0]
+        assert 0.0 < want < 1.0
+
+
+def test_search_and_learn_values_are_p_correct_or_sigmoid(calibrated_server, http):
+    """search-and-learn's PRMs give a probability per step (sal/models/reward_models.py:49-61): the SDK adapter gives
+    the calibrated PRM's p_correct, and sigmoid(raw) for the uncalibrated one."""
+    from repirl_client.adapters.search_and_learn import RepirlPRM
+
+    raw = http.post("/v1/score", json={"model": "cal", "question": TOY_QUESTION, "steps": STEPS}).json()["data"][0]
+    cal = RepirlPRM(None, base_url=calibrated_server.url, model="cal")
+    plain = RepirlPRM(None, base_url=calibrated_server.url, model="plain")
+    completion = "\n\n".join(STEPS)
+    assert cal.score([TOY_QUESTION], [[completion]]) == [[pytest.approx([p_of(x) for x in raw["step_rewards"]],
+                                                                         abs=1e-12)]]
+    assert cal.value_kind == "p_correct"
+    plain_raw = http.post("/v1/score", json={"model": "plain", "question": TOY_QUESTION,
+                                             "steps": STEPS}).json()["data"][0]["step_rewards"]
+    assert plain.score([TOY_QUESTION], [[completion]]) == [[pytest.approx([1 / (1 + math.exp(-x)) for x in plain_raw],
+                                                                           abs=1e-12)]]
+    assert plain.value_kind == "sigmoid"
+
+
+def test_openrlhf_probability_format_scores_its_own_step_values(main_server):
+    """A qwen-step-tag PRM's step rewards are probabilities already (repirl/scoring/formats.py): an unlabelled
+    sample's `scores` is their mean (its default aggregation), unchanged by any sigmoid."""
+    from repirl.scoring.tiny_prms import QWEN_TAG
+    from tests.server.conftest import API_KEY
+
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    with httpx.Client(base_url=main_server.url, headers=headers, timeout=120) as c:
+        raw = c.post("/v1/score", json={"model": "qwen", "question": TOY_QUESTION, "steps": STEPS,
+                                        "aggregation": "mean-token"}).json()["data"][0]
+        got = c.post("/v1/openrlhf/reward?model=qwen&aggregation=mean-token",
+                     json={"query": [CHAT + QWEN_TAG.join(STEPS) + QWEN_TAG], "prompts": [CHAT],
+                           "labels": ["  "]}).json()  # the steps at the PRM's separator, its step tag
+    assert all(0.0 <= x <= 1.0 for x in raw["step_rewards"])
+    assert got["extra_logs"]["prm_steps"] == [3.0]
+    assert got["scores"] == [pytest.approx(sum(raw["step_rewards"]) / len(STEPS), abs=1e-12)]
