@@ -149,6 +149,9 @@ class TrainConfig(_Strict):
     eval_every: int = Field(0, ge=0)  # held-out accuracy every k iterations (0: only at the end)
     eval_problems: int = Field(64, ge=0)
     threads: int | None = None  # torch threads (None: torch's default)
+    # log kl_init (k3 KL of the policy to its initial weights) every iteration: a metric only, which costs one more
+    # no-grad forward of the frozen reference over the whole batch (a fifth of a GPU iteration's update time)
+    kl_to_init: bool = False
     # --- hardware (issue 13; trainer/device.py, docs/trainer.md "Scale-out") ---
     # where the models, batches and the frozen reference live: auto = cuda when torch sees a GPU, else cpu
     device: Literal["auto", "cpu", "cuda"] = "auto"
