@@ -131,7 +131,8 @@ def prime_prm_step(prm, ref_model, opt, rollouts: Sequence[Rollout], cfg_prime, 
         width = mb.ids.shape[1]
         with torch.set_grad_enabled(update):
             lr = (token_logprobs(prm.model, mb) - ref_lp[sl, :width].to(dev)) * mb.step_mask
-            loss = prime_ce_loss(lr.sum(-1), labels[sl].to(dev), cfg_prime.beta) * len(mb.ids) / max(n_global_rollouts, 1)
+            loss = (prime_ce_loss(lr.sum(-1), labels[sl].to(dev), cfg_prime.beta) * len(mb.ids)
+                    / max(n_global_rollouts, 1))
         if update:
             dist.set_grad_sync(prm.model, k == len(micros) - 1)
             loss.backward()

@@ -27,7 +27,8 @@ def _top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
 
 
 class TransformersPolicy:
-    def __init__(self, model_dir: str | Path, device: str | torch.device = "cpu", dtype: str | torch.dtype = torch.float32):
+    def __init__(self, model_dir: str | Path, device: str | torch.device = "cpu",
+                 dtype: str | torch.dtype = torch.float32):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from repirl.devices import resolve_device, resolve_dtype
