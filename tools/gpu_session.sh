@@ -39,8 +39,12 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv,n
 tag=$($PY -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
 wheels=$(ls gpu_bundle/*.whl 2>/dev/null | grep -E -- "-none-any\.whl|-$tag-")
 if [ -n "$wheels" ]; then
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" $wheels \
-    && echo "bundle: $(echo "$wheels" | wc -l) wheels into $SITE" || echo "bundle: pip install FAILED"
+  if $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" $wheels; then
+    echo "bundle: $(echo "$wheels" | wc -l) wheels into $SITE (pip)"
+  else  # no pip: wheels are zip files
+    $PY -c 'import sys, zipfile; [zipfile.ZipFile(w).extractall(sys.argv[1]) for w in sys.argv[2:]]' "$SITE" $wheels \
+      && echo "bundle: pip failed; $(echo "$wheels" | wc -l) wheels unzipped into $SITE"
+  fi
 else
   echo "bundle: no wheels for $tag in gpu_bundle/ (make gpu-bundle)"
 fi
