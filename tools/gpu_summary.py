@@ -53,7 +53,7 @@ def lines(out: Path) -> list[str]:
     prof = bench.get("profile", {})
     for r in prof.get("top", [])[:6]:
         add(f"profile top op ({prof.get('sorted_by')})", f"{r['op']}: {r['ms']} ms, {r['calls']} calls")
-    r = roll.get("rollouts", {})
+    r = roll.get("rollouts") or bench.get("rollouts", {})  # its own process in the session, else in bench.json
     for name in ("plain_generate_bf16", "trainer_hfengine", "previous_hfengine"):
         x = r.get(name, {})
         add(f"rollouts {r.get('sequences', '-')}x{r.get('max_new_tokens', '-')}: {name}",

@@ -122,7 +122,7 @@ def test_gpu_bench_and_summary_cpu_rehearsal(tmp_path):
     assert all(got["rollouts"][k]["tokens"] > 0 for k in ("plain_generate_bf16", "trainer_hfengine"))
     table = subprocess.run([sys.executable, "tools/gpu_summary.py", str(tmp_path)], cwd=REPO, env=ENV,
                            capture_output=True, text=True, timeout=60).stdout
-    assert "update: trainer policy_step, fused-chunks " in table and "rollouts 4x16: trainer_hfengine" in table, table
+    assert "update: trainer policy_step, fused-chunks " in table and "rollouts 8x16: trainer_hfengine" in table, table
 
 
 @pytest.mark.slow
