@@ -110,5 +110,5 @@ def place(model: torch.nn.Module, cfg, compute: Compute, trainable: bool) -> tor
     if trainable:
         if cfg.gradient_checkpointing:
             enable_gradient_checkpointing(model)
-        dist.wrap(model, bf16=cfg.dtype == "bfloat16")
+        dist.wrap(model, bf16=cfg.dtype == "bfloat16", accumulate_unsharded=cfg.fsdp_accumulate_unsharded)
     return attach(model, compute)

@@ -91,7 +91,8 @@ def _mesh(device_type: str):
     return init_device_mesh(device_type, (world(),))
 
 
-def wrap(model: torch.nn.Module, bf16: bool = False, force: bool = False) -> torch.nn.Module:
+def wrap(model: torch.nn.Module, bf16: bool = False, force: bool = False,
+         accumulate_unsharded: bool = True) -> torch.nn.Module:
     """Shard a Hugging Face model in place (no-op when WORLD_SIZE == 1). Pass the module whose forward() is called
     (FSDP's root hooks run on forward: for a RewardModel that is `prm.model`).
 
@@ -105,7 +106,8 @@ def wrap(model: torch.nn.Module, bf16: bool = False, force: bool = False) -> tor
     weights) and AdamW state stay fp32, each unit all-gathers its weights as bf16 for forward/backward, and gradients
     are reduce-scattered in fp32 (a bf16 SUM over ranks would round every partial sum).
 
-    `force`: shard in a one-process group too (tests/gpu: the CUDA FSDP2 path on one GPU)."""
+    `force`: shard in a one-process group too (tests/gpu: the CUDA FSDP2 path on one GPU). `accumulate_unsharded`:
+    see set_grad_sync (recipe key `fsdp_accumulate_unsharded`)."""
     if world() == 1 and not (force and dist.is_initialized()):
         return model
     if os.environ.get("FSDP_CPU_RAM_EFFICIENT_LOADING", "false").lower() == "true":
@@ -132,6 +134,7 @@ def wrap(model: torch.nn.Module, bf16: bool = False, force: bool = False) -> tor
     # transformers' generate() runs `synced_gpus` (every rank keeps stepping until all are done, so the per-layer
     # all-gathers stay paired) when it sees this flag, which its own FSDP2 loader sets.
     model._is_fsdp_managed_module = True
+    model._repirl_accumulate_unsharded = accumulate_unsharded
     return model
 
 
@@ -139,11 +142,13 @@ def set_grad_sync(model: torch.nn.Module, enabled: bool) -> None:
     """FSDP2 gradient accumulation: with `enabled=False` the next backward keeps its gradients unsharded on this rank
     (in float32: FSDP2 accumulates in reduce_dtype) instead of reduce-scattering them; the micro-batch loops turn it
     off for every micro-batch but a mini-batch's last, so gradients cross the network once per optimizer step (the
-    cost: one unsharded float32 gradient of the model per rank while accumulating). A no-op when not sharded."""
+    cost: one unsharded float32 gradient of the model per rank while accumulating, which `wrap(accumulate_unsharded=
+    False)` declines: then every micro-batch syncs). A no-op when not sharded."""
     from torch.distributed.fsdp import FSDPModule
 
     if isinstance(model, FSDPModule):
-        model.set_requires_gradient_sync(enabled)  # recurses into every FSDP unit
+        sync = enabled or not getattr(model, "_repirl_accumulate_unsharded", True)
+        model.set_requires_gradient_sync(sync)  # recurses into every FSDP unit
 
 
 def is_sharded(model: torch.nn.Module) -> bool:

@@ -94,6 +94,8 @@ def test_scaling_recipes_validate(name, tmp_path):
     assert cfg.policy.startswith("/path/to/")  # the placeholder the user fills
     assert cfg.dtype == "bfloat16" and cfg.gradient_checkpointing and cfg.micro_batch_size
     assert cfg.prompt_template is not None and cfg.prompt_template.kind == "chat"
+    # 8 GPUs x 7.6 B: no unsharded fp32 gradient (30 GB) per rank while accumulating; one GPU: nothing is sharded
+    assert cfg.fsdp_accumulate_unsharded == ("8gpu" not in name)
     raw = yaml.safe_load((REPO / "configs" / name).read_text())
     raw["rollouts"]["sleep_levl"] = 1  # the schema still names a misspelt key
     bad = tmp_path / name
