@@ -22,7 +22,7 @@ mkdir -p "$OUT"
 exec > >(tee -a "$OUT/log.txt") 2>&1
 PY=${PY:-python3}
 SITE=${SITE:-/tmp/site}
-TOTAL=${TOTAL:-285}
+TOTAL=${TOTAL:-330}
 DEVICE=${DEVICE:-auto}
 CAPX=${CAPX:-1}  # scales every section's cap (the CPU rehearsal on a loaded machine: CAPX=5 TOTAL=1800)
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
@@ -69,11 +69,10 @@ section() {  # section NAME CAP CMD...: run CMD under min(CAP, what is left of T
 rm -f "$OUT/.sections"
 section bench 80 $PY -m trainer.gpu_bench "${DEV[@]}" --out "$OUT" --repeats 3 \
   --sections anchor,update,kernels,memory,profile
-section rollouts 45 $PY -m trainer.gpu_bench "${DEV[@]}" --out "$OUT" --name rollouts --sections rollouts
-section gpu-check 75 $PY -m trainer.gpu_check "${DEV[@]}" --bundle gpu_bundle --json "$OUT/gpucheck.json" \
-  --profile "$OUT/profile.txt"
+section rollouts 80 $PY -m trainer.gpu_bench "${DEV[@]}" --out "$OUT" --name rollouts --sections rollouts
+section gpu-check 75 $PY -m trainer.gpu_check "${DEV[@]}" --bundle gpu_bundle --json "$OUT/gpucheck.json"
 section service 70 $PY load_tests/gpu_service.py "${SERVICE[@]}" --out "$OUT"
-section pytest 45 $PY -m pytest -v -p no:cacheprovider -rs --timeout 40 -m "gpu or not gpu" tests/gpu \
+section pytest 80 $PY -m pytest -v -p no:cacheprovider -rs --tb=short --timeout 60 -m "gpu or not gpu" tests/gpu \
   "tests/trainer/test_gpu_check.py::test_make_gpu_check_without_gpu_says_so_and_exits_0" \
   "tests/trainer/test_scaling.py::test_device_auto_is_the_cpu_here_and_bad_values_are_named"
 $PY tools/gpu_summary.py "$OUT" | tee "$OUT/summary.txt"

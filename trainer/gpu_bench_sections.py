@@ -139,6 +139,11 @@ class KernelAndRolloutSections:
 
         plain_run(4)  # warm-up (kernels, allocator)
         new_gen, dt = plain_run(new)
+        # a second full run: the first on the H200 gave 1,236 tokens/s where an earlier plain script had 5,846
+        out["plain_generate_first_run_s"] = round(dt, 2)
+        again, dt2 = plain_run(new)
+        if dt2 < dt:
+            new_gen, dt = again, dt2
         toks = int(sum(((r != eos).cumprod(0)).sum() + (r == eos).any() for r in new_gen))  # up to the first EOS
         out["plain_generate_bf16"] = {"tokens_per_s": round(toks / dt), "tokens": toks, "seconds": round(dt, 2)}
         print(f"[rollouts] plain generate: {out['plain_generate_bf16']}", flush=True)

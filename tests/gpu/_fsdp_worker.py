@@ -22,8 +22,10 @@ def main(policy_dir, out_dir, device):
     device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.set_device(0)
-    tdist.init_process_group("nccl" if device.type == "cuda" else "gloo", init_method=f"file://{out_dir}/pg",
-                             rank=0, world_size=1)
+    # the trainer's own backends (trainer/distributed.py setup): NCCL for CUDA tensors, gloo for the CPU floats that
+    # `all_sum` reduces (NCCL alone failed on the H200: "No backend type associated with device type cpu")
+    tdist.init_process_group("cuda:nccl,cpu:gloo" if device.type == "cuda" else "gloo",
+                             init_method=f"file://{out_dir}/pg", rank=0, world_size=1)
     g = torch.Generator().manual_seed(0)
     seqs = [torch.randint(3, 250, (int(k),), generator=g).tolist() for k in torch.randint(10, 30, (6,), generator=g)]
     batch = collate(seqs, [4] * 6, [len(s) - 1 for s in seqs], 0)

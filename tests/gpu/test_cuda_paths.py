@@ -142,7 +142,8 @@ def test_service_engines_run_on_the_device_in_bf16(tmp_path, device):
     got = scorer.score(items)
     got_again = scorer.score(items)  # from the prefix KV cache on the device
     for g, a, w in zip(got, got_again, want):
-        assert g.step_rewards == pytest.approx(w.step_rewards, abs=0.05)
+        # bf16 keeps 8 mantissa bits: over the layers a step reward of ~7.7 moved by 0.07 (0.9%) on the H200
+        assert g.step_rewards == pytest.approx(w.step_rewards, rel=0.05, abs=0.05)
         assert a.step_rewards == pytest.approx(g.step_rewards, abs=1e-3)
     policy = TransformersPolicy(prm.parent / f".{prm.name}-policy", device=device.type, dtype="auto")
     assert next(policy.model.parameters()).device.type == device.type
