@@ -93,12 +93,13 @@ def create_app(settings: Settings, scorers: dict | None = None,
     state = AppState(settings=settings, metrics=metrics)
     if settings.api_key_file:
         state.api_key_hashes = load_key_hashes(settings.api_key_file)
+    redis_password = settings.redis_password_value() if settings.redis_url else None  # unreadable file: ValueError
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         if settings.redis_url:
-            raw_cache = RedisCache(settings.redis_url, settings.redis_timeout_ms / 1000)
-            log.info("prefix cache: Redis at %s", settings.redis_url)
+            raw_cache = RedisCache(settings.redis_url, settings.redis_timeout_ms / 1000, password=redis_password)
+            log.info("prefix cache: Redis at %s", raw_cache.url)  # the password redacted
         else:
             raw_cache = InProcessCache(settings.cache_max_entries)
             log.warning("prefix cache: in-process (no --redis-url): not shared between replicas")

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, YamlConfigSettingsSource
 
 DEFAULT_PRM = "runs/demo/prm"
@@ -56,7 +56,12 @@ class Settings(BaseSettings):
     torch_threads: int | None = Field(None, gt=0)
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
-    redis_url: str | None = None  # none: an in-process cache
+    # none: an in-process cache. redis:// or rediss:// (TLS; a private CA: `?ssl_ca_certs=/path/ca.pem`). Whoever
+    # can write to this Redis can change the scores every replica serves: it must be trusted (AUTH, TLS, a network
+    # policy). The password goes in redis_password (env REPIRL_REDIS_PASSWORD) or redis_password_file, not the URL
+    redis_url: str | None = None
+    redis_password: SecretStr | None = None
+    redis_password_file: str | None = Field(None, description="file holding the Redis password (AUTH)")
     redis_timeout_ms: float = Field(50.0, gt=0)
     redis_backoff_s: float = Field(2.0, ge=0, description="after a Redis error, skip Redis this long")
     cache_ttl_s: int = Field(7 * 86400, gt=0)
@@ -81,6 +86,21 @@ class Settings(BaseSettings):
             raise ValueError("cache_scope 'api-key' needs api_key_file (without API keys there is no tenant to "
                              "scope the cache by)")
         return self
+
+    @model_validator(mode="after")
+    def _one_redis_password(self) -> "Settings":
+        if self.redis_password is not None and self.redis_password_file:
+            raise ValueError("set redis_password or redis_password_file, not both")
+        return self
+
+    def redis_password_value(self) -> str | None:
+        """The Redis AUTH password from redis_password or redis_password_file (one trailing newline dropped)."""
+        if self.redis_password_file:
+            try:
+                return Path(self.redis_password_file).read_text(encoding="utf-8").removesuffix("\n")
+            except OSError as e:
+                raise ValueError(f"redis_password_file {self.redis_password_file} is unreadable: {e}") from None
+        return self.redis_password.get_secret_value() if self.redis_password is not None else None
 
     def vllm_engine_kwargs(self) -> dict:
         """What every vLLM engine of the service is built with (the PRMs and an in-process policy)."""
