@@ -71,10 +71,18 @@ class Settings(BaseSettings):
     # requests never hit, nor time, another's cached steps; "deployment": all keys share the cache (more hits)
     cache_scope: Literal["deployment", "api-key"] = "deployment"
     api_key_file: str | None = None
+    # the key file is read again when it changes (checked this often; 0: only on SIGHUP): revoking a key needs no
+    # restart. A file that became unreadable or empty keeps the keys already loaded (and logs an error)
+    api_key_reload_s: float = Field(2.0, ge=0, le=3600)
     # the playground's page and assets are public (a browser cannot send a bearer key for them); every API call
-    # the page makes carries the key typed into it
-    public_paths: list[str] = Field(default_factory=lambda: ["/livez", "/readyz", "/metrics", "/playground",
+    # the page makes carries the key typed into it. /metrics is not public by default: with keys set, a scraper
+    # sends one (the Helm chart's ServiceMonitor: serviceMonitor.bearerTokenSecret), or list it here
+    public_paths: list[str] = Field(default_factory=lambda: ["/livez", "/readyz", "/playground",
                                                              "/playground/app.js", "/playground/style.css"])
+    # Host header allowlist (Starlette's TrustedHostMiddleware; "*" = any). None: with no API keys and bound to a
+    # loopback address, the loopback names only, so a web page whose own name resolves to 127.0.0.1 (DNS
+    # rebinding) cannot drive a keyless local service from a browser; otherwise any host
+    allowed_hosts: list[str] | None = None
     drain_timeout_s: float = Field(30.0, ge=0)
     openapi_docs: bool = Field(True, description="serve /openapi.json and /docs (behind the API key when keys are set)")
     log_level: str = Field("warning", description="uvicorn and library logs (info shows every request)")
@@ -102,6 +110,14 @@ class Settings(BaseSettings):
                 raise ValueError(f"redis_password_file {self.redis_password_file} is unreadable: {e}") from None
         return self.redis_password.get_secret_value() if self.redis_password is not None else None
 
+    def trusted_hosts(self) -> list[str]:
+        """The Host header values served (["*"]: any): `allowed_hosts`, or its default (see the field)."""
+        if self.allowed_hosts is not None:
+            return self.allowed_hosts
+        if self.api_key_file is None and _is_loopback(self.host):
+            return sorted({"localhost", "127.0.0.1", "[::1]", self.host if ":" not in self.host else f"[{self.host}]"})
+        return ["*"]
+
     def vllm_engine_kwargs(self) -> dict:
         """What every vLLM engine of the service is built with (the PRMs and an in-process policy)."""
         kwargs = {"kv_cache_gib": self.vllm_kv_cache_gib, "gpu_memory_utilization": self.vllm_gpu_memory_utilization}
@@ -120,6 +136,17 @@ class Settings(BaseSettings):
                 name = f"{name}-{len(out)}"
             out.append((name, path))
         return out
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def load_settings(config_file: str | Path | None = None, **overrides) -> Settings:
