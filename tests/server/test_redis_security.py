@@ -17,7 +17,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from repirl.scoring.cache import redact_url
 from tests.server.conftest import ServerProc, free_port
 
 pytestmark = pytest.mark.slow
@@ -231,6 +230,8 @@ def test_redis_over_tls_with_auth(server_prms, tmp_path):
 
 
 def test_redact_url():
+    from repirl.scoring.cache import redact_url
+
     assert redact_url("redis://:pw@host:6379/0") == "redis://:***@host:6379/0"
     assert redact_url("rediss://user:pw@h/1?ssl_ca_certs=/ca.pem") == "rediss://user:***@h/1?ssl_ca_certs=/ca.pem"
     assert redact_url("redis://host:6379/0") == "redis://host:6379/0"

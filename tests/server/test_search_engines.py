@@ -142,7 +142,6 @@ def test_remote_policy_context_is_learnt_and_a_long_question_is_413(api_server, 
     question that cannot fit is our 413 naming `question`. Before, the question went out, vLLM answered 400 and the
     service relayed it as a 503 with the server's URL and 300 characters of its body. The PRM (byte-level tiny model,
     512 positions) would take the question: only the policy's context refuses it."""
-    assert RemotePolicy(api_server).context_tokens == 256
     srv = ServerProc(["--engine", "hf", "--prm", f"tr={server_prms['token-reward']}", "--policy", api_server + "/v1"],
                      env=VLLM_ENV, log=tmp_path / "server.log").wait_ready(timeout=300)
     question = "Start with 3. " + "Add 1, then subtract 1. " * 13 + "What is the result?"  # ~350 tokens
@@ -156,3 +155,4 @@ def test_remote_policy_context_is_learnt_and_a_long_question_is_413(api_server, 
     assert err["param"] == "question" and "policy's context" in err["message"], err
     assert api_server.split("//")[1] not in r.text
     assert ok.status_code == 200, ok.text  # a question that fits still searches
+    assert RemotePolicy(api_server).context_tokens == 256
