@@ -51,8 +51,9 @@ serve: demo
 # Two workers (one per core): most of the suite is vLLM engine start-ups, which are single-threaded imports;
 # --dist loadfile: whole files (and their module-scoped services) per worker, and files that share an engine together
 # (tests/conftest.py, SHARED_ENGINE_GROUPS).
+# -m "not gpu": tests/gpu needs a CUDA device; `make gpu-check` runs it on a GPU machine (a bare pytest skips it).
 test: $(STAMP)
-	$(BIN)/python -m pytest -n 2 --dist loadfile --durations=25
+	$(BIN)/python -m pytest -n 2 --dist loadfile --durations=25 -m "not gpu"
 
 bench: $(STAMP) demo
 	$(BIN)/python load_tests/run_all.py $(BENCH_ARGS)
@@ -113,8 +114,14 @@ clean:
 GPU_BUNDLE ?= gpu_bundle
 GPU_CHECK_ARGS ?=
 CHECK_PY := $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PY))
+# Then, where there is a GPU: the service on it under a short load (load_tests/gpu_service.py: /v1/score items/s,
+# /v1/search p50/p99) and `pytest -m gpu tests/gpu` (the CUDA paths), both with the bundle's packages.
+# tools/gpu_session.sh is the one-call version for a lent GPU machine (time caps, benchmarks, logs to $$OUT).
 gpu-check:
 	$(CHECK_PY) -m trainer.gpu_check --bundle $(GPU_BUNDLE) $(GPU_CHECK_ARGS)
+	@if $(CHECK_PY) -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then \
+		$(CHECK_PY) load_tests/gpu_service.py --bundle $(GPU_BUNDLE) && \
+		$(CHECK_PY) -m trainer.gpu_check --bundle $(GPU_BUNDLE) --tests; fi
 
 gpu-bundle:
 	$(CHECK_PY) -m trainer.gpu_check --make-bundle --bundle $(GPU_BUNDLE)

@@ -53,7 +53,8 @@ def build_scorers(settings: Settings) -> dict:
         engine = resolve_engine(load_prm_config(path).format, settings.engine)
         if engine == "hf":
             kwargs = {"kv_cache_tokens": settings.hf_kv_cache_tokens, "max_batch_tokens": settings.limits.max_batch_tokens,
-                      "forward_tokens": settings.hf_forward_tokens}
+                      "forward_tokens": settings.hf_forward_tokens, "device": settings.hf_device,
+                      "dtype": settings.hf_dtype}
         else:
             kwargs = settings.vllm_engine_kwargs()
         scorers[name] = load_scorer(path, engine=engine, name=name, **kwargs)

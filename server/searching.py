@@ -68,7 +68,9 @@ def load_policies(settings) -> dict[str, LoadedPolicy]:
     from repirl.policy import load_policy
 
     spec = PolicySpec.parse(settings.policy, {"hf": "transformers", "vllm": "vllm"}.get(settings.engine, "auto"))
-    kwargs = settings.vllm_engine_kwargs() if spec.resolved_engine() == "vllm" else {}
+    resolved = spec.resolved_engine()
+    kwargs = (settings.vllm_engine_kwargs() if resolved == "vllm" else
+              {"device": settings.hf_device, "dtype": settings.hf_dtype} if resolved == "transformers" else {})
     engine = load_policy(spec, **kwargs)
     log.info("loaded policy from %s (%s)", spec, type(engine).__name__)
     return {"policy": LoadedPolicy("policy", engine, spec)}

@@ -46,6 +46,10 @@ class Settings(BaseSettings):
     engine: Literal["auto", "vllm", "hf"] = "auto"
     hf_kv_cache_tokens: int = Field(65536, ge=0)
     hf_forward_tokens: int = Field(1024, gt=0, description="tokens per transformers forward pass (CPU sweet spot)")
+    # the transformers engines (PRM scorer and policy): auto = the GPU when torch sees one, else the CPU; dtype auto =
+    # bf16 on a GPU, float32 on the CPU (repirl/devices.py)
+    hf_device: Literal["auto", "cpu", "cuda"] = "auto"
+    hf_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     vllm_max_model_len: int | None = None
     # vLLM memory (repirl/vllm_setup.py): KV cache per engine in GiB (CPU default 0.5, so the service, a training
     # run and the tests fit on one 24 GiB machine); on a GPU the share of GPU memory per engine unless a size is set

@@ -10,6 +10,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # threads to the same first core and reserves the other, so two workers' engines would share one core while the
 # other idles: let the OS schedule them.
 os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+# The service's transformers engines default to the GPU in bf16 where torch sees one (server/settings.py hf_device);
+# the suite's numbers (scores against float32 references, vLLM vs transformers to 1e-4) are float32 CPU facts, so
+# the suite pins them to the CPU on a GPU host too. The CUDA paths have their own tests (tests/gpu, `-m gpu`).
+os.environ.setdefault("REPIRL_HF_DEVICE", "cpu")
 
 import pytest  # noqa: E402
 from hypothesis import settings  # noqa: E402

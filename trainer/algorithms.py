@@ -89,12 +89,16 @@ def irl_prm_step(prm, opt, experts: Sequence[Rollout], negatives: Sequence[Rollo
             coef = torch.autograd.grad(total, leaf)[0] if total is not None else torch.zeros_like(shown)
             value = float(total.detach()) if total is not None else 0.0
             if train and n_global > 0:
-                value = 0.0
-                for sl in micro_slices(len(items), compute_of(prm.model).micro_batch_size):
-                    mb = batch.rows(sl)
-                    part = (coef[sl] * masked_mean(prm.token_rewards(mb), mb.step_mask)).sum()
+                dev = compute_of(prm.model).device
+                value = torch.zeros((), dtype=torch.float64, device=dev)
+                micros = micro_slices(len(items), compute_of(prm.model).micro_batch_size)
+                for k, sl in enumerate(micros):
+                    mb = batch.rows(sl).to(dev)  # rewards, loss and backward on the model's device
+                    part = (coef[sl].to(dev) * masked_mean(prm.token_rewards(mb), mb.step_mask)).sum()
+                    dist.set_grad_sync(prm.model, k == len(micros) - 1)
                     part.backward()  # also on a rank without usable questions (zeros): FSDP's collectives pair up
-                    value += float(part.detach())
+                    value += part.detach()
+                value = float(value)
         if it == 0:  # metrics before this iteration's update
             margins = [float(shown[(gid == g) & ~is_neg].mean() - shown[(gid == g) & is_neg].mean()) for g in usable]
             metrics = {
@@ -119,17 +123,22 @@ def prime_prm_step(prm, ref_model, opt, rollouts: Sequence[Rollout], cfg_prime, 
         ref_lp = token_logprobs(ref_model, batch)
     labels = torch.tensor([float(r.correct) for r in rollouts])
     update = cfg_prm.updates_per_iter > 0 and not cfg_prm.frozen
-    logratio, value = torch.zeros_like(ref_lp), 0.0
-    for sl in micro_slices(len(rollouts), compute_of(prm.model).micro_batch_size):
-        mb = batch.rows(sl)
+    dev = compute_of(prm.model).device
+    logratio, value = torch.zeros_like(ref_lp), torch.zeros((), dtype=torch.float64, device=dev)
+    micros = micro_slices(len(rollouts), compute_of(prm.model).micro_batch_size)
+    for k, sl in enumerate(micros):
+        mb = batch.rows(sl).to(dev)  # log-probs, loss and backward on the model's device
         width = mb.ids.shape[1]
         with torch.set_grad_enabled(update):
-            lr = (token_logprobs(prm.model, mb) - ref_lp[sl, :width]) * mb.step_mask
-            loss = prime_ce_loss(lr.sum(-1), labels[sl], cfg_prime.beta) * len(mb.ids) / max(n_global_rollouts, 1)
+            lr = (token_logprobs(prm.model, mb) - ref_lp[sl, :width].to(dev)) * mb.step_mask
+            loss = (prime_ce_loss(lr.sum(-1), labels[sl].to(dev), cfg_prime.beta) * len(mb.ids)
+                    / max(n_global_rollouts, 1))
         if update:
+            dist.set_grad_sync(prm.model, k == len(micros) - 1)
             loss.backward()
-        logratio[sl, :width] = lr.detach()
-        value += float(loss.detach())
+        logratio[sl, :width] = lr.detach().to(logratio.device)
+        value += loss.detach()
+    value = float(value)
     if update:
         _step(prm, opt, cfg_prm.grad_clip)
     rewards = cfg_prime.beta * logratio
@@ -160,8 +169,12 @@ def policy_step(policy, opt, batch: Batch, old_lp: torch.Tensor, advantages: tor
     if cfg.mini_batch_size is not None:
         per = max(1, cfg.mini_batch_size // dist.world())
     parts = minibatch_rows(batch.ids.shape[0], n, per)
-    micro = compute_of(policy).micro_batch_size
-    stats = {"loss": 0.0, "ent": 0.0, "tokens": 0.0, "clipped": 0.0, "seen": 0.0, "steps": 0}
+    compute = compute_of(policy)
+    dev = compute.device
+    # sums kept on the device (loss x tokens, entropy, clipped tokens) and read once at the end: a float() per
+    # micro-batch would wait for the GPU each time
+    sums = torch.zeros(3, dtype=torch.float64, device=dev)
+    stats = {"tokens": 0.0, "seen": 0.0, "steps": 0}
     for epoch in range(cfg.ppo_epochs):
         for part in parts:
             tokens = dist.all_sum(float(batch.resp_mask[part].sum()))
@@ -169,30 +182,38 @@ def policy_step(policy, opt, batch: Batch, old_lp: torch.Tensor, advantages: tor
                 continue
             # gradient accumulation: each micro-batch's loss is its share of the mini-batch's token-mean (divided by
             # the mini-batch's GLOBAL token count), so the summed gradients are the whole mini-batch's, exactly
-            for ms in micro_slices(part.stop - part.start, micro):
+            micros = micro_slices(part.stop - part.start, compute.micro_batch_size)
+            for k, ms in enumerate(micros):
                 sl = slice(part.start + ms.start, part.start + ms.stop)
-                mb = batch.rows(sl)  # cut to its longest row
-                width = mb.ids.shape[1]
-                old, adv = old_lp[sl, :width], advantages[sl] if advantages.dim() == 1 else advantages[sl, :width]
+                host = batch.rows(sl)  # cut to its longest row
+                width = host.ids.shape[1]
+                # the micro-batch and its targets on the model's device: log-probs, loss and backward stay there
+                mb = host.to(dev)
+                old = old_lp[sl, :width].to(dev, non_blocking=True)
+                adv = (advantages[sl] if advantages.dim() == 1 else advantages[sl, :width]).to(dev, non_blocking=True)
                 lp, ent = token_logprobs(policy, mb, with_entropy=True, temperature=temperature)
                 pg = ppo_clip_loss_sum(lp, old, adv, mb.resp_mask, cfg.clip)
                 ent_sum = (ent * mb.resp_mask).sum()
                 loss = (pg - cfg.entropy_coef * ent_sum) / tokens
+                dist.set_grad_sync(policy, k == len(micros) - 1)  # FSDP: reduce once per mini-batch, not per micro
                 loss.backward()
-                stats["clipped"] += float(ppo_clipped_tokens(lp.detach(), old, adv, mb.resp_mask, cfg.clip))
-                stats["seen"] += float(mb.resp_mask.sum())
-                if epoch == 0:  # the first pass: every token once, weighted by its mini-batch's share
-                    stats["loss"] += float(loss.detach()) * tokens
-                    stats["ent"] += float(ent_sum.detach())
-                    stats["tokens"] += float(mb.resp_mask.sum())
+                with torch.no_grad():
+                    sums[2] += ppo_clipped_tokens(lp, old, adv, mb.resp_mask, cfg.clip)
+                    if epoch == 0:  # the first pass: every token once, weighted by its mini-batch's share
+                        sums[0] += loss * tokens
+                        sums[1] += ent_sum
+                stats["seen"] += float(host.resp_mask.sum())
+                if epoch == 0:
+                    stats["tokens"] += float(host.resp_mask.sum())
             _step(policy, opt, cfg.grad_clip)
             stats["steps"] += 1
     if not stats["steps"]:
         return {}
+    loss_sum, ent_sum, clipped = sums.tolist()
     total = dist.all_sum(stats["tokens"])
-    return {"policy_loss": dist.all_sum(stats["loss"]) / max(total, 1.0),
-            "entropy": dist.all_sum(stats["ent"]) / max(total, 1.0),
-            "clip_frac": dist.all_sum(stats["clipped"]) / max(dist.all_sum(stats["seen"]), 1.0),
+    return {"policy_loss": dist.all_sum(loss_sum) / max(total, 1.0),
+            "entropy": dist.all_sum(ent_sum) / max(total, 1.0),
+            "clip_frac": dist.all_sum(clipped) / max(dist.all_sum(stats["seen"]), 1.0),
             "policy_steps": stats["steps"]}
 
 

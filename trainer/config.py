@@ -149,6 +149,9 @@ class TrainConfig(_Strict):
     eval_every: int = Field(0, ge=0)  # held-out accuracy every k iterations (0: only at the end)
     eval_problems: int = Field(64, ge=0)
     threads: int | None = None  # torch threads (None: torch's default)
+    # log kl_init (k3 KL of the policy to its initial weights) every iteration: a metric only, which costs one more
+    # no-grad forward of the frozen reference over the whole batch (a fifth of a GPU iteration's update time)
+    kl_to_init: bool = False
     # --- hardware (issue 13; trainer/device.py, docs/trainer.md "Scale-out") ---
     # where the models, batches and the frozen reference live: auto = cuda when torch sees a GPU, else cpu
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -164,6 +167,11 @@ class TrainConfig(_Strict):
     # log-probs are taken from the final hidden states in chunks of this many token positions (lm_head + float32
     # log_softmax + gather per chunk), so [batch, tokens, vocab] logits never exist in full (None: one chunk)
     logprob_chunk_tokens: int | None = Field(None, ge=1)
+    # several processes (FSDP2), gradient accumulation: reduce-scatter the gradients once per mini-batch (true: each
+    # rank keeps an unsharded float32 gradient of the whole model while it accumulates, 4 bytes per parameter) or
+    # after every micro-batch (false: no such copy, one reduce-scatter per micro-batch; for models whose full fp32
+    # gradient does not fit beside the shards, e.g. 7B on 80 GB GPUs)
+    fsdp_accumulate_unsharded: bool = True
     task: TaskConfig = Field(default_factory=TaskConfig)
     rollouts: RolloutConfig = Field(default_factory=RolloutConfig)
     filters: FilterConfig = Field(default_factory=FilterConfig)

@@ -17,9 +17,10 @@ Precision (what we chose, and why):
     No autocast on top (the parameters FSDP hands to the forward are already bf16).
   * either way the logits are upcast to float32 per chunk before log_softmax, and every log-prob, entropy, loss and
     advantage is float32 (veRL / OpenRLHF do the same: bf16 logits, fp32 log-softmax).
-Per-token results ([batch, tokens] log-probs, rewards) come back to the batch's device (the CPU) where the losses,
-advantages and metrics are computed: [B, T] floats per micro-batch, while weights, activations and logits stay on
-the accelerator; autograd carries the gradient back across the copy.
+Updates (policy, rePIRL PRM, PRIME PRM): each micro-batch goes to the model's device, and its log-probs, loss and
+backward stay there; running sums for the metrics stay there too and are read once per update. No-grad scoring
+passes return their [batch, tokens] results to the batch's device (the CPU), where advantages and metrics are
+computed, one copy per micro-batch.
 """
 
 from __future__ import annotations
@@ -77,10 +78,11 @@ def compute_for(cfg, device: torch.device, world: int) -> Compute:
 
 
 def reference_dtype(cfg, world: int) -> torch.dtype:
-    """The frozen initial policy computes like the trainable policy: in several processes FSDP computes with bf16
-    weights, so the (unsharded, gradient-free) reference is stored in bf16, half the memory of an fp32 replica; one
-    process keeps it in fp32 under the same autocast as the policy, so kl_init is exactly 0 before the first update."""
-    return torch.bfloat16 if (cfg.dtype == "bfloat16" and world > 1) else torch.float32
+    """The frozen initial policy is never trained, so it needs no fp32 master copy: with `dtype: bfloat16` it is
+    stored in bf16 (half the memory; it computes in bf16 as the policy's forward does). Its log-probs then differ
+    from the fp32-master policy's by bf16 rounding (~1e-2 nats), so kl_init starts near 0, not at exactly 0.
+    float32 recipes keep an fp32 reference (kl_init exactly 0 before the first update)."""
+    return torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32
 
 
 def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
@@ -108,5 +110,5 @@ def place(model: torch.nn.Module, cfg, compute: Compute, trainable: bool) -> tor
     if trainable:
         if cfg.gradient_checkpointing:
             enable_gradient_checkpointing(model)
-        dist.wrap(model, bf16=cfg.dtype == "bfloat16")
+        dist.wrap(model, bf16=cfg.dtype == "bfloat16", accumulate_unsharded=cfg.fsdp_accumulate_unsharded)
     return attach(model, compute)

@@ -91,7 +91,8 @@ def _mesh(device_type: str):
     return init_device_mesh(device_type, (world(),))
 
 
-def wrap(model: torch.nn.Module, bf16: bool = False) -> torch.nn.Module:
+def wrap(model: torch.nn.Module, bf16: bool = False, force: bool = False,
+         accumulate_unsharded: bool = True) -> torch.nn.Module:
     """Shard a Hugging Face model in place (no-op when WORLD_SIZE == 1). Pass the module whose forward() is called
     (FSDP's root hooks run on forward: for a RewardModel that is `prm.model`).
 
@@ -103,8 +104,11 @@ def wrap(model: torch.nn.Module, bf16: bool = False) -> torch.nn.Module:
     Move the model to its device first (the mesh is built on the parameters' device). `bf16`: FSDP2 mixed precision,
     MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32): the sharded parameters (the optimizer's master
     weights) and AdamW state stay fp32, each unit all-gathers its weights as bf16 for forward/backward, and gradients
-    are reduce-scattered in fp32 (a bf16 SUM over ranks would round every partial sum)."""
-    if world() == 1:
+    are reduce-scattered in fp32 (a bf16 SUM over ranks would round every partial sum).
+
+    `force`: shard in a one-process group too (tests/gpu: the CUDA FSDP2 path on one GPU). `accumulate_unsharded`:
+    see set_grad_sync (recipe key `fsdp_accumulate_unsharded`)."""
+    if world() == 1 and not (force and dist.is_initialized()):
         return model
     if os.environ.get("FSDP_CPU_RAM_EFFICIENT_LOADING", "false").lower() == "true":
         # transformers' from_pretrained then loads zeros on every rank but 0 (modeling_utils, is_fsdp_enabled),
@@ -130,7 +134,21 @@ def wrap(model: torch.nn.Module, bf16: bool = False) -> torch.nn.Module:
     # transformers' generate() runs `synced_gpus` (every rank keeps stepping until all are done, so the per-layer
     # all-gathers stay paired) when it sees this flag, which its own FSDP2 loader sets.
     model._is_fsdp_managed_module = True
+    model._repirl_accumulate_unsharded = accumulate_unsharded
     return model
+
+
+def set_grad_sync(model: torch.nn.Module, enabled: bool) -> None:
+    """FSDP2 gradient accumulation: with `enabled=False` the next backward keeps its gradients unsharded on this rank
+    (in float32: FSDP2 accumulates in reduce_dtype) instead of reduce-scattering them; the micro-batch loops turn it
+    off for every micro-batch but a mini-batch's last, so gradients cross the network once per optimizer step (the
+    cost: one unsharded float32 gradient of the model per rank while accumulating, which `wrap(accumulate_unsharded=
+    False)` declines: then every micro-batch syncs). A no-op when not sharded."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if isinstance(model, FSDPModule):
+        sync = enabled or not getattr(model, "_repirl_accumulate_unsharded", True)
+        model.set_requires_gradient_sync(sync)  # recurses into every FSDP unit
 
 
 def is_sharded(model: torch.nn.Module) -> bool:

@@ -21,6 +21,7 @@ short).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -39,18 +40,29 @@ QWEN2_05B = dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, 
                  tie_word_embeddings=True, rms_norm_eps=1e-6)
 REPO = Path(__file__).resolve().parents[1]
 NEEDS = ("pydantic", "yaml")  # what the trainer imports that a stock CUDA torch image may lack (see use_bundle)
+# and what `repirl serve` imports beyond that (load_tests/gpu_service.py; the audit in docs/trainer.md)
+SERVICE_NEEDS = ("fastapi", "starlette", "uvicorn", "pydantic_settings", "dotenv", "redis", "sse_starlette",
+                 "math_verify")
 
 
 def peak_tflops(name: str) -> float | None:
     return next((v for k, v in PEAK_BF16_TFLOPS if k.lower() in name.lower()), None)
 
 
-def use_bundle(bundle: Path) -> str:
-    """Make the trainer's imports work without network: when a package is missing, unpack every wheel of `bundle`
-    into bundle/site (once) and put it first on sys.path. Returns what it did, for the log."""
+def bundle_site(bundle: Path) -> Path:
+    """Where use_bundle unpacks the wheels for this Python."""
+    return bundle / "site" / f"cp{sys.version_info.major}{sys.version_info.minor}"
+
+
+def use_bundle(bundle: Path, service: bool = False) -> str:
+    """Make the trainer's imports (and with `service`, the service's) work without network: when a package is
+    missing, unpack every wheel of `bundle` for this Python into bundle/site (once) and put it first on sys.path.
+    Returns what it did, for the log."""
+    import importlib
     import importlib.util
 
-    missing = [m for m in NEEDS if importlib.util.find_spec(m) is None]
+    needs = NEEDS + (SERVICE_NEEDS if service else ())
+    missing = [m for m in needs if importlib.util.find_spec(m) is None]
     if not missing:
         return "packages: all present"
     wheels = sorted(bundle.glob("*.whl"))
@@ -58,7 +70,7 @@ def use_bundle(bundle: Path) -> str:
         raise SystemExit(f"gpu-check: {', '.join(missing)} not installed and no wheels in {bundle}: run `make "
                          f"gpu-bundle` on a machine with network and copy {bundle}/ here")
     tag = f"cp{sys.version_info.major}{sys.version_info.minor}"
-    site = bundle / "site" / tag
+    site = bundle_site(bundle)
     if not (site / ".done").exists():
         site.mkdir(parents=True, exist_ok=True)
         for whl in wheels:
@@ -70,34 +82,40 @@ def use_bundle(bundle: Path) -> str:
                 z.extractall(site)
         (site / ".done").write_text("ok")
     sys.path.insert(0, str(site))
+    importlib.invalidate_caches()
     still = [m for m in missing if importlib.util.find_spec(m) is None]
     if still:
         raise SystemExit(f"gpu-check: {', '.join(still)} still missing after unpacking {bundle} (no wheel for {tag}?)")
     return f"packages: {', '.join(missing)} from {bundle} ({len(wheels)} wheels)"
 
 
-BUNDLE_PURE = ("pydantic", "annotated-types", "typing-inspection")  # pure Python (py3-none-any)
+# The wheels `make gpu-bundle` downloads: what the trainer and `repirl serve` import beyond a stock CUDA torch image
+# (torch, transformers, accelerate, rich, typer, httpx, prometheus-client, sympy, pytest, ...; ENVIRONMENT.md), at
+# the versions installed here, and liger-kernel for the device benchmark (trainer/gpu_bench.py). Audited by running
+# the CPU rehearsals in a venv holding only the image's packages and these wheels (docs/trainer.md, "GPU session").
+BUNDLE_PURE = ("pydantic", "annotated-types", "typing-inspection", "typing-extensions",  # the trainer's recipes
+               "pydantic-settings", "python-dotenv", "fastapi", "starlette", "uvicorn", "redis", "sse-starlette",
+               "math-verify", "latex2sympy2_extended", "antlr4-python3-runtime")  # the service
+BUNDLE_EXTRA = ("liger-kernel==0.8.5",)  # not installed here (it needs triton: GPU only); pure Python
 BUNDLE_BINARY = ("pydantic-core",)  # one wheel per CPython version (manylinux x86_64)
-BUNDLE_PYTHONS = ("3.10", "3.11", "3.12", "3.13")  # the GPU image's Python is not known in advance
+BUNDLE_PYTHONS = ("3.11", "3.12")  # this machine's Python (the audit) and the GPU image's (3.12.3)
 
 
 def make_bundle(bundle: Path, pythons=BUNDLE_PYTHONS) -> int:
-    """`make gpu-bundle` (needs network): the wheels of the packages the trainer imports beyond a stock CUDA torch
-    image, at the versions installed here (pydantic pins its pydantic-core exactly). What that set is was measured:
-    a CPU dry run with vLLM blocked, every imported module mapped to its distribution, minus the dependency closure
-    of torch, transformers, accelerate, rich, typer, httpx, safetensors and pytest: pydantic and its three
-    dependencies (typing-extensions comes with torch; PyYAML with transformers)."""
+    """`make gpu-bundle` (needs network): BUNDLE_PURE at the versions installed here (pydantic pins its
+    pydantic-core exactly), BUNDLE_EXTRA, and pydantic-core for each of `pythons`."""
     import importlib.metadata as md
     import subprocess
 
     bundle.mkdir(parents=True, exist_ok=True)
     for old in bundle.glob("*.whl"):
         old.unlink()
-    pin = [f"{n}=={md.version(n)}" for n in BUNDLE_PURE]
+    pin = [f"{n}=={md.version(n)}" for n in BUNDLE_PURE] + list(BUNDLE_EXTRA)
     base = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:", "-d", str(bundle)]
     subprocess.run(base + pin, check=True)
     for py in pythons:
-        subprocess.run(base + ["--platform", "manylinux2014_x86_64", "--python-version", py,
+        subprocess.run(base + ["--platform", "manylinux2014_x86_64", "--platform", "manylinux_2_17_x86_64",
+                               "--implementation", "cp", "--python-version", py,
                                *[f"{n}=={md.version(n)}" for n in BUNDLE_BINARY]], check=True)
     wheels = sorted(bundle.glob("*.whl"))
     size = sum(w.stat().st_size for w in wheels)
@@ -122,9 +140,11 @@ def build_policy(out: Path, tiny: bool, seed: int = 0) -> tuple[Path, int]:
     else:
         cfg = Qwen2Config(**QWEN2_05B, eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id,
                           pad_token_id=tok.eos_token_id)
-    model = Qwen2ForCausalLM(cfg)
+    # initialised on the GPU when there is one (seconds, where a CPU init of 494 M parameters takes much longer)
+    with torch.device("cuda" if torch.cuda.is_available() and not tiny else "cpu"):
+        model = Qwen2ForCausalLM(cfg)
     if not tiny:
-        model = model.to(torch.bfloat16)  # a 1 GB folder instead of 2 GB; the trainer loads its own precision
+        model = model.to("cpu", torch.bfloat16)  # a 1 GB folder instead of 2 GB; the trainer loads its own precision
     params = sum(p.numel() for p in model.parameters())
     save_model_folder(model, tok, out, policy_config=PolicyConfig())
     return out, params
@@ -135,8 +155,12 @@ def recipe(policy: Path, out_dir: Path, device: str, tiny: bool, iterations: int
     return {
         "name": "gpu-check", "out_dir": str(out_dir), "policy": str(policy), "iterations": iterations,
         "questions_per_iter": 16 if big else 4, "checkpoint_every": 1000, "eval_problems": 0,
-        "device": device, "dtype": "bfloat16", "gradient_checkpointing": big,
-        "micro_batch_size": 32 if big else 4, "logprob_chunk_tokens": 1024 if big else None,
+        # no gradient checkpointing: a 0.5B model's activations for 32 x 256 tokens fit easily, and recomputing
+        # them costs a third more compute (trainer/gpu_bench.py measures both). Full logits, not fused chunks: on the
+        # H200 the policy step ran at 0.888x the plain-transformers anchor with full logits (peak 39.9 GiB) and 0.747x
+        # with fused chunks of 2048 (21.1 GiB); chunks are for when [tokens, vocab] float32 logits do not fit
+        "device": device, "dtype": "bfloat16", "gradient_checkpointing": False,
+        "micro_batch_size": 32 if big else 4, "logprob_chunk_tokens": None if big else 16,
         "task": {"train_size": 64, "eval_size": 4},
         "rollouts": {"n": 8 if big else 2, "max_new_tokens": 128 if big else 16, "engine": "auto"},
         "optim": {"lr": 1e-6, "mini_batch_size": 4 if big else 2},
@@ -150,7 +174,7 @@ class FlopCounter:
     gradients (rollout forwards are skipped: generate's incremental steps are counted as tokens/s instead)."""
 
     def __init__(self):
-        self.in_rollout, self.flops, self.grad_tokens = False, 0.0, 0
+        self.in_rollout, self.flops, self.grad_tokens, self.rollout_peak = False, 0.0, 0, 0
 
     def watch(self, model, params: int) -> None:
         def hook(_module, args, kwargs):
@@ -209,10 +233,14 @@ def run(args) -> int:
             return generate(*a, **k)
         finally:
             counter.in_rollout = False
+            if cuda:  # the rollouts' peak, then the rest of the iteration's (the updates) on its own
+                counter.rollout_peak = torch.cuda.max_memory_allocated()
+                torch.cuda.reset_peak_memory_stats()
 
-    trainer.engine.generate = timed_generate
     cuda = device != "cpu"
+    trainer.engine.generate = timed_generate
     worst, ok = 0.0, True
+    report = {"device": name, "params": params, "iterations": []}
     for it in range(args.iterations):
         if cuda:
             torch.cuda.reset_peak_memory_stats()
@@ -222,7 +250,8 @@ def run(args) -> int:
         gen_tokens = row["mean_len"] * rollouts
         t_update = max(row["t_iter"] - row["t_rollout"], 1e-9)
         mfu = counter.flops / t_update / (peak * 1e12) if peak else None
-        mem = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
+        mem = torch.cuda.max_memory_allocated() / 2**30 if cuda else None  # after the rollouts: the update phases
+        mem_roll = counter.rollout_peak / 2**30 if cuda else None
         diff = row.get("logprob_max_abs_diff")
         worst = max(worst, diff if diff is not None else 0.0)
         if diff is None or diff != diff or diff > 1.0:  # missing, NaN, or a sampler that is not the trainer's model
@@ -231,11 +260,65 @@ def run(args) -> int:
               f"({gen_tokens:.0f} tokens, {row['t_rollout']:.1f} s); update {counter.grad_tokens / t_update:,.0f} "
               f"tokens/s ({t_update:.1f} s, {counter.flops / t_update / 1e12:.2f} TFLOP/s"
               f"{f', MFU {mfu:.1%}' if mfu is not None else ', MFU n/a (no GPU peak known)'}); "
-              f"peak GPU memory {f'{mem:.1f} GiB' if mem is not None else 'n/a (CPU)'}; "
+              f"peak GPU memory "
+              f"{f'{mem_roll:.1f} GiB rollouts, {mem:.1f} GiB updates' if mem is not None else 'n/a (CPU)'}; "
               f"log-prob check max |sampler - trainer| {diff if diff is None else f'{diff:.2e}'}")
+        # where the iteration's time went: rollouts, the PRM phase (its update and scoring), the policy update, and
+        # the rest (old log-probs, the log-prob checks, batching)
+        rest = row["t_iter"] - row["t_rollout"] - row["t_prm"] - row["t_policy"]
+        print(f"  phases: rollouts {row['t_rollout']:.2f} s, PRM {row['t_prm']:.2f} s, policy update "
+              f"{row['t_policy']:.2f} s, other {rest:.2f} s")
+        report["iterations"].append({
+            "rollout_tokens_per_s": round(gen_tokens / max(row["t_rollout"], 1e-9)), "gen_tokens": round(gen_tokens),
+            "update_tokens_per_s": round(counter.grad_tokens / t_update), "update_tflops": round(
+                counter.flops / t_update / 1e12, 2), "update_mfu": round(mfu, 4) if mfu is not None else None,
+            "peak_gib": round(mem, 2) if mem is not None else None, "logprob_check": diff,
+            "peak_rollout_gib": round(mem_roll, 2) if mem_roll is not None else None,
+            "t_rollout": row["t_rollout"], "t_prm": row["t_prm"], "t_policy": row["t_policy"],
+            "t_other": round(rest, 3), "t_iter": row["t_iter"]})
+        if args.json:
+            Path(args.json).write_text(json.dumps(report, indent=1))
     print(f"gpu-check: {'PASS' if ok else 'FAIL'}: {args.iterations} iterations; log-prob check max {worst:.2e} "
-          f"(bf16: ~1e-2 is bf16 rounding; stale weights show far more); total {time.time() - t0:.0f} s")
+          f"(bf16: ~1e-2 is bf16 rounding; stale weights show far more); total {time.time() - t0:.0f} s", flush=True)
+    if args.profile:
+        profile_after_rollouts(trainer, args.iterations, cuda, Path(args.profile))
     return 0 if ok else 1
+
+
+def profile_after_rollouts(trainer, it: int, cuda: bool, out: Path):
+    """One more iteration, profiled (torch.profiler) from the end of its rollouts to its end: the old log-probs, the
+    log-prob checks, the PRM phase and the policy update (profiling `generate` records too many events to summarise
+    in a short session). Appends the op table, by device time, to `out`."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    prof = profile(activities=acts)
+    generate = trainer.engine.generate
+
+    def start_after(*a, **k):
+        try:
+            return generate(*a, **k)
+        finally:
+            if cuda:
+                torch.cuda.synchronize()
+            prof.start()
+
+    trainer.engine.generate = start_after
+    t0 = time.time()
+    row = trainer.iteration(it)
+    if cuda:
+        torch.cuda.synchronize()
+    prof.stop()
+    trainer.engine.generate = generate
+    key = "cuda_time_total" if cuda else "cpu_time_total"
+    table = prof.key_averages().table(sort_by=key, row_limit=25)
+    with open(out, "a") as f:
+        f.write(f"\n\ngpu-check: one rePIRL iteration after its rollouts (PRM phase {row['t_prm']} s, policy update "
+                f"{row['t_policy']} s, iteration {row['t_iter']} s of which rollouts {row['t_rollout']} s; "
+                f"profiled), sorted by {key}\n\n{table}\n")
+    print(f"gpu-check: profiled one more iteration after its rollouts ({time.time() - t0:.1f} s): table in {out}")
+    print(table)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -246,8 +329,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bundle", default=str(REPO / "gpu_bundle"), help="wheels from `make gpu-bundle`")
     ap.add_argument("--work", default=None, help="folder for the model and the run (default: a temp folder)")
     ap.add_argument("--make-bundle", action="store_true", help="download the wheels into --bundle (needs network)")
+    ap.add_argument("--json", default=None, help="also write the per-iteration figures to this file")
+    ap.add_argument("--profile", default=None, help="profile one more iteration after its rollouts; append the "
+                    "op table to this file")
+    ap.add_argument("--tests", action="store_true", help="run `pytest -m gpu tests/gpu` with the bundle's packages")
     args = ap.parse_args(argv)
+    if args.tests:
+        return run_gpu_tests(Path(args.bundle))
     return make_bundle(Path(args.bundle)) if args.make_bundle else run(args)
+
+
+def run_gpu_tests(bundle: Path) -> int:
+    """`pytest -m gpu tests/gpu`, in a child whose PYTHONPATH holds the repo and the bundle's packages."""
+    import subprocess
+
+    print(use_bundle(bundle, service=True))
+    path = [str(REPO), str(bundle_site(bundle)), os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in path if p)}
+    return subprocess.run([sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", "-rs",
+                           "tests/gpu"], cwd=REPO, env=env).returncode
 
 
 if __name__ == "__main__":

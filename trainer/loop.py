@@ -77,8 +77,10 @@ class Trainer:
         self.prm = self.algo.build_prm(self.init_dir)
         if self.prm is not None:  # the HF module: FSDP's root hooks run on its forward (token_rewards calls it)
             place(self.prm.model, cfg, compute, trainable=True)
-        self.opt_policy = torch.optim.AdamW(self.policy.parameters(), lr=cfg.optim.lr, weight_decay=0.0)
-        self.opt_prm = (torch.optim.AdamW(self.prm.parameters(), lr=cfg.prm.lr, weight_decay=0.0)
+        # one process on a GPU: torch's fused AdamW (one kernel for all parameters instead of a few per tensor group)
+        fused = {"fused": True} if (self.device.type == "cuda" and dist.world() == 1) else {}
+        self.opt_policy = torch.optim.AdamW(self.policy.parameters(), lr=cfg.optim.lr, weight_decay=0.0, **fused)
+        self.opt_prm = (torch.optim.AdamW(self.prm.parameters(), lr=cfg.prm.lr, weight_decay=0.0, **fused)
                         if self.prm is not None else None)
         self.start_iter = self._load_checkpoint() if resume else 0
         self.engine = None
@@ -105,7 +107,10 @@ class Trainer:
         if note and self.is_main:
             self._say(note)
         if engine != "vllm":
-            return HFEngine(self.policy, self.tokens.stop_ids, self.pad_id)
+            # one process on a GPU in bf16: sample from a bf16 replica (trainer/rollouts.py HFEngine, issue 26)
+            replica = (torch.bfloat16 if self.device.type == "cuda" and self.cfg.dtype == "bfloat16"
+                       and dist.world() == 1 else None)
+            return HFEngine(self.policy, self.tokens.stop_ids, self.pad_id, replica_dtype=replica)
         live = self._save_live_policy()
         if self.is_main:
             self.tokenizer.save_pretrained(live)
@@ -186,12 +191,14 @@ class Trainer:
         temp = cfg.rollouts.temperature  # every policy log-prob at the temperature the rollouts were sampled at
         with torch.no_grad():
             old_lp = token_logprobs(self.policy, batch, temperature=temp)
-            init_lp = token_logprobs(self.init_policy, batch, temperature=temp)
         correct = torch.tensor([float(r.correct) for r in rollouts])
         n_global = dist.all_sum(len(rollouts))
         row = {"iter": it, "accuracy": dist.all_sum(float(correct.sum())) / max(n_global, 1),
-               "kl_init": kl_to_init(old_lp, init_lp, batch.resp_mask), "engine": self.engine.name,
-               "mean_len": float(batch.resp_mask.sum(-1).mean())}
+               "engine": self.engine.name, "mean_len": float(batch.resp_mask.sum(-1).mean())}
+        if cfg.kl_to_init:  # a metric only: one more no-grad forward of the frozen reference over the whole batch
+            with torch.no_grad():
+                row["kl_init"] = kl_to_init(old_lp, token_logprobs(self.init_policy, batch, temperature=temp),
+                                            batch.resp_mask)
         row["logprob_max_abs_diff"] = dist.all_max(_logprob_check(self.policy, rollouts, self.pad_id, temp))
         # what stale engine weights would show; from iteration 1 on (not `it > start_iter`: a resumed run must log the
         # same row as an uninterrupted one)

@@ -29,6 +29,18 @@ class Batch:
         return Batch(self.ids[sl, :width], self.attn[sl, :width], self.resp_mask[sl, :width],
                      self.step_mask[sl, :width])
 
+    def to(self, device) -> "Batch":
+        """The batch on `device` (the update's micro-batches go to the model's device once, so the log-probs, the
+        losses and their backward all stay there; non_blocking: the host copy overlaps the GPU's work)."""
+        if self.ids.device == torch.device(device):
+            return self
+        return Batch(*(x.to(device, non_blocking=True) for x in (self.ids, self.attn, self.resp_mask, self.step_mask)))
+
+    def select(self, index: torch.Tensor) -> "Batch":
+        """Rows `index` (in that order), cut to the longest of them."""
+        b = Batch(self.ids[index], self.attn[index], self.resp_mask[index], self.step_mask[index])
+        return b.rows(slice(0, len(index)))
+
 
 def collate(seqs: Sequence[Sequence[int]], prompt_lens: Sequence[int], step_ends: Sequence[int], pad_id: int) -> Batch:
     """step_ends[i]: end of the step tokens (the response may carry one more token, the EOS)."""
@@ -55,13 +67,26 @@ def micro_slices(rows: int, size: int | None) -> list[slice]:
 def map_micro_batches(batch: Batch, size: int | None, fn) -> tuple[torch.Tensor, ...]:
     """fn(sub-batch) -> tuple of [b, t] tensors, per micro-batch of `size` rows (each cut to its longest row), put
     back together as [B, T] tensors (zeros past each row's end). Memory: one micro-batch's activations at a time
-    when no gradient is kept; training loops call this one micro-batch at a time and backward each."""
-    width = batch.ids.shape[1]
-    parts = [fn(batch.rows(sl)) for sl in micro_slices(batch.ids.shape[0], size)]
-    if len(parts) == 1 and parts[0][0].shape[1] == width:
-        return parts[0]
-    pad = lambda x: torch.nn.functional.pad(x, (0, width - x.shape[1]))  # noqa: E731
-    return tuple(torch.cat([pad(p[k]) for p in parts]) for k in range(len(parts[0])))
+    when no gradient is kept; training loops call this one micro-batch at a time and backward each. With several
+    micro-batches the rows are grouped by length (longest first), so each micro-batch pads to rows of its own length
+    rather than to the batch's longest: a row's result does not depend on the rows beside it."""
+    rows, width = batch.ids.shape
+    if not size or size >= rows:
+        out = fn(batch.rows(slice(0, rows)))
+        pad = lambda x: torch.nn.functional.pad(x, (0, width - x.shape[1]))  # noqa: E731
+        return tuple(pad(x) for x in out)
+    order = torch.argsort(batch.attn.sum(-1), descending=True, stable=True)
+    parts = [fn(batch.select(order[sl])) for sl in micro_slices(rows, size)]
+    result = []
+    for k in range(len(parts[0])):
+        like = parts[0][k]
+        full = torch.zeros((rows, width), dtype=like.dtype, device=like.device)
+        start = 0
+        for p in parts:
+            full[order[start : start + p[k].shape[0]].to(like.device), : p[k].shape[1]] = p[k]
+            start += p[k].shape[0]
+        result.append(full)
+    return tuple(result)
 
 
 def token_logprobs(model, batch: Batch, with_entropy: bool = False, temperature: float = 1.0):
@@ -106,11 +131,10 @@ def _logprobs_of_logits(logits: torch.Tensor, targets: torch.Tensor, temperature
 
 def _chunked_logprobs(model, ids: torch.Tensor, attn: torch.Tensor, c, temperature: float, with_entropy: bool):
     """The final hidden states once (HF's `logits_to_keep=1`: the full forward computes logits for the last position
-    only), then lm_head + float32 log_softmax + gather per chunk of `c.chunk_tokens` real (attended) positions, so no
-    [batch, tokens, vocab] tensor exists. Under autograd each chunk is recomputed in backward (torch checkpoint):
-    otherwise every chunk's log_softmax output would be kept for backward, i.e. the full logits again. The hidden
-    states come from the model's own outputs (not a hook), so FSDP's pre-backward hooks see them."""
-    from torch.utils.checkpoint import checkpoint
+    only), then the fused chunked lm_head + float32 log-softmax of trainer/logprobs.py over the real (attended)
+    positions only, `c.chunk_tokens` rows at a time, so no [batch, tokens, vocab] tensor exists, in forward or in
+    backward. The hidden states come from the model's own outputs (not a hook), so FSDP's pre-backward hooks see them."""
+    from trainer.logprobs import linear_logprobs
 
     with c.autocast():
         out = model(input_ids=ids, attention_mask=attn, output_hidden_states=True, logits_to_keep=1)
@@ -119,25 +143,15 @@ def _chunked_logprobs(model, ids: torch.Tensor, attn: torch.Tensor, c, temperatu
     head = model.get_output_embeddings()
     B, T1 = h.shape[:2]
     keep = attn[:, 1:].reshape(-1).nonzero().squeeze(-1)  # padding positions are never projected (they stay 0)
-    flat_h, flat_t = h.reshape(B * T1, -1), ids[:, 1:].reshape(-1)
-
-    def chunk(hh, tt):
-        with c.autocast():
-            logits = head(hh)
-        return _logprobs_of_logits(logits, tt, temperature, with_entropy)
-
-    lps, ents = [], []
-    for s in range(0, keep.numel(), c.chunk_tokens):
-        idx = keep[s : s + c.chunk_tokens]
-        args = (flat_h[idx], flat_t[idx])
-        lp, ent = checkpoint(chunk, *args, use_reentrant=False) if torch.is_grad_enabled() else chunk(*args)
-        lps.append(lp)
-        ents.append(ent)
     zeros = torch.zeros(B * T1, dtype=torch.float32, device=ids.device)
-    if not lps:
+    if keep.numel() == 0:
         return zeros.view(B, T1), zeros.view(B, T1)
-    lp = zeros.index_put((keep,), torch.cat(lps)).view(B, T1)
-    return lp, zeros.index_put((keep,), torch.cat(ents)).view(B, T1)
+    flat_h, flat_t = h.reshape(B * T1, -1)[keep], ids[:, 1:].reshape(-1)[keep]
+    if head.bias is not None:  # no lm_head of the supported models has one; the fused op has no bias term
+        raise ValueError(f"logprob_chunk_tokens: {type(model).__name__}'s lm_head has a bias (not supported)")
+    dtype = torch.bfloat16 if c.autocast_bf16 else head.weight.dtype
+    lp, ent = linear_logprobs(flat_h, head.weight, flat_t, temperature, c.chunk_tokens, with_entropy, dtype)
+    return zeros.index_put((keep,), lp).view(B, T1), zeros.index_put((keep,), ent).view(B, T1)
 
 
 def build_tiny_policy(out_dir: Path, seed: int, layers: int = 2) -> Path:

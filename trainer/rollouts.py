@@ -49,31 +49,61 @@ def cut_at_eos(row: Sequence[int], eos_ids: Sequence[int]) -> list[int]:
 
 
 class HFEngine:
-    """transformers generate on the trainer's own model object (so it always has the newest weights). It also
+    """transformers generate on the trainer's own weights (so it always samples with the newest ones). It also
     returns the sampler's log-prob of each sampled token at the rollout temperature, so the per-iteration log-prob
     check (`logprob_max_abs_diff`) runs without vLLM too: a KV-cached, batched, left-padded generate (in bf16 on a
-    GPU) against the trainer's own full forward."""
+    GPU) against the trainer's own full forward.
+
+    Why it was 0.29x plain `generate` on a GPU (issue 26; see `sampler` and `batch_size`): decoding is launch-bound
+    (one token per row per step), and (1) the rollouts ran in chunks of 64 rows, so 128 rollouts were two decodes
+    one after the other, and (2) the trainer's model holds fp32 master weights, so every decode step ran under
+    autocast: a cast kernel before each matmul and fp32 norms/residuals, about twice the kernels of a bf16 model.
+    Now all rows decode as one batch (up to `batch_size`), and `replica_dtype=bfloat16` samples from a bf16 replica
+    of the policy whose weights are copied from the trainer's before every generate (one device copy of the
+    parameters; 2 bytes per parameter of extra memory), without autocast."""
 
     name = "transformers"
 
-    def __init__(self, model, eos_id: int | Sequence[int], pad_id: int | None = None):
+    def __init__(self, model, eos_id: int | Sequence[int], pad_id: int | None = None,
+                 replica_dtype: torch.dtype | None = None, batch_size: int = 256):
         self.model, self.eos_ids = model, as_eos_ids(eos_id)
         self.pad_id = self.eos_ids[0] if pad_id is None else pad_id
+        self.replica_dtype, self.batch_size = replica_dtype, batch_size
+        self._replica = None
 
-    def sync(self, policy=None) -> None:  # same object: nothing to do
+    def sync(self, policy=None) -> None:  # same weights: the replica is refreshed at every generate
         pass
 
+    @torch.no_grad()
+    def sampler(self):
+        """The module generate runs: the trainer's model, or its replica in `replica_dtype` with the current weights."""
+        if self.replica_dtype is None:
+            return self.model
+        import copy
+
+        from trainer.device import Compute, attach, compute_of
+
+        if self._replica is None:
+            replica = copy.deepcopy(self.model).to(self.replica_dtype).eval().requires_grad_(False)
+            if getattr(replica, "is_gradient_checkpointing", False):
+                replica.gradient_checkpointing_disable()
+            self._replica = attach(replica, Compute(device=compute_of(self.model).device))  # no autocast
+        src, dst = list(self.model.parameters()), list(self._replica.parameters())
+        torch._foreach_copy_(dst, src)  # casts fp32 -> bf16 on the device
+        return self._replica
+
     def generate(self, prompts: Sequence[list[int]], n: int, temperature: float, top_p: float, max_new_tokens: int,
-                 seed: int, batch_size: int = 64) -> list[list[tuple[list[int], list[float] | None]]]:
+                 seed: int) -> list[list[tuple[list[int], list[float] | None]]]:
         torch.manual_seed(seed)
-        was_training = self.model.training
-        self.model.eval()
+        model = self.sampler()
+        was_training = model.training
+        model.eval()
         try:
-            rows, lps = generate_left_padded(self.model, [p for p in prompts for _ in range(n)], self.eos_ids,
-                                             max_new_tokens, temperature, top_p, batch_size, pad_id=self.pad_id,
+            rows, lps = generate_left_padded(model, [p for p in prompts for _ in range(n)], self.eos_ids,
+                                             max_new_tokens, temperature, top_p, self.batch_size, pad_id=self.pad_id,
                                              with_logprobs=True)
         finally:
-            self.model.train(was_training)
+            model.train(was_training)
         outs = list(zip(rows, lps))
         return [outs[i * n : (i + 1) * n] for i in range(len(prompts))]
 

@@ -27,9 +27,14 @@ def _top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
 
 
 class TransformersPolicy:
-    def __init__(self, model_dir: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32):
+    def __init__(self, model_dir: str | Path, device: str | torch.device = "cpu",
+                 dtype: str | torch.dtype = torch.float32):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from repirl.devices import resolve_device, resolve_dtype
+
+        device = resolve_device(device)  # "auto": the GPU when torch sees one
+        dtype = resolve_dtype(dtype, device)  # "auto": bf16 on a GPU, float32 on the CPU
         model_dir = check_model_folder(model_dir)
         self.name = str(model_dir)
         self.config = load_policy_config(model_dir)

@@ -85,7 +85,7 @@ class HFScorer:
 
     def __init__(self, prm_dir: str | Path, cfg: PRMConfig, name: str | None = None, *,
                  kv_cache_tokens: int = 65536, max_batch_tokens: int = 16384, forward_tokens: int = 1024,
-                 dtype: torch.dtype = torch.float32):
+                 dtype: torch.dtype | str = torch.float32, device: str | torch.device = "cpu"):
         from transformers import AutoTokenizer
 
         prm_dir = check_model_folder(prm_dir)
@@ -96,8 +96,12 @@ class HFScorer:
         self.tokenizer = AutoTokenizer.from_pretrained(prm_dir)
         self.encoder = TrajectoryEncoder(self.tokenizer, cfg.prompt_template, cfg.step_separator)
         self.spec = FormatSpec.resolve(cfg, self.tokenizer, str(prm_dir / "prm.json"))
+        from repirl.devices import resolve_device, resolve_dtype
+
+        self.device = resolve_device(device)
+        dtype = resolve_dtype(dtype, self.device)
         try:
-            self.models = [m.eval() for m in _load_models(prm_dir, cfg, dtype)]
+            self.models = [m.to(self.device).eval() for m in _load_models(prm_dir, cfg, dtype)]
         except ArtifactError:
             raise
         except Exception as e:  # transformers raises many types for a broken folder; name the path
@@ -211,7 +215,8 @@ class HFScorer:
         for r, t in enumerate(trajs):
             input_ids[r, : lengths[r]] = torch.tensor(t.ids[start:], dtype=torch.long)
             new_mask[r, : lengths[r]] = 1
-        mask = torch.cat([torch.ones((b, start), dtype=torch.long), new_mask], dim=1)
+        mask = torch.cat([torch.ones((b, start), dtype=torch.long), new_mask], dim=1).to(self.device)
+        input_ids = input_ids.to(self.device)
         logits, caches = [], []
         for m_idx, model in enumerate(self.models):
             if entry is not None:

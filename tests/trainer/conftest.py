@@ -12,6 +12,13 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+def child_env(**extra) -> dict:
+    """The environment for a child process: the repo first on PYTHONPATH, the caller's PYTHONPATH kept after it
+    (on a GPU image the packages the image lacks come from gpu_bundle/ through that PYTHONPATH)."""
+    path = os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "PYTHONPATH": path, **extra}
+
+
 def torchrun(*args) -> subprocess.CompletedProcess:
     """`torchrun --nproc_per_node 2 ARGS` on loopback (a free port, one thread per process); must exit 0."""
     with socket.socket() as s:
@@ -19,7 +26,7 @@ def torchrun(*args) -> subprocess.CompletedProcess:
         port = s.getsockname()[1]
     out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
                           "127.0.0.1", "--master_port", str(port), *args],
-                         env={**os.environ, "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1"}, cwd=REPO,
+                         env=child_env(OMP_NUM_THREADS="1"), cwd=REPO,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     return out
@@ -30,7 +37,7 @@ def small_recipe(tmp_path, policy_dir, **over) -> dict:
     and merges into the nested ones (`rollouts={"n": 4}` keeps the other rollout settings)."""
     raw = {
         "name": "t", "out_dir": str(tmp_path), "policy": str(policy_dir), "iterations": 2, "questions_per_iter": 3,
-        "checkpoint_every": 1, "eval_problems": 4, "threads": 1,
+        "checkpoint_every": 1, "eval_problems": 4, "threads": 1, "kl_to_init": True,
         "task": {"min_ops": 1, "max_ops": 1, "train_size": 16, "eval_size": 4},
         "rollouts": {"n": 3, "max_new_tokens": 16, "engine": "transformers"},
         # the PRM's calibration after export (trainer/calibration.py), kept to a few short samples

@@ -17,10 +17,10 @@ import pytest
 import torch
 import yaml
 
-from tests.trainer.conftest import REPO, torchrun
+from tests.trainer.conftest import child_env, torchrun
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_dist_worker.py")
-ENV = {**os.environ, "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1"}
+ENV = child_env(OMP_NUM_THREADS="1")
 
 
 @pytest.mark.slow

@@ -14,6 +14,7 @@ import yaml
 
 from trainer.config import parse_config
 from trainer.train_cli import run_training
+from tests.trainer.conftest import child_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -36,7 +37,7 @@ def test_kill_then_resume_matches_uninterrupted(recipe, tmp_path):
     path = tmp_path / "killed.yaml"
     path.write_text(yaml.safe_dump(raw))
     cmd = [sys.executable, "-m", "trainer.train_cli", "--config", str(path), "--no-progress"]
-    env = {**os.environ, "PYTHONPATH": REPO}
+    env = child_env()
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     ckpt = tmp_path / "killed" / "checkpoints" / "iter_000004"
     deadline = time.time() + 240

@@ -12,6 +12,7 @@ import yaml
 
 from tests.conftest import assert_vllm_matches_hf
 from repirl.vllm_setup import vllm_available
+from tests.trainer.conftest import child_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm, pytest.mark.skipif(not vllm_available(), reason="no vLLM")]
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -23,7 +24,7 @@ def test_vllm_training_run_and_pooling_export(recipe, tmp_path):
     path = tmp_path / "v.yaml"
     path.write_text(yaml.safe_dump(raw))
     res = subprocess.run([sys.executable, "-m", "trainer.train_cli", "--config", str(path), "--no-progress"],
-                         cwd=REPO, env={**os.environ, "PYTHONPATH": REPO}, capture_output=True, text=True, timeout=600)
+                         cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     # without a progress bar: one line per iteration, then held-out accuracy before and after, and nothing from vLLM
     # or transformers below WARNING
