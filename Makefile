@@ -8,7 +8,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export PYTHONUNBUFFERED := 1
 
-.PHONY: serve test install demo bench load lint clean report gpu-check gpu-bundle
+.PHONY: serve test install demo bench load soak lint clean report gpu-check gpu-bundle
 
 # uv installs what pip would (same sources: tools/uv_args.py reads pip's configuration) in a fifth of the time;
 # plain pip is the fallback. --compile-bytecode as pip does: where PYTHONDONTWRITEBYTECODE is set (CI machines here)
@@ -63,6 +63,13 @@ bench: $(STAMP) demo
 LOAD_ARGS ?=
 load: $(STAMP)
 	$(BIN)/python load_tests/run_load.py $(LOAD_ARGS)
+
+# 10 minutes of the mixed profile near saturation with hostile clients interleaved (load_tests/hostile.py) against the
+# demo models and a redis-server capped like the chart's; exits 1 when failures, latency, memory, threads, open files
+# or Redis memory are not bounded. Report: load_tests/reports/soak.md. SOAK_ARGS="--seconds 120" for a short one.
+SOAK_ARGS ?=
+soak: $(STAMP)
+	$(BIN)/python load_tests/soak.py $(SOAK_ARGS)
 
 # `make report`: the training runs docs/results.md compares (each skipped when its summary.json exists), then
 # `repirl eval` over them. Measured on 2 CPU cores (session 6, from a fresh clone): bootstrap 11 min, each of the 10

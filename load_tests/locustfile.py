@@ -43,6 +43,13 @@ def _with_model(body: dict) -> dict:
     return {**body, "model": PRM} if PRM else body
 
 
+def _failure(status: int, headers, text: str) -> str:
+    """A failed request's message; a 429 says whether it carried Retry-After (`make soak` allows only those)."""
+    if status == 429:
+        return f"429 Retry-After={headers.get('retry-after')}: {text[:120]}"
+    return f"{status}: {text[:200]}"
+
+
 class RepirlUser(HttpUser):
     abstract = True
     wait_time = between(0.0, 0.1)
@@ -54,7 +61,7 @@ class RepirlUser(HttpUser):
     def _post(self, path: str, body: dict, name: str | None = None):
         with self.client.post(path, json=body, name=name or path, catch_response=True) as r:
             if r.status_code != 200:
-                r.failure(f"{r.status_code}: {r.text[:200]}")
+                r.failure(_failure(r.status_code, r.headers, r.text))
 
     def do_score(self):
         self._post("/v1/score", _with_model({"items": score_items(self.rng)}))
@@ -85,7 +92,7 @@ class RepirlUser(HttpUser):
             with requests.post(self.host + "/v1/search", json=self._search_body("beam") | {"stream": True},
                                headers=HEADERS, stream=True, timeout=300) as r:
                 if r.status_code != 200:
-                    raise RuntimeError(f"{r.status_code}: {r.text[:200]}")
+                    raise RuntimeError(_failure(r.status_code, r.headers, r.text))
                 kinds = []
                 for line in r.iter_lines(decode_unicode=True):
                     size += len(line or "")

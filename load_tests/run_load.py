@@ -53,7 +53,8 @@ def _wait(predicate, timeout: float, what: str, proc: subprocess.Popen | None = 
     raise TimeoutError(f"{what} did not start within {timeout:.0f} s")
 
 
-def start_redis(workdir: Path) -> tuple[subprocess.Popen | None, str | None]:
+def start_redis(workdir: Path, *extra: str) -> tuple[subprocess.Popen | None, str | None]:
+    """A throwaway redis-server on a free loopback port (`extra`: more redis-server arguments)."""
     if not shutil.which("redis-server"):
         print("redis-server not found: the service uses its in-process cache", file=sys.stderr)
         return None, None
@@ -61,7 +62,7 @@ def start_redis(workdir: Path) -> tuple[subprocess.Popen | None, str | None]:
 
     port = free_port()
     proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no", "--dir", str(workdir)],
+                             "--appendonly", "no", "--dir", str(workdir), *extra],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _wait(lambda: redis.Redis(port=port).ping(), 30, "redis-server", proc)
     return proc, f"redis://127.0.0.1:{port}/0"
@@ -77,6 +78,29 @@ def pick_models(workdir: Path) -> tuple[Path, Path, str]:
 
     prm = build_tiny_prm(workdir / "prm", "token-reward", max_position_embeddings=2048)
     return prm, build_toy_policy(), "tiny models built in code (no runs/demo: a random token-reward PRM, the toy policy)"
+
+
+def start_service(work: Path, engine: str, policy_engine: str, redis_url: str | None,
+                  env: dict) -> tuple[subprocess.Popen, str, int, str]:
+    """`python -m server` on a free loopback port with the demo (or tiny) models, once /readyz says ready:
+    (process, URL, the characters per item that fit the PRM's context, a description for the report)."""
+    prm, policy, where = pick_models(work)
+    max_chars = int((context_tokens(prm) - 64) * 0.9)  # byte-level tokens: at most ~1 per ASCII char
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "server", "--port", str(port), "--prm", f"prm={prm}",
+           "--policy", f"{policy_engine}:{policy}", "--engine", engine]
+    if redis_url:
+        cmd += ["--redis-url", redis_url]
+    print("starting:", " ".join(cmd), flush=True)
+    server = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **env}, stdout=open(work / "server.log", "w"),
+                              stderr=subprocess.STDOUT)
+    import httpx
+
+    _wait(lambda: httpx.get(url + "/readyz", timeout=2).status_code == 200, 600, "the service", server)
+    cache = "Redis" if redis_url else "in-process"
+    return server, url, max_chars, (f"`repirl serve` on {where}, PRM engine {engine}, policy engine "
+                                    f"{policy_engine}, {cache} cache, default limits")
 
 
 def context_tokens(prm: Path) -> int:
@@ -104,8 +128,8 @@ def _delta(before: dict, after: dict, name: str, **labels) -> float:
 
 
 def run_locust(host: str, seconds: int, users: int, spawn_rate: float, profile: list[str], csv_prefix: Path,
-               env: dict | None = None) -> int:
-    cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "-u", str(users), "-r",
+               env: dict | None = None, locustfiles: str | None = None) -> int:
+    cmd = [sys.executable, "-m", "locust", "-f", locustfiles or str(LOCUSTFILE), "--headless", "-u", str(users), "-r",
            str(spawn_rate), "-t", f"{seconds}s", "--host", host, "--csv", str(csv_prefix), "--csv-full-history",
            "--only-summary", "--stop-timeout", "30", "--loglevel", "WARNING", *profile]
     return subprocess.run(cmd, cwd=REPO, env={**os.environ, **(env or {})}, timeout=seconds + 180).returncode
@@ -232,23 +256,8 @@ def main() -> int:
             url, service, cache, max_chars = args.host.rstrip("/"), f"an existing service at {args.host}", "?", 1500
         else:
             redis_proc, redis_url = start_redis(work)
-            prm, policy, where = pick_models(work)
-            max_chars = int((context_tokens(prm) - 64) * 0.9)  # byte-level tokens: at most ~1 per ASCII char
-            port = free_port()
-            url = f"http://127.0.0.1:{port}"
-            cmd = [sys.executable, "-m", "server", "--port", str(port), "--prm", f"prm={prm}",
-                   "--policy", f"{args.policy_engine}:{policy}", "--engine", args.engine]
-            if redis_url:
-                cmd += ["--redis-url", redis_url]
-            print("starting:", " ".join(cmd), flush=True)
-            server = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **env}, stdout=open(work / "server.log", "w"),
-                                      stderr=subprocess.STDOUT)
-            import httpx
-
-            _wait(lambda: httpx.get(url + "/readyz", timeout=2).status_code == 200, 600, "the service", server)
+            server, url, max_chars, service = start_service(work, args.engine, args.policy_engine, redis_url, env)
             cache = "Redis" if redis_url else "in-process"
-            service = (f"`repirl serve` on {where}, PRM engine {args.engine}, policy engine {args.policy_engine}, "
-                       f"{cache} cache, default limits")
         os.environ["REPIRL_LOAD_MAX_CHARS"] = str(max_chars)
         from load_tests.load_data import load_gsm8k
 

@@ -65,10 +65,20 @@ class PRMConfig(BaseModel):
     revision: str = ""  # content hash of the model files; filled in by save_prm
 
 
+# prm.json fields that never change a cached step reward: provenance, the revision itself, the aggregation (applied
+# to the step rewards per request) and the calibration (raw reward -> p_correct, applied after the cache; its own
+# `revision` names the scoring revision it was fitted on). Every other field, present or future, is in the hash.
+_NOT_SCORING = {"provenance", "revision", "default_aggregation", "calibration"}
+
+
 def scoring_revision(cfg: PRMConfig) -> str:
-    """The revision cache keys and /v1/models use: the weights' hash, plus the step rule when prm.json overrides it
-    (cached step rewards computed under another rule must never be served)."""
-    return f"{cfg.revision}+step-{cfg.step_reward}" if cfg.step_reward else cfg.revision
+    """The revision cache keys, /v1/models and calibrations use: a hash of the weights' content hash and of every
+    prm.json field that changes a score (format, separator, template, step rule, step tag, positive/negative tokens,
+    reference model, beta, ...), so a changed config never reads the cached rewards of the old one (Redis keeps them
+    for days and replicas share them)."""
+    scoring = cfg.model_dump(mode="json", exclude=_NOT_SCORING)
+    blob = json.dumps({"weights": cfg.revision, "config": scoring}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 POLICY_JSON = "policy.json"

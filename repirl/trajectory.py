@@ -57,6 +57,10 @@ class TrajectoryIds:
     ids: list[int]
     prompt_len: int
     step_spans: list[tuple[int, int]]  # [start, end) of each step's tokens (step text + separator)
+    # whose cached work this trajectory may reuse: the service's tenant (API key hash under `cache_scope: api-key`),
+    # "" for the deployment. Engines that keep state between calls (the transformers PRM's KV prefix cache) and the
+    # prefix sharing inside one batch never cross scopes: a tenant must not learn what another one sent
+    scope: str = ""
 
     def prefix_len(self, n_steps: int) -> int:
         """Number of tokens through the end of step `n_steps` (0 steps = the prompt)."""

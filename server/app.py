@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 from contextlib import asynccontextmanager
 from typing import Callable
 
 from fastapi import Depends, FastAPI
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from repirl.scoring.cache import InProcessCache, RedisCache
 from repirl.scoring.loader import load_scorer
@@ -25,7 +27,7 @@ from server.api.chat.router import router as chat_router
 from server.api.playground.router import router as playground_router
 from server.api.docs.router import router as docs_router
 from server.api.openrlhf.router import router as openrlhf_router
-from server.auth import load_key_hashes
+from server.auth import KeyFile
 from server.deps import AppState, require_api_key
 from server.health import watch_engines
 from server.metrics import Metrics
@@ -93,13 +95,15 @@ def create_app(settings: Settings, scorers: dict | None = None,
     metrics = Metrics()
     state = AppState(settings=settings, metrics=metrics)
     if settings.api_key_file:
-        state.api_key_hashes = load_key_hashes(settings.api_key_file)
+        state.key_file = KeyFile(settings.api_key_file)
+        state.api_key_hashes = state.key_file.hashes
+    redis_password = settings.redis_password_value() if settings.redis_url else None  # unreadable file: ValueError
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         if settings.redis_url:
-            raw_cache = RedisCache(settings.redis_url, settings.redis_timeout_ms / 1000)
-            log.info("prefix cache: Redis at %s", settings.redis_url)
+            raw_cache = RedisCache(settings.redis_url, settings.redis_timeout_ms / 1000, password=redis_password)
+            log.info("prefix cache: Redis at %s", raw_cache.url)  # the password redacted
         else:
             raw_cache = InProcessCache(settings.cache_max_entries)
             log.warning("prefix cache: in-process (no --redis-url): not shared between replicas")
@@ -119,10 +123,12 @@ def create_app(settings: Settings, scorers: dict | None = None,
             on_startup(state)
         log.info("serving %d PRM(s): %s", len(state.runtimes), ", ".join(state.runtimes))
         watchdog = asyncio.create_task(watch_engines(state), name="repirl-engine-watchdog")
+        key_watch = _watch_key_file(state)
         try:
             yield
         finally:
             watchdog.cancel()  # before the engines close (closing marks a vLLM engine dead)
+            key_watch()
             for rt in state.runtimes.values():
                 await rt.batcher.stop()
             await raw_cache.close()
@@ -141,5 +147,42 @@ def create_app(settings: Settings, scorers: dict | None = None,
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.limits.max_body_bytes)
     app.add_middleware(DrainMiddleware, state=state)  # SIGTERM: new requests 503, in-flight ones counted to 0
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    hosts = settings.trusted_hosts()
+    if hosts != ["*"]:  # DNS rebinding: a browser reaching a keyless local service under another name gets a 400
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=hosts, www_redirect=False)
     app.add_middleware(RequestIdMiddleware)  # added last: outermost, so every response of ours carries the id
     return app
+
+
+def _watch_key_file(state: AppState) -> Callable[[], None]:
+    """Reload the API key file when it changes (polled every `api_key_reload_s`) and on SIGHUP, so revoking a key
+    needs no restart. Returns what stops both."""
+    if state.key_file is None:
+        return lambda: None
+    key_file = state.key_file
+
+    def reload(force: bool) -> None:
+        key_file.reload(force=force)
+        state.api_key_hashes = key_file.hashes
+
+    async def poll(interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            reload(force=False)
+
+    loop = asyncio.get_running_loop()
+    task = (asyncio.create_task(poll(state.settings.api_key_reload_s), name="repirl-api-key-watch")
+            if state.settings.api_key_reload_s > 0 else None)
+    try:  # only where the loop runs in the main thread (`repirl serve`; not a test client's thread)
+        loop.add_signal_handler(signal.SIGHUP, reload, True)
+        hup = True
+    except (RuntimeError, ValueError, NotImplementedError):
+        hup = False
+
+    def stop() -> None:
+        if task is not None:
+            task.cancel()
+        if hup:
+            loop.remove_signal_handler(signal.SIGHUP)
+
+    return stop

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Callable
 
 from fastapi import Depends, Request
 
-from server.auth import hash_key, key_matches
+from server.auth import KeyFile, hash_key, key_matches
 from server.errors import APIError
 from server.metrics import Metrics
 from server.runtime import TENANT, GuardedCache, PRMRuntime
@@ -23,7 +23,8 @@ class AppState:
     metrics: Metrics
     cache: GuardedCache | None = None
     runtimes: dict[str, PRMRuntime] = field(default_factory=dict)
-    api_key_hashes: list[str] | None = None
+    api_key_hashes: list[str] | None = None  # the keys in use (replaced when the key file is reloaded)
+    key_file: KeyFile | None = None
     # the policy registry, name -> LoadedPolicy (engine + the spec it came from; server/searching.py): "policy" from
     # --policy. /v1/models, search, chat, /readyz and shutdown all read this one dict
     policies: dict[str, LoadedPolicy] = field(default_factory=dict)

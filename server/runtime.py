@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -102,10 +103,12 @@ class PRMRuntime:
                     tenant: str | None = None, admitted: bool = False) -> list[ItemScore]:
         """`params[i]` names item i in errors (e.g. "items[3]"). `tenant` (default: the request's TENANT) scopes the
         cache entries read and written. `admitted`: a search's call, past its own admission (never a 429 here)."""
-        salt = self.cache_salt(tenant if tenant is not None else TENANT.get())
+        tenant = tenant if tenant is not None else TENANT.get()
+        salt = self.cache_salt(tenant)
         trajs = []
         for (question, steps), param in zip(items, params):
-            traj = self.scorer.encoder.encode(question, steps)
+            # the engine's own prefix reuse (KV cache, sharing within a batch) stays inside the tenant too
+            traj = dataclasses.replace(self.scorer.encoder.encode(question, steps), scope=tenant or "")
             if len(traj.ids) > self.max_tokens:
                 raise LimitExceeded(param, len(traj.ids), self.max_tokens, self._max_what)
             trajs.append(traj)

@@ -239,8 +239,9 @@ class SearchJob:
         try:
             while True:
                 kind, obj = await self.queue.get()
-                if kind == "error" and isinstance(obj, PolicyError):
-                    raise APIError(503, f"policy: {obj}", "policy")
+                if kind == "error" and isinstance(obj, PolicyError):  # the whole story in our log, not the body
+                    log.warning("policy %r failed: %s", self.policy_name, obj)
+                    raise APIError(503, f"policy: {obj.public}", "policy")
                 if kind == "error":
                     raise obj  # type: ignore[misc]
                 yield kind, obj

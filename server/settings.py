@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, YamlConfigSettingsSource
 
 DEFAULT_PRM = "runs/demo/prm"
@@ -60,7 +60,12 @@ class Settings(BaseSettings):
     torch_threads: int | None = Field(None, gt=0)
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
-    redis_url: str | None = None  # none: an in-process cache
+    # none: an in-process cache. redis:// or rediss:// (TLS; a private CA: `?ssl_ca_certs=/path/ca.pem`). Whoever
+    # can write to this Redis can change the scores every replica serves: it must be trusted (AUTH, TLS, a network
+    # policy). The password goes in redis_password (env REPIRL_REDIS_PASSWORD) or redis_password_file, not the URL
+    redis_url: str | None = None
+    redis_password: SecretStr | None = None
+    redis_password_file: str | None = Field(None, description="file holding the Redis password (AUTH)")
     redis_timeout_ms: float = Field(50.0, gt=0)
     redis_backoff_s: float = Field(2.0, ge=0, description="after a Redis error, skip Redis this long")
     cache_ttl_s: int = Field(7 * 86400, gt=0)
@@ -70,10 +75,18 @@ class Settings(BaseSettings):
     # requests never hit, nor time, another's cached steps; "deployment": all keys share the cache (more hits)
     cache_scope: Literal["deployment", "api-key"] = "deployment"
     api_key_file: str | None = None
+    # the key file is read again when it changes (checked this often; 0: only on SIGHUP): revoking a key needs no
+    # restart. A file that became unreadable or empty keeps the keys already loaded (and logs an error)
+    api_key_reload_s: float = Field(2.0, ge=0, le=3600)
     # the playground's page and assets are public (a browser cannot send a bearer key for them); every API call
-    # the page makes carries the key typed into it
-    public_paths: list[str] = Field(default_factory=lambda: ["/livez", "/readyz", "/metrics", "/playground",
+    # the page makes carries the key typed into it. /metrics is not public by default: with keys set, a scraper
+    # sends one (the Helm chart's ServiceMonitor: serviceMonitor.bearerTokenSecret), or list it here
+    public_paths: list[str] = Field(default_factory=lambda: ["/livez", "/readyz", "/playground",
                                                              "/playground/app.js", "/playground/style.css"])
+    # Host header allowlist (Starlette's TrustedHostMiddleware; "*" = any). None: with no API keys and bound to a
+    # loopback address, the loopback names only, so a web page whose own name resolves to 127.0.0.1 (DNS
+    # rebinding) cannot drive a keyless local service from a browser; otherwise any host
+    allowed_hosts: list[str] | None = None
     drain_timeout_s: float = Field(30.0, ge=0)
     openapi_docs: bool = Field(True, description="serve /openapi.json and /docs (behind the API key when keys are set)")
     log_level: str = Field("warning", description="uvicorn and library logs (info shows every request)")
@@ -85,6 +98,29 @@ class Settings(BaseSettings):
             raise ValueError("cache_scope 'api-key' needs api_key_file (without API keys there is no tenant to "
                              "scope the cache by)")
         return self
+
+    @model_validator(mode="after")
+    def _one_redis_password(self) -> "Settings":
+        if self.redis_password is not None and self.redis_password_file:
+            raise ValueError("set redis_password or redis_password_file, not both")
+        return self
+
+    def redis_password_value(self) -> str | None:
+        """The Redis AUTH password from redis_password or redis_password_file (one trailing newline dropped)."""
+        if self.redis_password_file:
+            try:
+                return Path(self.redis_password_file).read_text(encoding="utf-8").removesuffix("\n")
+            except OSError as e:
+                raise ValueError(f"redis_password_file {self.redis_password_file} is unreadable: {e}") from None
+        return self.redis_password.get_secret_value() if self.redis_password is not None else None
+
+    def trusted_hosts(self) -> list[str]:
+        """The Host header values served (["*"]: any): `allowed_hosts`, or its default (see the field)."""
+        if self.allowed_hosts is not None:
+            return self.allowed_hosts
+        if self.api_key_file is None and _is_loopback(self.host):
+            return sorted({"localhost", "127.0.0.1", "[::1]", self.host if ":" not in self.host else f"[{self.host}]"})
+        return ["*"]
 
     def vllm_engine_kwargs(self) -> dict:
         """What every vLLM engine of the service is built with (the PRMs and an in-process policy)."""
@@ -104,6 +140,17 @@ class Settings(BaseSettings):
                 name = f"{name}-{len(out)}"
             out.append((name, path))
         return out
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def load_settings(config_file: str | Path | None = None, **overrides) -> Settings:

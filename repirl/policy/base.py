@@ -24,7 +24,14 @@ SEED_LIMIT = 1 << 63
 
 
 class PolicyError(RuntimeError):
-    """A policy engine failed (remote server unreachable, bad response, prompt too long); the message says which."""
+    """A policy engine failed (remote server unreachable, bad response, prompt too long); the message says which.
+
+    `str(e)` is the whole story, for the service's log (a remote server's URL, its answer); `public` is what a client
+    may read (the service's 503 body): no addresses, no upstream bodies."""
+
+    def __init__(self, message: str, public: str | None = None):
+        super().__init__(message)
+        self.public = public if public is not None else message
 
 
 @dataclass(frozen=True)

@@ -35,13 +35,20 @@ class RemoteTokenizer:
 
 
 def _post(client: httpx.Client, path: str, body: dict) -> dict:
+    """The answer's JSON, or a PolicyError whose public part names neither the server nor what it answered."""
     try:
         resp = client.post(path, json=body)
     except httpx.HTTPError as e:
-        raise PolicyError(f"policy server {client.base_url}{path} unreachable: {e}") from None
+        raise PolicyError(f"policy server {client.base_url}{path} unreachable: {e}",
+                          public="the policy server is unreachable") from None
     if resp.status_code != 200:
-        raise PolicyError(f"policy server {client.base_url}{path} answered {resp.status_code}: {resp.text[:300]}")
-    return resp.json()
+        raise PolicyError(f"policy server {client.base_url}{path} answered {resp.status_code}: {resp.text[:300]}",
+                          public=f"the policy server answered {resp.status_code}")
+    try:
+        return resp.json()
+    except ValueError:
+        raise PolicyError(f"policy server {client.base_url}{path} answered non-JSON: {resp.text[:300]}",
+                          public="the policy server's answer was malformed") from None
 
 
 def _token_id(token: str) -> int:
@@ -49,7 +56,12 @@ def _token_id(token: str) -> int:
     try:
         return int(token.rsplit(":", 1)[1])
     except (IndexError, ValueError):
-        raise PolicyError(f"policy server returned token {token!r}, expected 'token_id:N'") from None
+        raise PolicyError(f"policy server returned token {token!r}, expected 'token_id:N'",
+                          public="the policy server's answer was malformed") from None
+
+
+def _positive_int(value) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 class RemotePolicy:
@@ -60,8 +72,11 @@ class RemotePolicy:
             base_url = base_url[: -len("/v1")]
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.client = httpx.Client(base_url=base_url, timeout=timeout_s, headers=headers)
-        self.model = model or self._first_model()
+        self.model, card = self._model_card(model)
         self.name = self.model
+        # prompt + generated tokens the server takes (vLLM's /v1/models says `max_model_len`): the service refuses a
+        # question that cannot fit with a 413 naming it, instead of relaying the server's 400 as a 503
+        self.context_tokens: int | None = _positive_int(card.get("max_model_len"))
         local = Path(policy_dir) if policy_dir else Path(self.model)
         if (local / "config.json").is_file():
             from transformers import AutoTokenizer
@@ -75,25 +90,39 @@ class RemotePolicy:
             self.tokenizer = RemoteTokenizer(self.client, self.model)
         self.encoder = encoder_for(self.tokenizer, self.config)
 
-    def _first_model(self) -> str:
+    def _model_card(self, model: str | None) -> tuple[str, dict]:
+        """(model name, its /v1/models card): the first model when none is named. A named model needs no listing
+        (some OpenAI-compatible servers have none): its card is then empty, and its context unknown."""
         try:
             resp = self.client.get("/v1/models")
             resp.raise_for_status()
-            return resp.json()["data"][0]["id"]
-        except (httpx.HTTPError, KeyError, IndexError, ValueError) as e:
-            raise PolicyError(f"cannot list models at {self.client.base_url}/v1/models: {e}") from None
+            cards = [c for c in resp.json()["data"] if isinstance(c, dict)]
+            if model is None:
+                return cards[0]["id"], cards[0]
+        except (httpx.HTTPError, KeyError, IndexError, TypeError, ValueError) as e:
+            if model is None:
+                raise PolicyError(f"cannot list models at {self.client.base_url}/v1/models: {e}") from None
+            return model, {}
+        return model, next((c for c in cards if c.get("id") == model), {})
 
     def sample_steps(self, prefixes: Sequence[Prefix], params: SamplingConfig) -> list[list[StepSample]]:
         if not prefixes:
             return []
         sep = self.config.step_separator
+        prompts = [self.encoder.encode(q, steps).ids for q, steps in prefixes]
+        max_tokens = params.max_tokens
+        if self.context_tokens is not None:  # checked here, as the in-process engines do, not by the server's 400
+            longest = max(len(p) for p in prompts)
+            if longest >= self.context_tokens:
+                raise PolicyError(f"prompt of {longest} tokens leaves no room under max_model_len={self.context_tokens}")
+            max_tokens = min(max_tokens, self.context_tokens - longest)
         body = {
             "model": self.model,
-            "prompt": [self.encoder.encode(q, steps).ids for q, steps in prefixes],
+            "prompt": prompts,
             "n": request_n(params),
             "temperature": params.temperature,
             "top_p": params.top_p,
-            "max_tokens": params.max_tokens,
+            "max_tokens": max_tokens,
             "stop": [sep],
             "logprobs": 0,
             "return_tokens_as_token_ids": True,

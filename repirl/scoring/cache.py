@@ -67,6 +67,19 @@ def _finite(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
+def redact_url(url: str) -> str:
+    """The URL without its password, for logs (redis://user:***@host:6379/0)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = f"{parts.username}:" if parts.username else ":"
+    host = parts.hostname or ""
+    netloc = f"{user}***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 class PrefixCache(Protocol):
     kind: str
 
@@ -119,15 +132,18 @@ class RedisCache:
 
     kind = "redis"
 
-    def __init__(self, url: str, timeout_s: float = 0.05):
+    def __init__(self, url: str, timeout_s: float = 0.05, password: str | None = None):
+        """`url`: redis:// or rediss:// (TLS), options as redis-py reads them; `password`: AUTH (a password in the
+        URL wins)."""
         import redis.asyncio as aioredis
         from redis.asyncio.retry import Retry
         from redis.backoff import NoBackoff
 
-        self.url = url
+        self.url = redact_url(url)
         self.timeout_s = timeout_s
+        extra = {"password": password} if password is not None else {}
         self._client = aioredis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-                                         retry=Retry(NoBackoff(), 0), health_check_interval=0)
+                                         retry=Retry(NoBackoff(), 0), health_check_interval=0, **extra)
 
     async def get_many(self, keys):
         if not keys:

@@ -35,20 +35,20 @@ class _Prefix:
 
 
 class PrefixKVCache:
-    """LRU of prefix KV states keyed by the prefix's token ids, bounded by the number of cached tokens."""
+    """LRU of prefix KV states keyed by (scope, the prefix's token ids), bounded by the number of cached tokens."""
 
     def __init__(self, max_tokens: int):
         self.max_tokens = max_tokens
         self.tokens = 0
-        self._entries: OrderedDict[tuple[int, ...], _Prefix] = OrderedDict()
+        self._entries: OrderedDict[tuple, _Prefix] = OrderedDict()
 
-    def get(self, key: tuple[int, ...]) -> _Prefix | None:
+    def get(self, key: tuple) -> _Prefix | None:
         entry = self._entries.get(key)
         if entry is not None:
             self._entries.move_to_end(key)
         return entry
 
-    def put(self, key: tuple[int, ...], entry: _Prefix) -> None:
+    def put(self, key: tuple, entry: _Prefix) -> None:
         if self.max_tokens <= 0 or entry.length > self.max_tokens:
             return
         old = self._entries.pop(key, None)
@@ -128,34 +128,41 @@ class HFScorer:
             return self._score_trajs(list(trajs))
 
     # ---- internals -------------------------------------------------------------------------------------------
-    def _longest_hit(self, traj: TrajectoryIds) -> tuple[tuple[int, ...], _Prefix | None]:
+    @staticmethod
+    def _key(traj: TrajectoryIds, end: int) -> tuple:
+        """The KV cache's key of a prefix: its token ids within the trajectory's scope (tenant), so one tenant's
+        cached or co-batched prefixes never save another's computation (nor show in its tokens_computed)."""
+        return (traj.scope, *traj.ids[:end])
+
+    def _longest_hit(self, traj: TrajectoryIds) -> tuple[tuple | None, _Prefix | None]:
         for k in range(len(traj.step_spans), -1, -1):
-            key = tuple(traj.ids[: traj.prefix_len(k)])
+            key = self._key(traj, traj.prefix_len(k))
             entry = self.kv.get(key)
             if entry is not None:
                 return key, entry
-        return (), None
+        return None, None
 
-    def _prefill_shared_prefixes(self, trajs: list[TrajectoryIds]) -> dict[tuple[int, ...], int]:
+    def _prefill_shared_prefixes(self, trajs: list[TrajectoryIds]) -> dict[tuple, int]:
         """Items of one call that share a prefix (the prompt, or the prompt and some steps: best-of-N candidates,
         beam expansions) compute it once: the longest prefix shared by two or more items and not cached yet is
         scored first (recursively, so a tree of prefixes costs each node once), then the items resume from its KV.
         Returns prefix -> tokens computed."""
-        counts: Counter[tuple[int, ...]] = Counter()
+        counts: Counter[tuple] = Counter()
         for t in trajs:
             # k = 0 is the prompt (at step 1 of a search the candidates share only the prompt); the item's whole
             # length counts too, so an item that is a prefix of others (a prompt-only prefix in the recursion) is
             # computed once and the others resume from it
             for k in range(len(t.step_spans) + 1):
-                counts[tuple(t.ids[: t.prefix_len(k)])] += 1
-        todo: dict[tuple[int, ...], TrajectoryIds] = {}
+                counts[self._key(t, t.prefix_len(k))] += 1
+        todo: dict[tuple, TrajectoryIds] = {}
         for t in trajs:
             for k in range(len(t.step_spans) - 1, -1, -1):  # proper prefixes, longest first
-                key = tuple(t.ids[: t.prefix_len(k)])
-                if not key or self.kv.get(key) is not None:
+                end = t.prefix_len(k)
+                key = self._key(t, end)
+                if not end or self.kv.get(key) is not None:
                     break  # already as good as it gets for this item
-                if counts[key] >= 2 and len(key) <= self.kv.max_tokens:
-                    todo.setdefault(key, TrajectoryIds(list(key), t.prompt_len, t.step_spans[:k]))
+                if counts[key] >= 2 and end <= self.kv.max_tokens:
+                    todo.setdefault(key, TrajectoryIds(t.ids[:end], t.prompt_len, t.step_spans[:k], t.scope))
                     break
         if not todo:
             return {}
@@ -165,8 +172,8 @@ class HFScorer:
     def _score_trajs(self, trajs: list[TrajectoryIds]) -> list[StepScores]:
         prefilled = self._prefill_shared_prefixes(trajs) if self.kv.max_tokens > 0 and len(trajs) > 1 else {}
         results: list[StepScores | None] = [None] * len(trajs)
-        groups: dict[tuple[int, ...], list[int]] = {}
-        hits: dict[tuple[int, ...], _Prefix | None] = {}
+        groups: dict[tuple | None, list[int]] = {}  # None: no cached prefix (one group whatever the scope)
+        hits: dict[tuple | None, _Prefix | None] = {}
         extra: dict[int, int] = {}
         for i, traj in enumerate(trajs):
             key, entry = self._longest_hit(traj)
@@ -254,4 +261,4 @@ class HFScorer:
                 continue
             kv = [[(kk[:, :, :end], vv[:, :, :end]) for kk, vv in layers] for layers in kv_rows]
             last = [lg[row, end - start - 1].clone() for lg in logits]
-            self.kv.put(tuple(traj.ids[:end]), _Prefix(end, kv, last, values[:end]))
+            self.kv.put(self._key(traj, end), _Prefix(end, kv, last, values[:end]))

@@ -306,9 +306,67 @@ def render_set(chart, name):
 def test_default_values(chart):
     docs = render_set(chart, "default")
     kinds = sorted(d["kind"] for d in docs)
-    assert kinds == ["ConfigMap", "Deployment", "Deployment", "PodDisruptionBudget", "Service", "Service",
+    assert kinds == ["ConfigMap", "Deployment", "Deployment", "PodDisruptionBudget", "Secret", "Service", "Service",
                      "ServiceAccount"]
     assert settings_file(docs)["redis_url"] == "redis://prm-repirl-redis:6379/0"
+
+
+def _redis_password_refs(docs) -> tuple[dict, list[str], dict, dict]:
+    """(the Redis container's env, its args, the service's env, the Secrets by name)."""
+    (redis,) = [d for d in by_kind(docs, "Deployment") if component(d) == "redis"]
+    rc = redis["spec"]["template"]["spec"]["containers"][0]
+    server = server_deployment(docs)["spec"]["template"]["spec"]["containers"][0]
+    return ({e["name"]: e for e in rc.get("env", [])}, rc["args"], {e["name"]: e for e in server["env"]},
+            {s["metadata"]["name"]: s for s in by_kind(docs, "Secret")})
+
+
+def test_internal_redis_requires_a_generated_password(chart):
+    """Issue 22.8: the chart's Redis wants AUTH with a random password kept in a Secret; Redis and the service read it
+    from that Secret (never a plain value, never the settings file)."""
+    import base64
+
+    docs = render_set(chart, "default")
+    redis_env, args, server_env, secrets = _redis_password_refs(docs)
+    ref = {"name": "prm-repirl-redis", "key": "redis-password"}
+    password = base64.b64decode(secrets["prm-repirl-redis"]["data"]["redis-password"]).decode()
+    assert re.fullmatch(r"[A-Za-z0-9]{32}", password)
+    assert args[args.index("--requirepass") + 1] == "$(REDIS_PASSWORD)"  # expanded by Kubernetes at start
+    assert redis_env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == ref
+    assert redis_env["REDISCLI_AUTH"]["valueFrom"]["secretKeyRef"] == ref  # the readiness probe's redis-cli
+    assert server_env["REPIRL_REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == ref
+    assert password not in yaml.safe_dump([d for d in docs if d["kind"] != "Secret"])
+    assert "redis_password" not in settings_file(docs)
+    again = render(chart, {})  # no cluster to look the Secret up in: a new one per render, still 32 characters
+    assert re.fullmatch(r"[A-Za-z0-9]{32}", base64.b64decode(
+        _redis_password_refs(again)[3]["prm-repirl-redis"]["data"]["redis-password"]).decode())
+
+
+def test_internal_redis_password_from_an_existing_secret_or_off(chart):
+    docs = render(chart, {"redis": {"internal": {"auth": {"existingSecret": "my-redis", "existingSecretKey": "pw"}}}})
+    redis_env, args, server_env, secrets = _redis_password_refs(docs)
+    assert "prm-repirl-redis" not in secrets
+    assert server_env["REPIRL_REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "my-redis", "key": "pw"}
+    assert redis_env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "my-redis", "key": "pw"}
+    docs = render(chart, {"redis": {"internal": {"auth": {"enabled": False}}}})
+    redis_env, args, server_env, secrets = _redis_password_refs(docs)
+    assert "--requirepass" not in args and not redis_env and "REPIRL_REDIS_PASSWORD" not in server_env
+    assert not secrets
+
+
+def test_servicemonitor_sends_a_key_when_keys_are_set(chart):
+    """Issue 22.10: /metrics is behind the API key when keys are set, so the ServiceMonitor sends one from a Secret;
+    without one (and /metrics not public) rendering fails, naming the values to set."""
+    docs = render_set(chart, "autoscaling-values")
+    (sm,) = by_kind(docs, "ServiceMonitor")
+    assert sm["spec"]["endpoints"][0]["authorization"] == {
+        "type": "Bearer", "credentials": {"name": "repirl-prometheus-key", "key": "api-key"}}
+    values = {"serviceMonitor": {"enabled": True}, "apiKeys": {"keys": ["a-long-test-key"]}}
+    with pytest.raises(helm.HelmError, match="serviceMonitor.bearerTokenSecret"):
+        chart.render(values, name="prm", namespace="ml")
+    public = {**values, "settings": {"prm": ["repirl=/models/prm"], "drain_timeout_s": 30,
+                                     "public_paths": ["/livez", "/readyz", "/metrics"]}}
+    (sm,) = by_kind(render(chart, public), "ServiceMonitor")
+    assert "authorization" not in sm["spec"]["endpoints"][0]
 
 
 def test_cpu_values(chart):
@@ -317,7 +375,7 @@ def test_cpu_values(chart):
     assert c["image"].endswith(":0.1.0-cpu")
     assert "nvidia.com/gpu" not in c["resources"].get("limits", {})
     assert settings_file(docs)["policy"] == "/models/demo-repirl/policy"
-    (secret,) = by_kind(docs, "Secret")
+    (secret,) = [s for s in by_kind(docs, "Secret") if s["metadata"]["name"].endswith("-api-keys")]
     import base64
     assert base64.b64decode(secret["data"]["api-keys"]).decode().split() == load_values("cpu-values")["apiKeys"]["keys"]
     assert arg_pairs(c["args"])["--api-key-file"] == "/etc/repirl/keys/api-keys"

@@ -121,14 +121,14 @@ def screenshot(page, name: str) -> None:
 
 
 def read_metric(server, name: str, **labels) -> float:
-    with httpx.Client(base_url=server.url, timeout=5) as c:
+    with httpx.Client(base_url=server.url, timeout=5, headers={"Authorization": f"Bearer {API_KEY}"}) as c:
         return metric(c, name, **labels)
 
 
 def wait_for_metric(server, name: str, want: float, timeout_s: float = 20.0, **labels) -> float:
     """Poll /metrics until the sample equals `want` (a server-side condition: nothing in the DOM to wait on)."""
     deadline = time.monotonic() + timeout_s
-    with httpx.Client(base_url=server.url, timeout=5) as c:
+    with httpx.Client(base_url=server.url, timeout=5, headers={"Authorization": f"Bearer {API_KEY}"}) as c:
         while True:
             got = metric(c, name, **labels)
             if got == want or time.monotonic() > deadline:

@@ -41,6 +41,26 @@ def test_revision_changes_with_weights(tmp_path, tiny_prm_dir):
     assert load_prm_config(out).revision != cfg.revision
 
 
+@pytest.mark.parametrize("field, value", [
+    ("beta", 0.5), ("positive_token", "+"), ("negative_token", "-"), ("step_tag", "<tag>"),
+    ("reference_model", "other-reference"), ("step_reward", "min"), ("step_separator", "\n"), ("format", "implicit"),
+    ("prompt_template", {"kind": "plain", "template": "Q: {question}\nA:"}),
+])
+def test_scoring_revision_covers_every_field_that_changes_a_score(tiny_prm_dir, field, value):
+    """Issue 22.8: cached scores are keyed by this revision, so any prm.json field that changes a score changes it;
+    provenance, the aggregation and the calibration (applied after the cache) leave it alone."""
+    from repirl.artifacts import PRMConfig, scoring_revision
+    from repirl.calibration import Calibration
+
+    cfg = load_prm_config(tiny_prm_dir)
+    changed = PRMConfig.model_validate({**cfg.model_dump(), field: value})
+    assert scoring_revision(changed) != scoring_revision(cfg)
+    same = cfg.model_copy(update={"default_aggregation": "min", "provenance": cfg.provenance.model_copy(
+        update={"iterations": 99}), "calibration": Calibration(a=2.0, b=0.1, revision=scoring_revision(cfg))})
+    assert scoring_revision(same) == scoring_revision(cfg)
+    assert scoring_revision(cfg.model_copy(update={"revision": "0" * 16})) != scoring_revision(cfg)  # the weights
+
+
 def test_atomic_dir_keeps_the_old_folder_on_failure(tmp_path):
     target = tmp_path / "art"
     with atomic_dir(target) as tmp:

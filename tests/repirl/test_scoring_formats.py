@@ -114,6 +114,33 @@ def test_shared_prefix_within_one_call_is_computed_once(format_prms, fmt):
     assert sum(g.tokens_computed for g in got) == expected < sum(w.tokens_computed for w in want)
 
 
+def test_kv_reuse_and_batch_sharing_stay_inside_a_scope(format_prms):
+    """Issue 22.6: the KV prefix cache and the sharing of prefixes within one batch never cross scopes (tenants):
+    scope "b" computes every token of a trajectory scope "a" sent before and alongside, with the same rewards."""
+    import dataclasses
+
+    warm = load_scorer(format_prms["token-reward"], engine="hf", kv_cache_tokens=100_000)
+    q, steps = "What is 12+7? (scoped)", ["12+7 = 19", "Answer: 19"]
+    traj = warm.encode(q, steps)
+    a, b = dataclasses.replace(traj, scope="a"), dataclasses.replace(traj, scope="b")
+    (first,) = warm.score_encoded([a])
+    assert first.tokens_computed == len(traj.ids)
+    (again,) = warm.score_encoded([a])
+    assert again.tokens_computed == 0  # its own scope: served from the KV cache
+    (other,) = warm.score_encoded([b])
+    assert other.tokens_computed == len(traj.ids), "scope b reused scope a's cached prefix"
+    assert other.step_rewards == pytest.approx(first.step_rewards, abs=1e-4)
+    # one batch, two new scopes, one body: neither is charged less for the other's prefix
+    c, d = dataclasses.replace(traj, scope="c"), dataclasses.replace(traj, scope="d")
+    got = warm.score_encoded([c, d])
+    assert [g.tokens_computed for g in got] == [len(traj.ids)] * 2
+    # within one scope the batch still shares the prefix (computed once)
+    longer = warm.encode(q, steps + ["done"])
+    e1, e2 = dataclasses.replace(traj, scope="e"), dataclasses.replace(longer, scope="e")
+    got = warm.score_encoded([e1, e2])
+    assert sum(g.tokens_computed for g in got) == len(longer.ids)
+
+
 def test_kv_cache_is_bounded_by_tokens(format_prms):
     scorer = load_scorer(format_prms["token-reward"], engine="hf", kv_cache_tokens=200)
     for n in range(6):
@@ -198,7 +225,7 @@ def test_step_reward_rule_from_prm_json(format_prms, tmp_path, fmt, rule):
     for (q, steps), got in zip(ITEMS, scorer.score(ITEMS)):
         _, want_tokens = _reference(d, q, steps)
         assert got.step_rewards == pytest.approx([reduce(t) for t in want_tokens], abs=1e-4)
-    assert scorer.revision != default_revision and scorer.revision.startswith(default_revision)
+    assert scorer.revision != default_revision
 
 
 def test_step_reward_rule_refused_for_tag_formats(format_prms, tmp_path):

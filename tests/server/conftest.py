@@ -99,7 +99,9 @@ def poll(predicate, timeout: float, interval: float = 0.05) -> bool:
 def metric(client: httpx.Client, name: str, **labels) -> float:
     """Sum of a Prometheus sample over series whose labels include `labels`."""
     total = 0.0
-    for line in client.get("/metrics").text.splitlines():
+    r = client.get("/metrics")
+    assert r.status_code == 200, f"/metrics answered {r.status_code} (behind the API key when keys are set)"
+    for line in r.text.splitlines():
         if not line.startswith(name + "{") and not line.startswith(name + " "):
             continue
         if all(f'{k}="{v}"' in line for k, v in labels.items()):

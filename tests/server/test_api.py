@@ -118,8 +118,11 @@ def test_auth(main_server):
         assert anon.get("/v1/models", headers={"Authorization": "Bearer wrong"}).status_code == 401
         assert anon.get("/v1/models", headers={"X-API-Key": HASHED_ONLY_KEY}).status_code == 200
         assert anon.get("/v1/models", headers={"Authorization": f"Bearer {API_KEY}"}).status_code == 200
-        for public in ["/livez", "/readyz", "/metrics"]:
+        for public in ["/livez", "/readyz"]:
             assert anon.get(public).status_code == 200, public
+        # issue 22.10: /metrics is behind the key when keys are set (not in the default public_paths)
+        assert anon.get("/metrics").status_code == 401
+        assert anon.get("/metrics", headers={"Authorization": f"Bearer {API_KEY}"}).status_code == 200
         assert anon.get("/docs").status_code == 401  # schema pages are behind the key when keys are on
 
 

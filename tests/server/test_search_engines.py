@@ -135,3 +135,24 @@ def test_service_with_vllm_in_process(vllm_server, hf_policy, server_prms):
     beam, dvts, bon = (r.json() for r in out)
     assert beam["steps"] == reference.best.steps and beam["score"] == pytest.approx(reference.best.score, abs=1e-4)
     assert dvts["answer"] == bon["answer"] == reference.answer
+
+
+def test_remote_policy_context_is_learnt_and_a_long_question_is_413(api_server, server_prms, tmp_path):
+    """Issue 22.9: the remote's context length comes from its /v1/models (`max_model_len`, 256 here) at start, and a
+    question that cannot fit is our 413 naming `question`. Before, the question went out, vLLM answered 400 and the
+    service relayed it as a 503 with the server's URL and 300 characters of its body. The PRM (byte-level tiny model,
+    512 positions) would take the question: only the policy's context refuses it."""
+    srv = ServerProc(["--engine", "hf", "--prm", f"tr={server_prms['token-reward']}", "--policy", api_server + "/v1"],
+                     env=VLLM_ENV, log=tmp_path / "server.log").wait_ready(timeout=300)
+    question = "Start with 3. " + "Add 1, then subtract 1. " * 13 + "What is the result?"  # ~350 tokens
+    try:
+        r = httpx.post(srv.url + "/v1/search", json=GREEDY | {"question": question}, timeout=120)
+        ok = httpx.post(srv.url + "/v1/search", json=GREEDY, timeout=120)
+    finally:
+        srv.stop()
+    assert r.status_code == 413, r.text
+    err = r.json()["error"]
+    assert err["param"] == "question" and "policy's context" in err["message"], err
+    assert api_server.split("//")[1] not in r.text
+    assert ok.status_code == 200, ok.text  # a question that fits still searches
+    assert RemotePolicy(api_server).context_tokens == 256

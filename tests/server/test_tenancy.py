@@ -25,7 +25,9 @@ def _score(url: str, key: str, question: str) -> dict:
 def per_key_server(server_prms, redis_main, tmp_path_factory):
     d = tmp_path_factory.mktemp("per_key_server")
     (d / "keys.txt").write_text(f"{API_KEY}\n{HASHED_ONLY_KEY}\n")
-    (d / "config.yaml").write_text("engine: hf\ncache_scope: api-key\nredis_timeout_ms: 1000\n")
+    # a micro-batch waits up to 200 ms for company: two keys' concurrent requests share one engine batch
+    (d / "config.yaml").write_text("engine: hf\ncache_scope: api-key\nredis_timeout_ms: 1000\n"
+                                   "limits:\n  max_wait_ms: 200\n")
     srv = ServerProc(["--config", str(d / "config.yaml"), "--redis-url", redis_main.url, "--api-key-file",
                       str(d / "keys.txt"), "--prm", f"tr={server_prms['token-reward']}"], log=d / "server.log")
     yield srv.wait_ready()
@@ -42,6 +44,23 @@ def test_api_key_scope_keeps_tenants_apart(per_key_server):
     assert b1["usage"]["cached_steps"] == 0, "another key's cached steps were served"
     assert b2["usage"]["cached_steps"] == 2
     assert b1["data"][0]["step_rewards"] == pytest.approx(a1["data"][0]["step_rewards"], abs=1e-5)
+
+
+def test_api_key_scope_hides_tokens_computed(per_key_server):
+    """Issue 22.6: the transformers PRM's KV prefix cache (and the prefix sharing inside one engine batch) is scoped
+    by the same tenant key as Redis: key B learns nothing from `usage.tokens_computed` about what key A sent."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    q = f"kv tenant question {uuid.uuid4().hex[:8]}"
+    a = _score(per_key_server.url, API_KEY, q)["usage"]
+    b = _score(per_key_server.url, HASHED_ONLY_KEY, q)["usage"]
+    assert a["tokens_computed"] > 0 and a["cached_steps"] == b["cached_steps"] == 0
+    assert b["tokens_computed"] == a["tokens_computed"], "key B was served key A's cached KV prefix"
+    # both keys at once, one body: they may share an engine batch, never its shared-prefix work
+    q2 = f"kv tenant question {uuid.uuid4().hex[:8]}"
+    with ThreadPoolExecutor(2) as pool:
+        both = list(pool.map(lambda key: _score(per_key_server.url, key, q2)["usage"], [API_KEY, HASHED_ONLY_KEY]))
+    assert [u["tokens_computed"] for u in both] == [a["tokens_computed"]] * 2
 
 
 def test_deployment_scope_shares_between_keys(main_server):
@@ -68,14 +87,18 @@ def test_api_key_scope_reaches_the_search_thread(tmp_path, redis_main):
                       str(tmp_path / "keys.txt"), "--prm", f"tr={prm}", "--policy", str(policy)],
                      log=tmp_path / "server.log").wait_ready(timeout=180)
     try:
-        def hits(key: str) -> int:
+        def stats(key: str) -> dict:
             r = httpx.post(srv.url + "/v1/best-of-n", json={"question": TOY_QUESTION, "n": 4, "seed": 3},
                            headers={"Authorization": f"Bearer {key}"}, timeout=120)
             assert r.status_code == 200, r.text
-            return r.json()["stats"]["cache_hits"]
+            return r.json()["stats"]
 
-        assert hits(API_KEY) == 0
-        assert hits(API_KEY) > 0  # the same seeded search again: this key's own entries
-        assert hits(HASHED_ONLY_KEY) == 0, "the search thread read another key's cached steps"
+        first = stats(API_KEY)
+        assert first["cache_hits"] == 0
+        assert stats(API_KEY)["cache_hits"] > 0  # the same seeded search again: this key's own entries
+        other = stats(HASHED_ONLY_KEY)
+        assert other["cache_hits"] == 0, "the search thread read another key's cached steps"
+        # nor the PRM's KV prefix cache (issue 22.6): key B's search computes what key A's first one did
+        assert other["prm_tokens_computed"] == first["prm_tokens_computed"] > 0
     finally:
         srv.stop()

@@ -52,6 +52,18 @@ redis://{{ include "repirl.fullname" . }}-redis:6379/0
 {{- end }}
 {{- end }}
 
+{{/* the Secret (name, key) holding the internal Redis's password; empty without AUTH */}}
+{{- define "repirl.redisPasswordSecret" -}}
+{{- $a := .Values.redis.internal.auth -}}
+{{- if and (eq .Values.redis.mode "internal") $a.enabled -}}
+{{- if $a.existingSecret }}{{ $a.existingSecret }}{{ else }}{{ include "repirl.fullname" . }}-redis{{ end -}}
+{{- end -}}
+{{- end }}
+
+{{- define "repirl.redisPasswordKey" -}}
+{{- if .Values.redis.internal.auth.existingSecret }}{{ .Values.redis.internal.auth.existingSecretKey }}{{ else }}redis-password{{ end -}}
+{{- end }}
+
 {{- define "repirl.policyUrl" -}}
 {{- if eq .Values.policy.mode "vllm" -}}
 http://{{ include "repirl.fullname" . }}-policy:{{ .Values.policy.vllm.port }}/v1
@@ -89,6 +101,9 @@ http://{{ include "repirl.fullname" . }}-policy:{{ .Values.policy.vllm.port }}/v
 {{- end -}}
 {{- if and (eq .Values.redis.mode "external") (not .Values.redis.external.url) (not .Values.redis.external.existingSecret) -}}
 {{- fail "redis.mode=external needs redis.external.url or redis.external.existingSecret" -}}
+{{- end -}}
+{{- if and .Values.serviceMonitor.enabled (include "repirl.apiKeySecret" .) (not .Values.serviceMonitor.bearerTokenSecret.name) (not (has "/metrics" (default (list) .Values.settings.public_paths))) -}}
+{{- fail "serviceMonitor with apiKeys: /metrics needs a key; set serviceMonitor.bearerTokenSecret (a Secret holding one) or list /metrics in settings.public_paths" -}}
 {{- end -}}
 {{- if and (eq .Values.policy.mode "url") (not .Values.policy.url) -}}
 {{- fail "policy.mode=url needs policy.url" -}}

@@ -18,8 +18,11 @@ router = APIRouter(tags=["openrlhf"])
 async def openrlhf_reward(req: OpenRLHFRewardRequest, request: Request, state: StateDep,
                           model: Annotated[str | None, Query(description="PRM name; default: the first")] = None,
                           aggregation: Annotated[Aggregation | None, Query()] = None,
+                          # finite and bounded: `nan` answered `rewards: [null]` (issue 22.9), and a huge weight
+                          # overflows to inf, which JSON writes as null too
                           prm_weight: Annotated[float | None, Query(description="rewards = outcome + prm_weight x "
-                                                                    "PRM score (needs labels)")] = None,
+                                                                    "PRM score (needs labels)", allow_inf_nan=False,
+                                                                    ge=-1000, le=1000)] = None,
                           ) -> OpenRLHFRewardResponse:
     """OpenRLHF's remote reward model protocol: `--reward.remote_url http://HOST:PORT/v1/openrlhf/reward` (OpenRLHF
     >= 0.10.2; `--remote_rm_url` before), knobs as query parameters: `?model=NAME&aggregation=min&prm_weight=0.1`.
