@@ -32,6 +32,7 @@ def bootstrap(
     from dataclasses import replace
 
     from rich.console import Console
+    from rich.markup import escape  # a path or message with [brackets] is printed as it is
 
     from repirl.vllm_setup import quiet_logs
 
@@ -67,5 +68,5 @@ def bootstrap(
     try:
         run_bootstrap(cfg, console)
     except BootstrapError as e:
-        console.print(f"[red]repirl bootstrap:[/red] {e}")
+        console.print(f"[red]repirl bootstrap:[/red] {escape(str(e))}", soft_wrap=True)
         raise typer.Exit(1)

@@ -18,6 +18,7 @@ def train(
 ) -> None:
     """Train a PRM (and policy) with rePIRL or a baseline; writes runs/<name>/."""
     from rich.console import Console
+    from rich.markup import escape  # a path or message with [brackets] is printed as it is
 
     from repirl.vllm_setup import quiet_logs
     from trainer.config import ConfigError, load_config
@@ -30,14 +31,14 @@ def train(
     try:
         cfg = load_config(config, overrides)
     except ConfigError as e:
-        console.print(f"[red]config error:[/red] {e}")
+        console.print(f"[red]config error:[/red] {escape(str(e))}", soft_wrap=True)
         raise typer.Exit(2)
     from trainer.device import resolve_device
 
     try:  # `device: cuda` on a machine without a GPU: one line naming the key, before any model is loaded
         resolve_device(cfg.device)
     except ValueError as e:
-        console.print(f"[red]config error:[/red] {config}: {e}")
+        console.print(f"[red]config error:[/red] {escape(f'{config}: {e}')}", soft_wrap=True)
         raise typer.Exit(2)
     quiet_logs()
     # the loop's last lines say the held-out accuracy before/after and where summary.json is: no JSON dump here
@@ -57,7 +58,7 @@ def run_training(cfg, resume: bool = False, console=None, progress: bool = False
         return Trainer(cfg, resume=resume, console=console).run(progress=progress)
     except ResumeError as e:
         if console is not None:
-            console.print(f"[red]resume error:[/red] {e}")
+            console.print(f"[red]resume error:[/red] {escape(str(e))}", soft_wrap=True)
         raise typer.Exit(2)
 
 

@@ -177,11 +177,16 @@ async def test_micro_batcher_bounds_splits_and_batches_concurrent_requests():
     from server.batching import MicroBatcher
     from server.metrics import Metrics
 
+    import threading
+
     calls: list[list[str]] = []
+    started, release = threading.Event(), threading.Event()
 
     def engine(items):
         calls.append(list(items))
-        time.sleep(0.05)  # busy: later arrivals queue up
+        if len(calls) == 1:  # busy with the first batch until the test has queued the rest: no timing involved
+            started.set()
+            release.wait(timeout=30)
         return [f"r-{x}" for x in items]
 
     b = MicroBatcher("fake", engine, max_batch_tokens=100, max_batch_items=4, max_wait_ms=1, max_queue_items=100,
@@ -189,13 +194,17 @@ async def test_micro_batcher_bounds_splits_and_batches_concurrent_requests():
     b.start()
     try:
         first = asyncio.create_task(b.submit(["a0"], [10]))
-        await asyncio.sleep(0.02)  # the engine is now busy with a0
+        assert await asyncio.to_thread(started.wait, 30)  # the engine is now busy with a0
         rest = [asyncio.create_task(b.submit([f"c{i}"], [10])) for i in range(3)]
         big = asyncio.create_task(b.submit([f"big{i}" for i in range(6)], [30] * 6))
+        while b._queued_items < 9:  # every later request is queued while the engine is busy
+            await asyncio.sleep(0)
+        release.set()
         assert await first == ["r-a0"]
         assert [await t for t in rest] == [["r-c0"], ["r-c1"], ["r-c2"]]
         assert await big == [f"r-big{i}" for i in range(6)]
     finally:
+        release.set()
         await b.stop()
     assert calls[0] == ["a0"]
     assert calls[1][:3] == ["c0", "c1", "c2"]  # arrived during a0's call: one batch, no extra wait

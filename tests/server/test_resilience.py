@@ -92,7 +92,8 @@ def dead_policy_app(server_prms):
 
     policy = DeadPolicy()
     app = create_app(Settings(prm=[f"tr={server_prms['token-reward']}"], engine="hf"), policies={"policy": policy})
-    with TestClient(app) as c:
+    # a loopback name: the keyless default Host allowlist (server/settings.py trusted_hosts) refuses "testserver"
+    with TestClient(app, base_url="http://localhost") as c:
         yield c, policy
 
 
