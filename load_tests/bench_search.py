@@ -1,10 +1,16 @@
 """Search benchmark: PRM tokens computed per unique token of the search tree, for step beam search (n=16,
-beam_width=4) on held-out arithmetic problems, with three PRM set-ups in the same run:
+beam_width=4) on held-out arithmetic problems, with three PRM set-ups in the same run (then particle filtering, n=16
+particles, on the kv-reuse set-up: target <= 1.05):
 
   kv-reuse     the transformers PRM engine with its prefix KV cache (scores only tokens it has not seen)  target <= 1.3
   rescore      the same engine with the KV cache off: every step re-scores whole trajectories (search-and-learn)
-  vllm+cache   vLLM's pooling runner behind the step-prefix cache (as the service's PRMRuntime does: an item
-               whose steps are all cached costs nothing, any miss re-runs the whole item; pooling has no prefix cache)
+  vllm+cache   repirl's vLLM PRM engine behind the step-prefix cache (as the service's PRMRuntime does: an item
+               whose steps are all cached costs nothing; a miss runs on vLLM reading its prefix cache, at block
+               granularity, with the skipped rows filled in by the engine: repirl/scoring/vllm_engine.py)
+  vllm-plain   plain vLLM serving the same PRM with prefix caching on (`vllm serve --enable-prefix-caching`:
+               `LLM(runner="pooling", enable_prefix_caching=True)`, vLLM's own token_classify pooling params), called
+               as search-and-learn calls its PRM: every candidate's whole trajectory at every step, no step cache;
+               tokens computed = prompt tokens - num_cached_tokens, as vLLM reports them
 
 "tree tokens" counts the prompt plus every distinct step prefix once: the least any PRM must compute. Each set-up
 runs its own search (same seeds), so each ratio is against its own tree; the policy is the transformers engine.
@@ -110,8 +116,11 @@ def _forget(scorer) -> None:
 
     if isinstance(scorer, StepCacheScorer):
         scorer.store.clear()
+        scorer = scorer.inner
+    if hasattr(scorer, "forget"):  # the vLLM engine: its prefix cache and the values it keeps for it
+        scorer.forget()
     elif hasattr(scorer, "kv"):
-        scorer.kv = PrefixKVCache(scorer.kv.max_tokens)
+        scorer.kv = PrefixKVCache(scorer.kv.max_tokens, scorer.kv.max_bytes)
 
 
 def run(args) -> None:
@@ -124,12 +133,14 @@ def run(args) -> None:
     cfg = load_prm_config(prm_dir)
     policy = load_policy(policy_dir, engine="transformers")
     questions = _questions(policy_dir, args.problems)
-    setups = {"kv-reuse": HFScorer(prm_dir, cfg, kv_cache_tokens=1 << 20),
-              "rescore": HFScorer(prm_dir, cfg, kv_cache_tokens=0)}
+    # factories: one engine at a time (vLLM engines reserve memory; each is closed before the next starts)
+    setups = {"kv-reuse": lambda: HFScorer(prm_dir, cfg, kv_cache_tokens=1 << 20),
+              "rescore": lambda: HFScorer(prm_dir, cfg, kv_cache_tokens=0)}
     if not args.no_vllm:
         from repirl.scoring.vllm_engine import VLLMScorer
 
-        setups["vllm+cache"] = StepCacheScorer(VLLMScorer(prm_dir, cfg))
+        setups["vllm+cache"] = lambda: StepCacheScorer(VLLMScorer(prm_dir, cfg))
+        setups["vllm-plain"] = lambda: VLLMScorer(prm_dir, cfg, reuse_prefixes=False, enable_prefix_caching=True)
     print(f"policy {policy_dir}  prm {prm_dir}  held-out problems {len(questions)}  "
           f"beam search n=16 beam_width=4 max_steps={args.max_steps}")
 
@@ -138,7 +149,8 @@ def run(args) -> None:
                             max_step_tokens=args.max_step_tokens, seed=1000 + i)
 
     rows, searches = {}, {}
-    for name, scorer in setups.items():
+    for name, make in setups.items():
+        scorer = make()
         run_search(policy, scorer, questions[0], params(-1))  # warm-up (first-call costs), not counted
         timed = TimedScorer(scorer)
         computed = tree = total = 0
@@ -151,6 +163,9 @@ def run(args) -> None:
             total += st.prm_tokens_total
             searches.setdefault(name, []).append(st)
         rows[name] = (computed, tree, total, timed.seconds, time.perf_counter() - t0)
+        close = getattr(getattr(scorer, "inner", scorer), "close", None)
+        if callable(close):
+            close()
     first = next(iter(searches.values()))
     print(f"search trees (per problem, mean): steps {_mean(s.steps for s in first):.1f}, candidates "
           f"{_mean(s.candidates for s in first):.1f}, duplicates dropped {_mean(s.duplicates_dropped for s in first):.1f}, "
@@ -166,13 +181,42 @@ def run(args) -> None:
         emit(f"beam search ({name})", "PRM tokens computed / unique search-tree tokens (beam n=16, width 4, "
              f"{len(questions)} problems)", ratio, f"{computed} / {tree} tokens" + (
              "" if name == "rescore" else f"; {base / max(ratio, 1e-9):.1f}x fewer than rescore"),
-             "<= 1.3" if name == "kv-reuse" else "")
+             {"kv-reuse": "<= 1.3", "vllm+cache": "<= 1.05"}.get(name, ""))
         print(f"{name}: computed/tree = {ratio:.3f} ({base / max(ratio, 1e-9):.1f}x fewer than rescore)"
               + ("  target <= 1.3: " + ("MET" if ratio <= 1.3 else "MISSED") if name == "kv-reuse" else ""))
-    for scorer in setups.values():
-        close = getattr(getattr(scorer, "inner", scorer), "close", None)
-        if callable(close):
-            close()
+    if "vllm-plain" in rows:
+        (rc, _, _, r_prm, r_wall), (pc, _, _, p_prm, p_wall) = rows["vllm+cache"], rows["vllm-plain"]
+        for name, (c, *_r, prm_s, wall) in (("repirl vllm+cache", rows["vllm+cache"]), ("repirl kv-reuse", rows["kv-reuse"])):
+            emit(f"beam search: {name} vs plain vLLM", "PRM tokens computed by plain vLLM (prefix caching on, "
+                 "every candidate re-scored each step) / by repirl, same searches", pc / max(c, 1),
+                 f"{pc} vs {c} tokens; PRM time {p_prm:.2f} vs {prm_s:.2f} s ({p_prm / max(prm_s, 1e-9):.2f}x); "
+                 f"search wall {p_wall:.2f} vs {wall:.2f} s")
+    if not args.no_particles:
+        _particles(policy, setups["kv-reuse"](), questions, args)  # a fresh engine: its own KV cache
+
+
+def _particles(policy, scorer, questions, args) -> None:
+    """Particle filtering (n=16, resampling at every step that is not uniform) on the KV-reusing engine: resampled
+    copies share their prefixes, so the engine should compute each unique tree token about once (target <= 1.05)."""
+    from repirl.search import SearchParams, run_search
+
+    def params(i: int) -> SearchParams:
+        return SearchParams(strategy="particle-filtering", n=16, ess_threshold=1.0, max_steps=args.max_steps,
+                            max_step_tokens=args.max_step_tokens, seed=2000 + i)
+
+    run_search(policy, scorer, questions[0], params(-1))  # warm-up, not counted
+    computed = tree = total = resamplings = 0
+    for i, q in enumerate(questions):
+        _forget(scorer)
+        st = run_search(policy, scorer, q, params(i)).stats
+        computed, tree, total = computed + st.prm_tokens_computed, tree + st.tree_tokens, total + st.prm_tokens_total
+        resamplings += st.resamplings
+    ratio = computed / max(tree, 1)
+    print(f"particle filtering n=16 (kv-reuse): {resamplings} resamplings over {len(questions)} problems; PRM tokens "
+          f"computed {computed}, tree {tree}, handed to the PRM {total}; computed/tree = {ratio:.3f}  target <= 1.05: "
+          + ("MET" if ratio <= 1.05 else "MISSED"))
+    emit("particle filtering (kv-reuse)", f"PRM tokens computed / unique search-tree tokens (n=16 particles, "
+         f"{len(questions)} problems)", ratio, f"{computed} / {tree} tokens ({total} handed to the PRM)", "<= 1.05")
 
 
 def _mean(xs) -> float:
@@ -188,6 +232,7 @@ def main() -> None:
     ap.add_argument("--max-steps", type=int, default=8)
     ap.add_argument("--max-step-tokens", type=int, default=64)
     ap.add_argument("--no-vllm", action="store_true", help="skip the vLLM pooling set-up")
+    ap.add_argument("--no-particles", action="store_true", help="skip the particle-filtering row")
     run(ap.parse_args())
 
 

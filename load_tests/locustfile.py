@@ -12,9 +12,12 @@ Users (pick some on the command line, e.g. `locust -f load_tests/locustfile.py S
   MixedUser         all of the above in one user, weighted like a serving mix (score 6 : rerank 3 : best-of-n 1 :
                     search 1 : stream 1)
 
+At the start the items are sized to the served PRM: GET /v1/models gives its `max_model_len`, a solution longer than
+that is cut to its longest prefix of whole steps that fits, one whose first step does not fit is left out; what was
+kept, trimmed and left out is printed at the start and at the end (load_data.size_to_service).
+
 Settings (environment): REPIRL_API_KEY (sent as a bearer key), REPIRL_LOAD_PRM (PRM name; default the service's
-first), REPIRL_LOAD_MAX_CHARS (question + solution characters, 1500: longer GSM8K items are left out so they fit
-the PRM's context), REPIRL_GSM8K_DIR (default ../shared/data/gsm8k), REPIRL_LOAD_SEARCH_N (4), REPIRL_LOAD_POOL (64: candidate sets come from the first 64 questions of each source,
+first), REPIRL_LOAD_MAX_CHARS (an optional cap on question + solution characters), REPIRL_GSM8K_DIR (default ../shared/data/gsm8k), REPIRL_LOAD_SEARCH_N (4), REPIRL_LOAD_POOL (64: candidate sets come from the first 64 questions of each source,
 so they recur and their shared prefixes hit the cache).
 """
 
@@ -27,16 +30,39 @@ import time
 from pathlib import Path
 
 import requests
-from locust import HttpUser, between, task
+from locust import HttpUser, between, events, task
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from load_tests.load_data import DEMO, SEARCH_N, candidate_set, load, score_items  # noqa: E402
+from load_tests.load_data import DEMO, SEARCH_N, candidate_set, load, score_items, size_to_service  # noqa: E402
 
 PRM = os.environ.get("REPIRL_LOAD_PRM") or None
 HEADERS = {"Authorization": f"Bearer {os.environ['REPIRL_API_KEY']}"} if os.environ.get("REPIRL_API_KEY") else {}
 load()
+SIZING: list[str] = []
+
+
+@events.init.add_listener
+def _size_items_at_init(environment, **_):
+    """With --host the sizing runs before the run's clock starts (it takes a few seconds: every solution tokenized)."""
+    host = getattr(environment.parsed_options, "host", None) if environment.parsed_options else None
+    _size_items(environment, host=host or environment.host)
+
+
+@events.test_start.add_listener
+def _size_items(environment, host: str | None = None, **_):
+    """Else at the start of the run (the host typed into the web UI), before any user runs."""
+    host = host or environment.host
+    if not SIZING and host:
+        SIZING.append(size_to_service(host, HEADERS, PRM))
+        print(f"repirl load data: {SIZING[0]}", flush=True)
+
+
+@events.quitting.add_listener
+def _report_sizing(environment, **_):
+    if SIZING:
+        print(f"repirl load data: {SIZING[0]}", flush=True)
 
 
 def _with_model(body: dict) -> dict:

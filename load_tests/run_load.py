@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import platform
 import shutil
@@ -81,11 +80,10 @@ def pick_models(workdir: Path) -> tuple[Path, Path, str]:
 
 
 def start_service(work: Path, engine: str, policy_engine: str, redis_url: str | None,
-                  env: dict) -> tuple[subprocess.Popen, str, int, str]:
+                  env: dict) -> tuple[subprocess.Popen, str, str]:
     """`python -m server` on a free loopback port with the demo (or tiny) models, once /readyz says ready:
-    (process, URL, the characters per item that fit the PRM's context, a description for the report)."""
+    (process, URL, a description for the report). The locustfile sizes its items to the PRM's max_model_len."""
     prm, policy, where = pick_models(work)
-    max_chars = int((context_tokens(prm) - 64) * 0.9)  # byte-level tokens: at most ~1 per ASCII char
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "server", "--port", str(port), "--prm", f"prm={prm}",
@@ -99,12 +97,8 @@ def start_service(work: Path, engine: str, policy_engine: str, redis_url: str | 
 
     _wait(lambda: httpx.get(url + "/readyz", timeout=2).status_code == 200, 600, "the service", server)
     cache = "Redis" if redis_url else "in-process"
-    return server, url, max_chars, (f"`repirl serve` on {where}, PRM engine {engine}, policy engine "
+    return server, url, (f"`repirl serve` on {where}, PRM engine {engine}, policy engine "
                                     f"{policy_engine}, {cache} cache, default limits")
-
-
-def context_tokens(prm: Path) -> int:
-    return int(json.loads((prm / "config.json").read_text()).get("max_position_embeddings", 2048))
 
 
 def scrape(url: str, headers: dict | None = None) -> dict:
@@ -253,27 +247,27 @@ def main() -> int:
     try:
         env = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
         if args.host:
-            url, service, cache, max_chars = args.host.rstrip("/"), f"an existing service at {args.host}", "?", 1500
+            url, service, cache = args.host.rstrip("/"), f"an existing service at {args.host}", "?"
         else:
             redis_proc, redis_url = start_redis(work)
-            server, url, max_chars, service = start_service(work, args.engine, args.policy_engine, redis_url, env)
+            server, url, service = start_service(work, args.engine, args.policy_engine, redis_url, env)
             cache = "Redis" if redis_url else "in-process"
-        os.environ["REPIRL_LOAD_MAX_CHARS"] = str(max_chars)
-        from load_tests.load_data import load_gsm8k
+        from load_tests.load_data import size_to_service
 
-        n_gsm8k = len(load_gsm8k(max_chars))
+        sizing = size_to_service(url, {"Authorization": f"Bearer {os.environ['REPIRL_API_KEY']}"}
+                                 if os.environ.get("REPIRL_API_KEY") else None)  # what the locustfile will use
         before = scrape(url)
         csv_prefix = work / "locust"
         print(f"locust: {' '.join(args.profile)}, {args.users} users, {args.seconds} s against {url}", flush=True)
         rc = run_locust(url, args.seconds, args.users, args.spawn_rate, args.profile, csv_prefix,
-                        env={**env, "REPIRL_LOAD_MAX_CHARS": str(max_chars)})
+                        env=env)
         after = scrape(url)
         meta = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "profile": " ".join(args.profile),
                 "users": args.users, "seconds": args.seconds, "service": service, "cache": cache, "locust_rc": rc,
                 "machine": f"{os.cpu_count()} CPUs ({platform.machine()}), load average before the run "
                            f"{os.getloadavg()[0]:.1f}",
-                "data": f"{n_gsm8k} GSM8K test questions with solutions of <= {max_chars} characters "
-                        "(../shared/data/gsm8k/model_solutions.jsonl) and 500 demo-task problems"}
+                "data": f"GSM8K test questions (../shared/data/gsm8k/model_solutions.jsonl) and 500 demo-task problems; "
+                        + sizing}
         path = write_report(args.out, csv_prefix, before, after, meta)
         print(path.read_text())
         print(f"report: {path}")

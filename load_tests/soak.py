@@ -180,14 +180,13 @@ def main() -> int:
         redis_proc, redis_url = start_redis(work, "--maxmemory", args.redis_maxmemory, "--maxmemory-policy",
                                             "allkeys-lru")
         env = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-        server, url, max_chars, service = start_service(work, args.engine, args.policy_engine, redis_url, env)
+        server, url, service = start_service(work, args.engine, args.policy_engine, redis_url, env)
         redis_port = int(redis_url.rsplit(":", 1)[1].split("/")[0]) if redis_url else None
         import httpx
 
         _wait(lambda: httpx.get(url + "/readyz", timeout=2).status_code == 200, 60, "the service", server)
-        locust_env = {**env, "REPIRL_LOAD_MAX_CHARS": str(max_chars), "REPIRL_SOAK_HOSTILE": str(args.hostile),
+        locust_env = {**env, "REPIRL_SOAK_HOSTILE": str(args.hostile),
                       "REPIRL_SOAK_STALL_S": str(args.stall_s)}
-        os.environ["REPIRL_LOAD_MAX_CHARS"] = str(max_chars)
         before = scrape(url)
         monitor = Monitor(server.pid, url, redis_port).start()
         csv_prefix = work / "soak"

@@ -12,10 +12,13 @@ from collections import Counter
 from fractions import Fraction
 from typing import Iterable
 
+# Linear time on any input (issue 22.1): a line start is `^` or a newline followed by horizontal space only (`\s*`
+# there rescanned every following blank line from every newline), and possessive `*+` never gives back the space it
+# took (`Answer` followed by 8,000 newlines backtracked quadratically between two `\s*`).
 _LINE_PATTERNS = [
-    re.compile(r"####\s*(?P<a>[^\n]+)"),
-    re.compile(r"(?:^|\n)\s*(?:The (?:final )?answer is|Answer)\s*[:：]?\s*(?P<a>[^\n]+)", re.IGNORECASE),
-    re.compile(r"(?:^|\n)\s*A:\s*(?P<a>[^\n]+)"),
+    re.compile(r"####\s*+(?P<a>[^\n]+)"),
+    re.compile(r"(?:^|\n)[^\S\n]*+(?:The (?:final )?answer is|Answer)\s*+[:：]?+\s*+(?P<a>[^\n]+)", re.IGNORECASE),
+    re.compile(r"(?:^|\n)[^\S\n]*+A:\s*+(?P<a>[^\n]+)"),
 ]
 _NUMBER = re.compile(r"^[-+]?(\d{1,3}(,\d{3})+|\d+)?(\.\d+)?$")
 
@@ -50,7 +53,7 @@ def parse_number(answer: str) -> Fraction | None:
     """Exact value of a plain numeric answer ("$1,200.50", "72.", "-3"), or None if it is not a number."""
     s = answer.strip().rstrip(".").strip()
     s = re.sub(r"^\$|\$$", "", s).strip()
-    s = re.sub(r"\s*(dollars?|%)$", "", s)
+    s = re.sub(r"(?:dollars?|%)$", "", s).rstrip()  # `\s*` before the unit was quadratic on long blank runs
     if not s or not _NUMBER.match(s) or s in "+-":
         return None
     try:
@@ -81,16 +84,8 @@ def answers_match(predicted: str | None, reference: str | None) -> bool:
 
 
 def _math_verify_equal(predicted: str, reference: str) -> bool:
-    try:
-        from math_verify import parse, verify
-    except ImportError:  # math-verify is a core dependency; keep string equality if it is absent
-        return False
-    wrap = lambda s: s if "$" in s or "\\" not in s else f"${s}$"  # noqa: E731 - math-verify wants delimiters for LaTeX
-    try:
-        gold, pred = parse(wrap(reference)), parse(wrap(predicted))
-        return bool(gold) and bool(pred) and bool(verify(gold, pred))
-    except Exception:  # math-verify raises on malformed LaTeX; a malformed answer is simply not equal
-        return False
+    from repirl.latex_equal import latex_equal  # a worker process with a hard timeout: see that module
+    return latex_equal(predicted, reference)
 
 
 def majority_answer(answers: Iterable[str | None], weights: Iterable[float] | None = None) -> str | None:

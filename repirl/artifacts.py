@@ -27,7 +27,8 @@ from repirl.validation import describe
 PRM_JSON = "prm.json"
 PRMFormat = Literal["token-reward", "qwen-step-tag", "math-shepherd", "implicit"]
 Aggregation = Literal["mean-token", "min", "last", "prod", "sum"]
-StepReward = Literal["mean", "sum", "min"]
+StepReward = Literal["mean", "sum", "min", "cumulative"]
+ReadAt = Literal["tag", "before-tag"]
 
 
 class ArtifactError(ValueError):
@@ -53,12 +54,21 @@ class PRMConfig(BaseModel):
     default_aggregation: Aggregation = "mean-token"
     # token formats: how a step's token values become its step reward; None = the format's own rule (token-reward:
     # mean, implicit: sum as in PRIME). "min" flags a step by its least likely token (docs/results.md, section 2).
+    # "cumulative": the sum of every token value from the first step through this one (EurusPRM's card reads the
+    # implicit PRM's Q value q_t this way); it depends only on the prefix through the step, so caching holds.
     step_reward: StepReward | None = None
     step_tag: str | None = None  # qwen-step-tag / math-shepherd: the text marking the end of a step
     positive_token: str | None = None  # math-shepherd: the token whose probability is the step reward ("+")
     negative_token: str | None = None  # math-shepherd: ("-")
+    # math-shepherd: where the +/- logits are read. "tag" (Math-Shepherd): at the step tag itself; "before-tag"
+    # (RLHFlow's Llama3.1 PRMs, whose separator is an assistant turn "+"): at the token before the tag, whose
+    # logits predict it. None = "tag"
+    read_at: ReadAt | None = None
     reference_model: str | None = None  # implicit: path of pi_ref, relative to the PRM folder or absolute
     beta: float | None = None  # implicit: reward = beta * log(pi_phi / pi_ref)
+    # token-reward: each token value is token_bound * tanh(head / token_bound), the bounded reward the trainer's head
+    # PRM was trained on (trainer/models.py RewardModel, `prm.reward_bound`); None: the raw head's output
+    token_bound: float | None = Field(None, gt=0)
     provenance: Provenance = Field(default_factory=Provenance)
     # raw step reward -> p_correct (repirl/calibration.py); None: the service returns no p_correct
     calibration: Calibration | None = None
@@ -69,6 +79,8 @@ class PRMConfig(BaseModel):
 # to the step rewards per request) and the calibration (raw reward -> p_correct, applied after the cache; its own
 # `revision` names the scoring revision it was fitted on). Every other field, present or future, is in the hash.
 _NOT_SCORING = {"provenance", "revision", "default_aggregation", "calibration"}
+# fields added after PRMs were deployed: hashed only when set, so existing PRMs keep their revisions (and caches)
+_HASHED_WHEN_SET = {"read_at", "token_bound"}
 
 
 def scoring_revision(cfg: PRMConfig) -> str:
@@ -77,8 +89,24 @@ def scoring_revision(cfg: PRMConfig) -> str:
     reference model, beta, ...), so a changed config never reads the cached rewards of the old one (Redis keeps them
     for days and replicas share them)."""
     scoring = cfg.model_dump(mode="json", exclude=_NOT_SCORING)
+    for key in _HASHED_WHEN_SET:
+        if scoring.get(key) is None:
+            scoring.pop(key, None)
+    if not scoring["prompt_template"].get("first_step_prefix"):  # likewise, inside the template
+        scoring["prompt_template"].pop("first_step_prefix", None)
     blob = json.dumps({"weights": cfg.revision, "config": scoring}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def active_calibration(cfg: PRMConfig | None) -> Calibration | None:
+    """The PRM config's calibration when it was fitted on the rewards this config produces (its `revision` is this
+    config's scoring revision, or unset), else None: another step rule's raw rewards are on another scale."""
+    cal = getattr(cfg, "calibration", None)
+    if cal is None:
+        return None
+    if cal.revision and cal.revision != scoring_revision(cfg):
+        return None
+    return cal
 
 
 POLICY_JSON = "policy.json"

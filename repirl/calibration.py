@@ -4,7 +4,9 @@
 The mapping is Platt scaling, `p = sigmoid(a * raw + b)`: two numbers, fitted by the trainer on held-out steps whose
 labels come from the task's step checker (trainer/calibration.py), stored in prm.json (`calibration`), applied by the
 service at response time (cached raw rewards stay valid: recalibrating changes no revision). This module holds the
-facts only (no fitting), so the server reads them without importing the trainer.
+facts only (no fitting, no prm.json), so the server reads them without importing the trainer; which calibration
+applies to a PRM config is `repirl.artifacts.active_calibration`, and step values in [0, 1] are
+`repirl.scoring.unit_values`.
 """
 
 from __future__ import annotations
@@ -13,8 +15,6 @@ import math
 from typing import Literal, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
-
-from repirl.scoring.aggregate import aggregate
 
 AggregateInput = Literal["raw", "probability"]  # what the request's aggregation reads: raw rewards or p_correct
 
@@ -50,41 +50,3 @@ class Calibration(BaseModel):
 
     def p_correct_all(self, raws: Sequence[float]) -> list[float]:
         return [self.p_correct(r) for r in raws]
-
-
-def active_calibration(cfg) -> Calibration | None:
-    """The PRM config's calibration when it was fitted on the rewards this config produces, else None."""
-    from repirl.artifacts import scoring_revision
-
-    cal = getattr(cfg, "calibration", None)
-    if cal is None:
-        return None
-    if cal.revision and cal.revision != scoring_revision(cfg):
-        return None
-    return cal
-
-
-UnitKind = Literal["p_correct", "probability", "sigmoid"]
-
-
-def unit_step_values(cfg, step_rewards: Sequence[float]) -> tuple[list[float], UnitKind]:
-    """Each step's value in [0, 1], and what it is: `p_correct` (the PRM's calibration), `probability` (the format's
-    own step reward is one: qwen-step-tag, math-shepherd), else `sigmoid` (an uncalibrated token-reward or implicit
-    PRM: sigmoid(raw reward), order-preserving but not a probability; on the demo PRM it sits near 1 for every step,
-    since the raw rewards are beta * log-prob + const, ~5.5)."""
-    from repirl.scoring.formats import FORMATS
-
-    cal = active_calibration(cfg)
-    if cal is not None:
-        return cal.p_correct_all(step_rewards), "p_correct"
-    facts = FORMATS.get(getattr(cfg, "format", None))
-    if facts is not None and facts.is_probability:
-        return [min(1.0, max(0.0, float(r))) for r in step_rewards], "probability"
-    return [sigmoid(float(r)) for r in step_rewards], "sigmoid"
-
-
-def unit_score(cfg, step_rewards: Sequence[float], how: str) -> float:
-    """One value in [0, 1] for a trajectory: `unit_step_values` aggregated with `how` ("sum" would leave [0, 1]: the
-    mean of the step values instead; an empty trajectory scores 0)."""
-    values, _ = unit_step_values(cfg, step_rewards)
-    return aggregate(values, "mean-token" if how == "sum" else how)

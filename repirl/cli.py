@@ -35,7 +35,7 @@ def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="show vLLM
 _COMMANDS = {
     "bootstrap": ("trainer.bootstrap_cli", "bootstrap"),
     "train": ("trainer.train_cli", "train"),
-    "eval": ("trainer.eval_cli", "eval_command"),
+    "eval": ("trainer.eval_cli", "eval_app"),  # a group: its callback is `repirl eval`, plus `eval processbench`
     "calibrate": ("trainer.calibrate_cli", "calibrate"),
     "serve": ("server.cli", "serve"),
 }
@@ -47,7 +47,16 @@ for _name, (_module, _func) in _COMMANDS.items():
         if _e.name != _module:  # a real import error inside an existing module must surface
             raise
         continue
-    app.command(_name)(getattr(_mod, _func))
+    _obj = getattr(_mod, _func)
+    if isinstance(_obj, typer.Typer):
+        app.add_typer(_obj, name=_name)
+    else:
+        app.command(_name)(_obj)
+
+
+from repirl.prm_cli import app as _prm_app  # noqa: E402  (typer only: keeps `repirl --help` light)
+
+app.add_typer(_prm_app, name="prm")
 
 
 def main() -> None:

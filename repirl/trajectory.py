@@ -11,7 +11,6 @@ token span is known exactly. That property is what makes prefix caching (Redis k
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Literal, Protocol, Sequence
 
 from pydantic import BaseModel
@@ -30,6 +29,9 @@ class PromptTemplate(BaseModel):
     kind: Literal["plain", "chat"] = "plain"
     template: str = PLAIN_TEMPLATE  # used by kind=plain; must contain "{question}"
     system: str | None = None  # used by kind=chat
+    # text that joins the question to the first step, tokenized WITH the first step: a card that writes
+    # f"{question} {step_1}" in one string tokenizes " Step" as one token, which a prompt ending in " " would split
+    first_step_prefix: str = ""
 
     def render(self, question: str, tokenizer=None) -> str:
         if self.kind == "plain":
@@ -68,18 +70,40 @@ class TrajectoryIds:
 
 
 class TrajectoryEncoder:
-    """Tokenizes trajectories by the contract. Piece encodings are memoised: search trees repeat them a lot."""
+    """Tokenizes trajectories by the contract. Piece encodings are memoised (search trees repeat them a lot) in a
+    memo bounded by bytes (`memo_bytes`); a trajectory over `token_limit` leaves nothing in it (issue 22.3: refused
+    requests of long steps grew the service by 3.7 MB each)."""
 
-    def __init__(self, tokenizer, template: PromptTemplate | None = None, sep: str = DEFAULT_SEP, cache_size: int = 65536):
+    def __init__(self, tokenizer, template: PromptTemplate | None = None, sep: str = DEFAULT_SEP,
+                 memo_bytes: int = 64 << 20):
+        from repirl.bounded import ByteLRU
+
         if not sep:
             raise ValueError("step separator must be a non-empty string")
         self.tokenizer = tokenizer
         self.template = template or PromptTemplate()
         self.sep = sep
-        self._encode = lru_cache(maxsize=cache_size)(self._encode_uncached)
+        self.memo = ByteLRU(memo_bytes)
 
-    def _encode_uncached(self, text: str) -> tuple[int, ...]:
-        return tuple(self.tokenizer.encode(text, add_special_tokens=False))
+    def _lookup(self, text: str, fresh: dict) -> tuple[int, ...]:
+        ids = self.memo.get(text)
+        if ids is None:
+            ids = fresh.get(text)
+        if ids is None:
+            ids = fresh[text] = tuple(self.tokenizer.encode(text, add_special_tokens=False))
+        return ids
+
+    def _remember(self, fresh: dict) -> None:
+        from repirl.bounded import ids_bytes, str_bytes
+
+        for text, ids in fresh.items():
+            self.memo.put(text, ids, str_bytes(text) + ids_bytes(len(ids)))
+
+    def _encode(self, text: str) -> tuple[int, ...]:
+        fresh: dict = {}
+        ids = self._lookup(text, fresh)
+        self._remember(fresh)
+        return ids
 
     def prompt_ids(self, question: str) -> list[int]:
         return list(self._encode(self.template.render(question, self.tokenizer)))
@@ -87,12 +111,17 @@ class TrajectoryEncoder:
     def step_ids(self, step: str) -> list[int]:
         return list(self._encode(step + self.sep))
 
-    def encode(self, question: str, steps: Sequence[str]) -> TrajectoryIds:
-        ids = self.prompt_ids(question)
+    def encode(self, question: str, steps: Sequence[str], token_limit: int | None = None) -> TrajectoryIds:
+        """The trajectory's ids. With `token_limit`, a trajectory longer than it is returned (the caller refuses it,
+        naming its full length) but its new pieces are not memoised."""
+        fresh: dict = {}
+        ids = list(self._lookup(self.template.render(question, self.tokenizer), fresh))
         prompt_len = len(ids)
         spans = []
-        for step in steps:
-            piece = self._encode(step + self.sep)
+        for k, step in enumerate(steps):
+            piece = self._lookup((self.template.first_step_prefix if k == 0 else "") + step + self.sep, fresh)
             spans.append((len(ids), len(ids) + len(piece)))
             ids.extend(piece)
+        if token_limit is None or len(ids) <= token_limit:
+            self._remember(fresh)
         return TrajectoryIds(ids=ids, prompt_len=prompt_len, step_spans=spans)

@@ -187,5 +187,6 @@ def start_llm(model: str, what: str, *, kv_cache_gib: float | None = None,
                  f"{kwargs.get('gpu_memory_utilization')} of GPU memory ({GPU_SETTING})")
         raise EngineStartError(f"vLLM engine for {what} did not start ({type(e).__name__}: "
                                f"{str(e).splitlines()[0][:200] if str(e) else 'no message'}); it asked for {asked} "
-                               f"with {free:.2f} of {total:.2f} GiB memory free: lower that setting or stop other "
-                               f"engine-holding processes") from e
+                               f"with {free:.2f} of {total:.2f} GiB memory free. vLLM's own error is logged above (the engine "
+                               f"core's process raises it; e.g. a block size its attention backend refuses); when it "
+                               f"is about memory, lower that setting or stop other engine-holding processes") from e

@@ -27,19 +27,21 @@ from server.api.chat.router import router as chat_router
 from server.api.playground.router import router as playground_router
 from server.api.docs.router import router as docs_router
 from server.api.openrlhf.router import router as openrlhf_router
+from server.api.pooling.router import router as pooling_router
 from server.auth import KeyFile
 from server.deps import AppState, require_api_key
 from server.health import watch_engines
 from server.metrics import Metrics
-from server.middleware import BodyLimitMiddleware, DrainMiddleware, MetricsMiddleware, RequestIdMiddleware
+from server.middleware import (BodyLimitMiddleware, DrainMiddleware, MetricsMiddleware, RequestIdMiddleware,
+                               WriteTimeoutMiddleware)
 from server.runtime import GuardedCache, PRMRuntime
-from server.searching import as_loaded, load_policies
+from server.policies import as_loaded, load_policies
 from server.settings import Settings
 
 log = logging.getLogger("repirl.server")
 
 ROUTERS = [health_router, models_router, score_router, rerank_router, search_router, chat_router,
-           playground_router, openrlhf_router]
+           playground_router, openrlhf_router, pooling_router]
 
 
 def build_scorers(settings: Settings) -> dict:
@@ -47,17 +49,20 @@ def build_scorers(settings: Settings) -> dict:
     scorers = {}
     for name, path in settings.prm_entries():
         kwargs = {}
-        from repirl.artifacts import load_prm_config
+        from repirl.scoring.families import resolve_prm_config
         from repirl.scoring.loader import resolve_engine
 
-        engine = resolve_engine(load_prm_config(path).format, settings.engine)
+        cfg, _ = resolve_prm_config(path)  # prm.json, or a hub folder's detected layout (said by the pre-flight)
+        engine = resolve_engine(cfg.format, settings.engine)
         if engine == "hf":
-            kwargs = {"kv_cache_tokens": settings.hf_kv_cache_tokens, "max_batch_tokens": settings.limits.max_batch_tokens,
+            kwargs = {"kv_cache_tokens": settings.hf_kv_cache_tokens, "kv_cache_bytes": settings.hf_kv_cache_bytes,
+                      "max_batch_tokens": settings.limits.max_batch_tokens,
                       "forward_tokens": settings.hf_forward_tokens, "device": settings.hf_device,
                       "dtype": settings.hf_dtype}
         else:
-            kwargs = settings.vllm_engine_kwargs()
-        scorers[name] = load_scorer(path, engine=engine, name=name, **kwargs)
+            kwargs = settings.vllm_engine_kwargs(prm=True)
+        scorers[name] = load_scorer(path, engine=engine, name=name, config=cfg, **kwargs)
+        scorers[name].encoder.memo.resize(settings.encode_memo_bytes)  # the budget from settings, engine-neutral
         log.info("loaded PRM %s from %s (format %s, engine %s, revision %s)", name, path,
                  scorers[name].config.format, engine, scorers[name].revision)
     return scorers
@@ -105,7 +110,7 @@ def create_app(settings: Settings, scorers: dict | None = None,
             raw_cache = RedisCache(settings.redis_url, settings.redis_timeout_ms / 1000, password=redis_password)
             log.info("prefix cache: Redis at %s", raw_cache.url)  # the password redacted
         else:
-            raw_cache = InProcessCache(settings.cache_max_entries)
+            raw_cache = InProcessCache(settings.cache_max_bytes)
             log.warning("prefix cache: in-process (no --redis-url): not shared between replicas")
         state.cache = GuardedCache(raw_cache, metrics, settings.redis_timeout_ms / 1000, settings.redis_backoff_s)
         if settings.torch_threads:
@@ -137,8 +142,8 @@ def create_app(settings: Settings, scorers: dict | None = None,
 
     # the schema and docs are routes of ours (server/api/docs), behind the API key like every other route; no
     # trailing-slash redirects: Starlette built their Location from the Host header (an open redirect)
-    app = FastAPI(title="repirl", version="0.1.0", lifespan=lifespan, dependencies=[Depends(require_api_key)],
-                  docs_url=None, redoc_url=None, openapi_url=None, redirect_slashes=False)
+    app = _App(title="repirl", version="0.1.0", lifespan=lifespan, dependencies=[Depends(require_api_key)],
+               docs_url=None, redoc_url=None, openapi_url=None, redirect_slashes=False)
     app.state.repirl = state
     errors.install(app)
     openapi.install(app, settings.public_paths, secured=state.api_key_hashes is not None)
@@ -152,6 +157,16 @@ def create_app(settings: Settings, scorers: dict | None = None,
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=hosts, www_redirect=False)
     app.add_middleware(RequestIdMiddleware)  # added last: outermost, so every response of ours carries the id
     return app
+
+
+class _App(FastAPI):
+    """FastAPI with the write timeout around its whole stack, Starlette's error middleware included: only there is
+    `send` the server's own (needed to abort a connection whose client stopped reading)."""
+
+    def build_middleware_stack(self):
+        state = self.state.repirl
+        return WriteTimeoutMiddleware(super().build_middleware_stack(), state.settings.limits.write_timeout_s,
+                                      state.metrics)
 
 
 def _watch_key_file(state: AppState) -> Callable[[], None]:

@@ -19,12 +19,15 @@ def _fail(message: str) -> None:
 
 def preflight(settings) -> None:
     """Refuse to start, naming the path, when a model folder is missing or unreadable."""
-    from repirl.artifacts import ArtifactError, check_model_folder, load_prm_config
+    from repirl.artifacts import ArtifactError, check_model_folder
+    from repirl.scoring.families import resolve_prm_config
 
     for name, path in settings.prm_entries():
         try:
-            load_prm_config(path)
+            _, reason = resolve_prm_config(path)  # a hub folder without prm.json: its family's layout, said here
             check_model_folder(path)
+            if reason:
+                typer.echo(f"repirl serve: PRM '{name}': {reason}", err=True)
         except ArtifactError as e:
             hint = " (run `repirl bootstrap` to build the demo)" if str(path) == "runs/demo/prm" else ""
             _fail(f"cannot serve PRM '{name}': {e}{hint}")

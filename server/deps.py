@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Annotated, Callable
+from typing import Annotated, Callable
 
 from fastapi import Depends, Request
 
 from server.auth import KeyFile, hash_key, key_matches
 from server.errors import APIError
 from server.metrics import Metrics
-from server.runtime import TENANT, GuardedCache, PRMRuntime
+from server.policies import LoadedPolicy
+from server.runtime import CALLER, TENANT, GuardedCache, PRMRuntime
 from server.settings import Settings
-
-if TYPE_CHECKING:
-    from server.searching import LoadedPolicy
 
 
 @dataclass
@@ -25,10 +23,11 @@ class AppState:
     runtimes: dict[str, PRMRuntime] = field(default_factory=dict)
     api_key_hashes: list[str] | None = None  # the keys in use (replaced when the key file is reloaded)
     key_file: KeyFile | None = None
-    # the policy registry, name -> LoadedPolicy (engine + the spec it came from; server/searching.py): "policy" from
+    # the policy registry, name -> LoadedPolicy (engine + the spec it came from; server/policies.py): "policy" from
     # --policy. /v1/models, search, chat, /readyz and shutdown all read this one dict
     policies: dict[str, LoadedPolicy] = field(default_factory=dict)
     search_samples_in_flight: int = 0  # admitted searches' samples, against limits.max_search_samples_in_flight
+    searches_in_flight: int = 0  # admitted searches whose work has not ended, against limits.max_searches_in_flight
     fatal: str | None = None  # why the service cannot serve any more (an engine died: server/health.py)
     on_fatal: Callable[[], None] | None = None  # `repirl serve` sets it: drain, then exit non-zero
     draining: bool = False  # SIGTERM received (server/drain.py): /readyz 503 "draining", new requests 503
@@ -54,8 +53,10 @@ async def require_api_key(request: Request, state: StateDep) -> None:
     if not key_matches(presented, state.api_key_hashes):
         raise APIError(401, "missing or invalid API key (Authorization: Bearer KEY)", "authorization",
                        headers={"WWW-Authenticate": "Bearer"})
+    key_hash = hash_key(presented)
+    CALLER.set(key_hash)  # its own turns in the PRM's fair queue
     if state.settings.cache_scope == "api-key":
-        TENANT.set(hash_key(presented))  # this request's cache entries are this key's only
+        TENANT.set(key_hash)  # this request's cache entries are this key's only
 
 
 def get_runtime(state: AppState, model: str | None) -> PRMRuntime:

@@ -30,7 +30,13 @@ class Metrics:
         self.queue_depth = Gauge("repirl_queue_items", "items waiting for the PRM", ["model"], registry=r)
         self.requests_in_flight = Gauge("repirl_requests_in_flight", "requests being served (health routes aside); "
                                         "a draining service exits when it reaches 0", registry=r)
-        self.searches_in_flight = Gauge("repirl_searches_in_flight", "searches whose worker thread is running "
-                                        "(/v1/search, /v1/best-of-n, chat)", registry=r)
+        self.searches_in_flight = Gauge("repirl_searches_in_flight", "searches holding admission budget "
+                                        "(/v1/search, /v1/best-of-n, chat): admitted, and their work not ended",
+                                        registry=r)
+        self.search_samples_in_flight = Gauge("repirl_search_samples_in_flight", "policy samples those searches "
+                                              "hold, against max_search_samples_in_flight", registry=r)
+        self.write_timeouts = Counter("repirl_write_timeouts_total", "connections closed because a response "
+                                      "write waited longer than write_timeout_s for the client to read",
+                                      registry=r)
         self.searches = Counter("repirl_searches_total", "searches ended, by outcome (completed | cancelled: the "
                                 "client went away | error)", ["outcome"], registry=r)

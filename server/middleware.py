@@ -1,14 +1,18 @@
-"""Pure ASGI middleware: request metrics (by route template), the body-size limit (413 before parsing) and the
-request id every response carries (`x-request-id`)."""
+"""Pure ASGI middleware: request metrics (by route template), the body-size limit (413 before parsing), the
+request id every response carries (`x-request-id`) and the write timeout (a client that stops reading)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import re
 import time
 import uuid
 
 from server.errors import BodyTooLarge, error_body
+
+log = logging.getLogger("repirl.server")
 
 
 class BodyLimitMiddleware:
@@ -145,3 +149,40 @@ class DrainMiddleware:
         finally:
             state.in_flight -= 1
             state.metrics.requests_in_flight.dec()
+
+
+class WriteTimeoutMiddleware:
+    """A response write that waits more than `timeout_s` for the client to read closes the connection. uvicorn has
+    no write timeout: its `send` waits for the transport to drain for as long as the client keeps its receive window
+    shut, so a stream whose client never reads held its connection, its buffers and its generator forever.
+
+    Outermost, so `send` is the server's own: uvicorn's (httptools and h11) is a method of its request cycle, which
+    holds the transport; `abort()` drops the connection at once (`close()` would wait for the buffer to drain,
+    i.e. forever). The app then sees the client as gone (`http.disconnect`) and ends as for a disconnect. Under
+    another server the send is only timed out (the message dropped) and the app goes on as for a gone client."""
+
+    def __init__(self, app, timeout_s: float, metrics):
+        self.app, self.timeout_s, self.metrics = app, timeout_s, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        closed = False
+
+        async def timed_send(message):
+            nonlocal closed
+            if closed:
+                return
+            try:
+                async with asyncio.timeout(self.timeout_s):
+                    await send(message)
+            except TimeoutError:
+                closed = True
+                self.metrics.write_timeouts.inc()
+                log.warning("closed a connection whose client read nothing for %g s (write_timeout_s): %s %s",
+                            self.timeout_s, scope.get("method"), scope.get("path"))
+                transport = getattr(getattr(send, "__self__", None), "transport", None)
+                if transport is not None:
+                    transport.abort()
+
+        await self.app(scope, receive, timed_send)

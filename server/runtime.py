@@ -15,9 +15,11 @@ import logging
 import time
 from dataclasses import dataclass
 
+from repirl.artifacts import active_calibration
 from repirl.scoring.base import StepScores
 from repirl.scoring.cache import decode_value, encode_value, prefix_keys
 from repirl.scoring.formats import format_facts
+from repirl.trajectory import TrajectoryIds
 from server.batching import MicroBatcher
 from server.errors import APIError, LimitExceeded
 from server.metrics import Metrics
@@ -65,6 +67,9 @@ class GuardedCache:
 # The API key's hash when `cache_scope: api-key` (set by the auth dependency for the request, read by `score`);
 # None: the deployment-wide cache. Search threads get it passed explicitly (a context var does not follow them).
 TENANT: contextvars.ContextVar[str | None] = contextvars.ContextVar("repirl_tenant", default=None)
+# The API key's hash whatever the cache scope ("" without keys): whose turn a request's PRM work takes in the
+# micro-batcher's fair queue. Set by the auth dependency; search threads get it passed like TENANT.
+CALLER: contextvars.ContextVar[str] = contextvars.ContextVar("repirl_caller", default="")
 
 
 @dataclass
@@ -89,33 +94,71 @@ class PRMRuntime:
         self.batcher = MicroBatcher(name, scorer.score_encoded if self._encoded else scorer.score,
                                     max_batch_tokens=limits.max_batch_tokens, max_batch_items=limits.max_batch_items,
                                     max_wait_ms=limits.max_wait_ms, max_queue_items=limits.max_queue_items,
-                                    metrics=metrics)
+                                    max_queue_tokens=limits.max_queue_tokens, fair_quantum_ms=limits.fair_quantum_ms,
+                                    fair_window_s=limits.fair_window_s, metrics=metrics)
 
     @property
     def config(self):
         return self.scorer.config
 
+    def calibration_for(self, aggregate_input: str):
+        """The PRM's calibration (None without one); 400 when the request aggregates probabilities and there is
+        none."""
+        cal = active_calibration(self.config)
+        if cal is None and aggregate_input == "probability":
+            raise APIError(400, f"PRM {self.name!r} has no calibration (prm.json `calibration`; `repirl calibrate "
+                                "--prm DIR` fits one): aggregate_input 'probability' needs one", "aggregate_input")
+        return cal
+
     def cache_salt(self, tenant: str | None) -> str | None:
         """The deployment salt, plus the tenant's key hash when the cache is scoped per key (prefix_keys hashes it)."""
         return self.salt if tenant is None else f"{self.salt or ''}\0tenant\0{tenant}"
 
-    async def score(self, items: list[tuple[str, list[str]]], params: list[str],
-                    tenant: str | None = None, admitted: bool = False) -> list[ItemScore]:
-        """`params[i]` names item i in errors (e.g. "items[3]"). `tenant` (default: the request's TENANT) scopes the
-        cache entries read and written. `admitted`: a search's call, past its own admission (never a 429 here)."""
-        tenant = tenant if tenant is not None else TENANT.get()
-        salt = self.cache_salt(tenant)
+    def _encode_checked(self, items: list[tuple[str, list[str]]], params: list[str]) -> list[TrajectoryIds]:
+        """Each item's ids; the first over the token limit is a 413 naming it, and leaves nothing memoised."""
         trajs = []
         for (question, steps), param in zip(items, params):
-            # the engine's own prefix reuse (KV cache, sharing within a batch) stays inside the tenant too
-            traj = dataclasses.replace(self.scorer.encoder.encode(question, steps), scope=tenant or "")
+            traj = self.scorer.encoder.encode(question, steps, token_limit=self.max_tokens)
             if len(traj.ids) > self.max_tokens:
                 raise LimitExceeded(param, len(traj.ids), self.max_tokens, self._max_what)
             trajs.append(traj)
+        return trajs
+
+    async def score(self, items: list[tuple[str, list[str]]], params: list[str],
+                    tenant: str | None = None, admitted: bool = False, caller: str | None = None) -> list[ItemScore]:
+        """`params[i]` names item i in errors (e.g. "items[3]"). `tenant` (default: the request's TENANT) scopes the
+        cache entries read and written. `admitted`: a search's call, past its own admission (never a 429 here).
+        `caller` (default: the request's CALLER): whose turn the work takes in the fair queue."""
+        caller = caller if caller is not None else CALLER.get()
+        # work the queue refuses whatever its tokens is refused before they are counted: a flooding key's retries
+        # tokenized up to max_items items each only to get a 429, on the cores the engine needs (a request the
+        # cache would have answered whole is refused too: its key is told to back off like the others)
+        if not admitted and self.batcher.refuses(len(items), 0, caller):
+            self.batcher.refuse()
+        # tokenizing user text is CPU work: off the event loop (issue 22.1)
+        trajs = await asyncio.to_thread(self._encode_checked, items, params)
+        return await self.score_trajectories(trajs, params, tenant, admitted, items=items, caller=caller)
+
+    async def score_trajectories(self, trajs: list[TrajectoryIds], params: list[str], tenant: str | None = None,
+                                 admitted: bool = False, items: list | None = None,
+                                 caller: str | None = None) -> list[ItemScore]:
+        """`score` on token ids with their step spans: the trajectory contract's (`score`), or spans cut from raw
+        token ids (vLLM's pooling API, server/api/pooling). Cache keys hash the ids through each step's end, so
+        both share entries where their ids and step ends agree."""
+        if not self._encoded and items is None:  # an engine that only takes (question, steps)
+            raise APIError(400, f"PRM {self.name!r}: its engine does not take token ids", "model")
+        tenant = tenant if tenant is not None else TENANT.get()
+        caller = caller if caller is not None else CALLER.get()
+        salt = self.cache_salt(tenant)
+        # the engine's own prefix reuse (KV cache, sharing within a batch) stays inside the tenant too
+        trajs = [dataclasses.replace(t, scope=tenant or "") for t in trajs]
+        for traj, param in zip(trajs, params):
+            if len(traj.ids) > self.max_tokens:
+                raise LimitExceeded(param, len(traj.ids), self.max_tokens, self._max_what)
         keys = [prefix_keys(self.scorer.revision, t, salt) for t in trajs]
         flat_keys = [k for ks in keys for k in ks]
         raw = await self.cache.get_many(flat_keys) if flat_keys else []
-        results: list[ItemScore | None] = [None] * len(items)
+        results: list[ItemScore | None] = [None] * len(trajs)
         todo, pos = [], 0
         for i, (traj, ks) in enumerate(zip(trajs, keys)):
             got = [decode_value(raw[pos + k], end - start, self.has_token_rewards)
@@ -135,7 +178,8 @@ class PRMRuntime:
         if todo:
             work = [trajs[i] if self._encoded else items[i] for i, _ in todo]
             try:
-                computed = await self.batcher.submit(work, [len(trajs[i].ids) for i, _ in todo], admitted=admitted)
+                computed = await self.batcher.submit(work, [len(trajs[i].ids) for i, _ in todo], admitted=admitted,
+                                                     key=caller)
             except Exception as e:
                 if self.engine_dead():  # not the request's fault: 503, and /readyz says so
                     raise APIError(503, f"PRM {self.name!r}: its engine process died; the service restarts",

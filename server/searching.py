@@ -1,5 +1,4 @@
-"""The search machinery both /v1/search (+ /v1/best-of-n) and /v1/chat/completions run on: the policy registry
-(`load_policies`, `get_policy`), admission (a search's n x steps x (1 + lookahead) samples against one in-flight
+"""The search machinery both /v1/search (+ /v1/best-of-n) and /v1/chat/completions run on: admission (a search's n x steps x (1 + lookahead) samples against one in-flight
 budget), the PRM bridge (the search thread's PRM calls go back to the event loop: prefix cache + micro-batcher), and
 `SearchJob` (one search in a worker thread, its events queued back to the loop).
 
@@ -15,7 +14,6 @@ import concurrent.futures
 import logging
 import threading
 from contextlib import aclosing
-from dataclasses import dataclass
 from typing import AsyncIterator
 
 from fastapi import Request
@@ -24,74 +22,16 @@ from starlette.background import BackgroundTask
 
 from repirl.cancel import WorkCancelled, stop_when
 from repirl.policy.base import PolicyError
-from repirl.policy.spec import PolicySpec
 from repirl.scoring.base import StepScores
 from repirl.search import SearchCancelled, SearchParams, SearchResult, run_search
 from server.api.limits import check_count
-from server.api.score.serving import calibration_for
 from server.cancellation import with_cancellation
 from server.deps import AppState, get_runtime
 from server.errors import APIError, LimitExceeded, QueueFull
-from server.runtime import TENANT, PRMRuntime
+from server.policies import get_policy
+from server.runtime import CALLER, TENANT, PRMRuntime
 
 log = logging.getLogger("repirl.server")
-
-
-@dataclass(frozen=True)
-class LoadedPolicy:
-    """One entry of `AppState.policies`: the StepPolicy engine and the spec it was loaded from (None when code
-    handed the engine in, as tests and benchmarks do)."""
-
-    name: str
-    engine: object
-    spec: PolicySpec | None = None
-
-    @property
-    def root(self) -> str:
-        return str(self.spec) if self.spec else str(getattr(self.engine, "name", self.name))
-
-    def status(self) -> str:
-        dead = getattr(self.engine, "engine_dead", None)  # vLLM in-process; transformers and remote do not die
-        return "dead: the engine process died" if dead is not None and dead() else "ok"
-
-    def close(self) -> None:
-        close = getattr(self.engine, "close", None)
-        if callable(close):
-            close()
-
-
-def load_policies(settings) -> dict[str, LoadedPolicy]:
-    """`--policy` as the policy named "policy": a URL (remote server), `vllm:DIR` / `hf:DIR`, or a DIR whose engine
-    follows the PRM engine setting (hf -> transformers, vllm -> vLLM, auto -> vLLM when installed)."""
-    if not settings.policy:
-        return {}
-    from repirl.policy import load_policy
-
-    spec = PolicySpec.parse(settings.policy, {"hf": "transformers", "vllm": "vllm"}.get(settings.engine, "auto"))
-    resolved = spec.resolved_engine()
-    kwargs = (settings.vllm_engine_kwargs() if resolved == "vllm" else
-              {"device": settings.hf_device, "dtype": settings.hf_dtype} if resolved == "transformers" else {})
-    engine = load_policy(spec, **kwargs)
-    log.info("loaded policy from %s (%s)", spec, type(engine).__name__)
-    return {"policy": LoadedPolicy("policy", engine, spec)}
-
-
-def as_loaded(policies: dict) -> dict[str, LoadedPolicy]:
-    """name -> LoadedPolicy from what `create_app(policies=...)` was given (engines or entries)."""
-    return {name: p if isinstance(p, LoadedPolicy) else LoadedPolicy(name, p) for name, p in policies.items()}
-
-
-def get_policy(state: AppState, name: str | None) -> LoadedPolicy:
-    """The named policy (default: the first), 404 when not loaded, 503 when none is or its engine died (vLLM's engine
-    core does not come back: every call would fail)."""
-    if not state.policies:
-        raise APIError(503, "no policy is loaded (start the service with --policy DIR_OR_URL)", "policy")
-    name = next(iter(state.policies)) if name is None else name
-    if name not in state.policies:
-        raise APIError(404, f"policy {name!r} is not loaded (loaded: {', '.join(state.policies)})", "policy")
-    if state.policies[name].status() != "ok":
-        raise APIError(503, f"policy {name!r}: its engine process died; the service must be restarted", "policy")
-    return state.policies[name]
 
 
 def check_search_limits(state: AppState, params: SearchParams, question: str, policy, runtime: PRMRuntime) -> int:
@@ -125,8 +65,8 @@ class PRMBridge:
     in flight is cancelled with the search (`cancel()`), so a cancelled search leaves no PRM work behind."""
 
     def __init__(self, runtime: PRMRuntime, loop: asyncio.AbstractEventLoop, tenant: str | None,
-                 stopped: threading.Event):
-        self.runtime, self.loop, self.tenant, self.stopped = runtime, loop, tenant, stopped
+                 stopped: threading.Event, caller: str = ""):
+        self.runtime, self.loop, self.tenant, self.stopped, self.caller = runtime, loop, tenant, stopped, caller
         self.name, self.revision, self.config = runtime.name, runtime.scorer.revision, runtime.config
         self._in_flight: concurrent.futures.Future | None = None
 
@@ -135,7 +75,7 @@ class PRMBridge:
         # admitted: the search holds its samples of max_search_samples_in_flight; the scoring queue's 429 would
         # throw its work away mid-search (seen under overload: tests/server/test_overload.py)
         coro = self.runtime.score(items, [f"candidates[{i}]" for i in range(len(items))], tenant=self.tenant,
-                                  admitted=True)
+                                  admitted=True, caller=self.caller)
         try:
             fut = asyncio.run_coroutine_threadsafe(coro, self.loop)
         except RuntimeError:  # the loop closed (server shutting down under a cancelled search)
@@ -167,14 +107,16 @@ class SearchJob:
     def __init__(self, state: AppState, params: SearchParams, question: str, prm: str | None, policy: str | None):
         self.state, self.params, self.question = state, params, question
         self.runtime = get_runtime(state, prm)
-        calibration_for(self.runtime, params.aggregate_input)  # 400 before anything runs
-        entry = get_policy(state, policy)
+        self.runtime.calibration_for(params.aggregate_input)  # 400 before anything runs
+        entry = get_policy(state.policies, policy)
         self.policy_name, self.policy = entry.name, entry.engine
         self.cost = check_search_limits(state, params, question, self.policy, self.runtime)
         self.tenant = TENANT.get()  # captured in the request's context: the search thread scores on its behalf
+        self.caller = CALLER.get()
         self.cancel = threading.Event()
         self.queue: asyncio.Queue = asyncio.Queue()
         self._admitted = False
+        self._working = False  # the worker thread runs: it gives the budget back when it ends
         self._bridge: PRMBridge | None = None
 
     def admit(self) -> None:
@@ -182,19 +124,41 @@ class SearchJob:
         the status line goes out, so an over-budget stream gets a real 429 (not an error event after a 200)."""
         if self._admitted:
             return
-        budget, held = self.state.settings.limits.max_search_samples_in_flight, self.state.search_samples_in_flight
+        limits = self.state.settings.limits
+        budget, held = limits.max_search_samples_in_flight, self.state.search_samples_in_flight
+        searches = self.state.searches_in_flight
+        if searches >= limits.max_searches_in_flight:
+            raise QueueFull(message=f"{searches} searches hold the search budget (max_searches_in_flight): "
+                                    "retry later")
         if held + self.cost > budget:
             raise QueueFull(message=f"searches in flight hold {held} of {budget} policy samples "
                                     f"(max_search_samples_in_flight); this one needs {self.cost}: retry later")
-        self.state.search_samples_in_flight += self.cost
+        self._hold(+1)
         self._admitted = True
 
+    def _hold(self, sign: int) -> None:
+        state = self.state
+        state.search_samples_in_flight += sign * self.cost
+        state.searches_in_flight += sign
+        # the gauges count exactly what holds budget (a search whose client left, until its work stops)
+        state.metrics.searches_in_flight.set(state.searches_in_flight)
+        state.metrics.search_samples_in_flight.set(state.search_samples_in_flight)
+
     def release(self) -> None:
-        """Give the samples back (idempotent: the stream's generator and its response's background task both call
-        it, since a client can vanish before the generator ever starts)."""
-        if self._admitted:
+        """Give the samples back, unless the worker thread runs: then its end gives them back (`_worker_ended`),
+        whatever the client or the socket does. Abandoned work holds its budget until it has really stopped, and
+        finished work never holds it, even while its stream waits on a client that does not read. Idempotent: the
+        stream's generator and its response's background task both call it (a client can vanish before the
+        generator ever starts)."""
+        if self._admitted and not self._working:
             self._admitted = False
-            self.state.search_samples_in_flight -= self.cost
+            self._hold(-1)
+
+    def _worker_ended(self, outcome: str) -> None:
+        """On the event loop, once the worker thread's work is over (its last event is queued before this)."""
+        self._working = False
+        self.state.metrics.searches.labels(outcome).inc()
+        self.release()
 
     def stop(self) -> None:
         """Cancel the search: after its current step, inside a vLLM policy's engine, and its PRM call in flight."""
@@ -206,7 +170,7 @@ class SearchJob:
         """Yields ("step", SearchEvent) per step, then ("result", SearchResult); raises what the search raised."""
         self.admit()
         loop = asyncio.get_running_loop()
-        self._bridge = PRMBridge(self.runtime, loop, self.tenant, self.cancel)
+        self._bridge = PRMBridge(self.runtime, loop, self.tenant, self.cancel, self.caller)
 
         def put(kind: str, obj: object) -> None:
             try:
@@ -215,8 +179,7 @@ class SearchJob:
                 pass
 
         def work():
-            metrics, outcome = self.state.metrics, "error"
-            metrics.searches_in_flight.inc()  # falls when this thread ends: a cancelled search, after its step
+            outcome = "error"
             try:
                 with stop_when(self.cancel.is_set):  # read by the policy engine between its steps
                     result = run_search(self.policy, self._bridge, self.question, self.params,
@@ -228,13 +191,16 @@ class SearchJob:
                 if isinstance(e, WorkCancelled):
                     outcome = "cancelled"
                     if e.units:  # a policy engine call stopped midway (its requests aborted)
-                        metrics.cancelled_work.labels(self.policy_name, e.stage).inc(e.units)
+                        self.state.metrics.cancelled_work.labels(self.policy_name, e.stage).inc(e.units)
                 put("error", e)
-            finally:
-                metrics.searches_in_flight.dec()
-                metrics.searches.labels(outcome).inc()
+            finally:  # the budget comes back now, not when the client or its socket gets round to it
+                try:
+                    loop.call_soon_threadsafe(self._worker_ended, outcome)
+                except RuntimeError:  # loop closed (shutdown): nobody counts any more
+                    pass
 
         thread = threading.Thread(target=work, name="repirl-search", daemon=True)
+        self._working = True
         thread.start()
         try:
             while True:
@@ -249,7 +215,7 @@ class SearchJob:
                     return
         finally:
             self.stop()  # no-op after a result; otherwise the search's engine work stops
-            self.release()
+            self.release()  # a no-op while the worker runs: its end releases
 
 
 async def run_job(job: SearchJob, request: Request, on_step=None) -> SearchResult:

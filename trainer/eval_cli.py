@@ -17,8 +17,9 @@ def _parse_prms(values: list[str]) -> dict[str, str]:
         name, sep, path = v.partition("=")
         if not sep:
             name, path = Path(v).parent.name or v, v
-        if not (Path(path) / "prm.json").is_file():
-            raise typer.BadParameter(f"--prm {v}: {path}/prm.json not found")
+        # a repirl PRM (prm.json) or a hub PRM folder as downloaded (its layout: repirl/scoring/families.py)
+        if not (Path(path) / "prm.json").is_file() and not (Path(path) / "config.json").is_file():
+            raise typer.BadParameter(f"--prm {v}: {path} has neither prm.json nor config.json")
         out[name] = path
     return out
 
@@ -48,6 +49,7 @@ def discover(runs_dir: Path) -> tuple[dict[str, str], list[str], str | None]:
 
 
 def eval_command(
+    ctx: typer.Context,
     policy: str = typer.Option("runs/demo/policy", help="Policy whose samples are reranked and searched: a folder, "
                                "vllm:DIR / hf:DIR, or an OpenAI-compatible URL."),
     prm: list[str] = typer.Option([], help="PRM as NAME=DIR or DIR (repeat). Default: discovered under --runs-dir."),
@@ -65,7 +67,9 @@ def eval_command(
     search_problems: int = typer.Option(40, min=1),
     search_n: int = typer.Option(16, min=1),
     search_task: str = typer.Option("in-distribution", help="Problems for the search comparison: in-distribution "
-                                    "| harder."),
+                                    "| harder | both."),
+    search_all_prms: bool = typer.Option(False, "--search-all-prms", help="Run the search comparison with every "
+                                         "PRM (default: the first rePIRL one)."),
     beam_width: int = typer.Option(4, min=1),
     gsm8k_limit: int = typer.Option(400, min=1, help="GSM8K questions evaluated (after those the PRM saw)."),
     max_step_tokens: int = typer.Option(32, min=1, help="Tokens per step (the policy stops a step there)."),
@@ -82,7 +86,10 @@ def eval_command(
                                             "REPIRL_VLLM_KV_CACHE_GIB, else 0.5 on a CPU; see repirl/vllm_setup.py)."),
 ) -> None:
     """Evaluate PRMs and policies (best-of-N curves, step-error F1, GSM8K best-of-4, policy accuracy, search cost)
-    and write docs/results.md with PNG plots. Uses the service's own search code and scorers."""
+    and write docs/results.md with PNG plots. Uses the service's own search code and scorers.
+    `repirl eval processbench --help`: ProcessBench for any PRM folder or service."""
+    if ctx.invoked_subcommand is not None:  # `repirl eval processbench ...`: only the sub-command runs
+        return
     import json
     import os
 
@@ -112,8 +119,8 @@ def eval_command(
         temps = tuple(float(t) for t in temperatures.split(","))
     except ValueError:
         raise typer.BadParameter(f"--temperatures: not a comma-separated list of numbers: {temperatures!r}") from None
-    if search_task not in ("in-distribution", "harder"):
-        raise typer.BadParameter(f"--search-task: in-distribution or harder, got {search_task!r}")
+    if search_task not in ("in-distribution", "harder", "both"):
+        raise typer.BadParameter(f"--search-task: in-distribution, harder or both, got {search_task!r}")
     found_prms, found_runs, found_gsm8k = discover(runs_dir)
     prms = _parse_prms(prm) if prm else found_prms
     if not prms and {"bestofn", "steperror", "search"} & set(chosen):
@@ -125,7 +132,8 @@ def eval_command(
                      gsm8k_prm=str(gsm8k_prm) if gsm8k_prm else found_gsm8k, sections=chosen, problems=problems,
                      dev_problems=dev_problems, n=n, temperatures=temps, n_subsets=subsets, seed=seed,
                      policy_engine=engine, prm_engine=prm_engine, policy_problems=policy_problems,
-                     search_problems=search_problems, search_n=search_n, search_task=search_task, beam_width=beam_width,
+                     search_problems=search_problems, search_n=search_n, search_task=search_task,
+                     search_all_prms=search_all_prms, beam_width=beam_width,
                      gsm8k_limit=gsm8k_limit, max_step_tokens=max_step_tokens, max_steps=max_steps,
                      cache_dir=str(cache_dir) if str(cache_dir) not in ("", ".") else None,
                      ns=tuple(k for k in (1, 2, 4, 8, 16, 32, 64) if k <= n))
@@ -136,3 +144,17 @@ def eval_command(
     results_json.write_text(json.dumps(results, indent=1, default=str))
     render(results, out, data_dir, results["commands"])
     typer.echo(f"wrote {out} and {data_dir}/")
+
+
+# `repirl eval` keeps its options (the group's callback) and gains `repirl eval processbench`
+eval_app = typer.Typer(name="eval", add_completion=False)
+eval_app.callback(invoke_without_command=True)(eval_command)
+
+
+def _register() -> None:
+    from trainer.processbench_cli import processbench
+
+    eval_app.command("processbench")(processbench)
+
+
+_register()

@@ -22,7 +22,7 @@ from trainer import distributed as dist
 from trainer.algorithms import (dense_advantages, format_reward, irl_prm_step, prime_prm_step, sequence_advantages)
 from trainer.losses import masked_mean, masked_whiten, prime_advantages
 from trainer.models import Batch, RewardModel, build_tiny_policy, policy_config_of
-from trainer.rollouts import Rollout, reference_rollout
+from trainer.rollouts import Rollout, ends_with_separator, reference_rollout
 
 
 # ------------------------------------------------------------------------------------------------------- set-up
@@ -147,7 +147,9 @@ class RePIRL(Algorithm):
     def prm_update(self, b: RolloutBatch, m: Models) -> dict:
         cfg, t, n = self.cfg, m.tokens, b.n
         rs = b.rollouts
-        refs = ([reference_rollout(r.problem, r.group, t.encoder, t.eos_id) for r in rs[::n]]
+        # references encoded as the policy writes: one tokenization of the text, ending as its samples end
+        tail = ends_with_separator(rs, t.tokenizer, t.encoder.sep, dist.all_sum)
+        refs = ([reference_rollout(r.problem, r.group, t.encoder, t.eos_id, tail) for r in rs[::n]]
                 if cfg.prm.expert_references else [])
         experts = refs + [r for r in rs if r.correct]
         neg_idx = [i for i, r in enumerate(rs) if not r.correct]
@@ -201,10 +203,12 @@ class Prime(Algorithm):
     def export(self, prm, prm_model, out_dir, tokens, policy_cfg, provenance, reference=None):
         from repirl.artifacts import PRMConfig, save_implicit_prm
 
-        # pi_phi in the folder, the frozen initial policy as pi_ref in `reference/`
+        # pi_phi in the folder, the frozen initial policy as pi_ref in `reference/`. A trajectory's score is the SUM
+        # of its step rewards, beta * log(pi_phi(y) / pi_ref(y)): the logit the BCE trained (issue 24 cause 8; the
+        # schema's mean-token divided it by the length, a score the loss never saw)
         return save_implicit_prm(prm_model, reference, tokens.tokenizer, out_dir, PRMConfig(
             format="implicit", beta=self.cfg.prime.beta, step_separator=policy_cfg.step_separator,
-            prompt_template=policy_cfg.prompt_template, provenance=provenance))
+            prompt_template=policy_cfg.prompt_template, default_aggregation="sum", provenance=provenance))
 
 
 class Offline(RePIRL):

@@ -21,18 +21,39 @@ from repirl.artifacts import PolicyConfig, Provenance, atomic_write_text, save_m
 from trainer import checkpoint
 from trainer import distributed as dist
 from trainer.algorithms import batch_of, kl_to_init, policy_step
-from trainer.config import TrainConfig
+from trainer.config import TrainConfig, default_mini_batch_size
 from trainer.data import EVAL_SAMPLE_SEED, make_task_and_pools
 from trainer.device import compute_for, place, reference_dtype, resolve_device
 from trainer.harness import Models, RolloutBatch, initial_policy_dir, kept_rows, load_tokens, make_algorithm
 from trainer.metrics import append_row, plot, read_rows, truncate_rows
 from trainer.models import load_causal_lm, token_logprobs
 from trainer.rollouts import HFEngine, VLLMEngine, build_rollouts, choose_engine
+from trainer.schedule import restore, warmup_scheduler
 from trainer.summary import RunSummary
 
 
 class ResumeError(RuntimeError):
     pass
+
+
+def _config_differences(saved: Path, cfg: TrainConfig) -> list[str]:
+    """Dotted keys in which the run's config.yaml and `cfg` differ. config.yaml goes through the schema first, so a
+    key added since the run started (at its default, which keeps the old behaviour: optim.warmup_steps 0) is no
+    difference; a config.yaml the schema no longer accepts is one ("config.yaml")."""
+    from trainer.config import ConfigError, parse_config
+
+    try:
+        old = parse_config(yaml.safe_load(saved.read_text()) or {}, str(saved)).model_dump(mode="json")
+    except ConfigError:
+        return ["config.yaml (no longer a valid recipe)"]
+    new = cfg.model_dump(mode="json")
+
+    def walk(a, b, prefix=""):
+        if isinstance(a, dict) and isinstance(b, dict):
+            return [d for k in sorted(set(a) | set(b)) for d in walk(a.get(k), b.get(k), f"{prefix}{k}.")]
+        return [] if a == b else [prefix.rstrip(".")]
+
+    return walk(old, new)
 
 
 def iteration_seed(seed: int, it: int) -> int:
@@ -49,6 +70,9 @@ class Trainer:
         self.run_dir = cfg.run_dir
         self.is_main = dist.rank() == 0
         self.metrics_path = self.run_dir / "metrics.jsonl"
+        if cfg.optim.mini_batch_size is None:  # several PPO steps per batch unless the recipe says otherwise; before
+            # config.yaml is written, so the run records (and a resume compares) the size it ran with
+            cfg.optim.mini_batch_size = default_mini_batch_size(cfg.questions_per_iter, dist.world())
         self._prepare_run_dir(resume)
         self.algo = make_algorithm(cfg)  # rePIRL, RLOO, PRIME, TTT: trainer/harness.py
         self.init_dir = initial_policy_dir(cfg, self.run_dir)
@@ -62,7 +86,7 @@ class Trainer:
             # (generate batches, PRM and policy steps): equal question shards guarantee that
             raise ValueError(f"questions_per_iter ({cfg.questions_per_iter}) must be a multiple of the number of "
                              f"processes ({dist.world()})")
-        if cfg.optim.mini_batch_size and cfg.optim.mini_batch_size % dist.world():
+        if cfg.optim.mini_batch_size % dist.world():
             raise ValueError(f"optim.mini_batch_size ({cfg.optim.mini_batch_size}) must be a multiple of the number "
                              f"of processes ({dist.world()})")
         torch.manual_seed(cfg.seed)
@@ -77,9 +101,11 @@ class Trainer:
         self.prm = self.algo.build_prm(self.init_dir)
         if self.prm is not None:  # the HF module: FSDP's root hooks run on its forward (token_rewards calls it)
             place(self.prm.model, cfg, compute, trainable=True)
+            self.prm.remember_start(cfg.prm.init_l2)  # phi_0 of prm.init_l2: the start, before a resume loads weights
         # one process on a GPU: torch's fused AdamW (one kernel for all parameters instead of a few per tensor group)
         fused = {"fused": True} if (self.device.type == "cuda" and dist.world() == 1) else {}
         self.opt_policy = torch.optim.AdamW(self.policy.parameters(), lr=cfg.optim.lr, weight_decay=0.0, **fused)
+        self.sched_policy = warmup_scheduler(self.opt_policy, cfg.optim.warmup_steps)  # linear warm-up, then optim.lr
         self.opt_prm = (torch.optim.AdamW(self.prm.parameters(), lr=cfg.prm.lr, weight_decay=0.0, **fused)
                         if self.prm is not None else None)
         self.start_iter = self._load_checkpoint() if resume else 0
@@ -92,8 +118,10 @@ class Trainer:
         if resume:
             if not saved.exists():
                 raise ResumeError(f"--resume: {saved} not found (nothing to resume in {self.run_dir})")
-            if yaml.safe_load(saved.read_text()) != yaml.safe_load(cfg_text):
-                raise ResumeError(f"--resume: the config differs from {saved}; resume with the run's own config")
+            differ = _config_differences(saved, self.cfg)
+            if differ:
+                raise ResumeError(f"--resume: the config differs from {saved} in {', '.join(differ)}; resume with "
+                                  f"the run's own config (repirl train --config {saved} --resume)")
             return
         if self.is_main:
             for stale in ("metrics.jsonl", "checkpoints", "plots", "summary.json"):
@@ -146,10 +174,12 @@ class Trainer:
         # the held-out accuracy of the starting policy, the "before" of the final summary (kept across a resume)
         before_path = self.run_dir / "eval_before.json"
         if cfg.eval_problems and not before_path.exists():
-            acc = self.evaluate()
+            acc, greedy = self.evaluate(), self.evaluate(temperature=0.0)
             if self.is_main:
-                atomic_write_text(before_path, json.dumps({"eval_accuracy": acc}))
-        self.eval_before = json.loads(before_path.read_text())["eval_accuracy"] if before_path.exists() else None
+                atomic_write_text(before_path, json.dumps({"eval_accuracy": acc, "eval_accuracy_greedy": greedy}))
+        before = json.loads(before_path.read_text()) if before_path.exists() else {}
+        # a run resumed from before greedy evaluation existed has no greedy "before": None, not a guess
+        self.eval_before, self.eval_greedy_before = before.get("eval_accuracy"), before.get("eval_accuracy_greedy")
         bar = _progress(self.console) if (progress and self.is_main) else None
         if bar is not None:
             bar.start()
@@ -215,12 +245,12 @@ class Trainer:
         row["kept_groups"] = int(dist.all_sum(float(keep.sum()) / n))
         row["reward_mean"] = dist.all_sum(float(scored.rewards.sum())) / max(n_global, 1)
 
-        # the policy update: PPO-clip over mini-batches of the kept questions
+        # the policy update: PPO-clip over mini-batches of the kept questions (the filtered ones leave the batch
+        # before it is split; epochs after the first reshuffle it, seeded by the iteration)
         t2 = time.time()
         if cfg.optim.update:
-            batch.resp_mask = batch.resp_mask * keep[:, None]
-            adv = scored.advantages * (keep[:, None] if scored.advantages.dim() == 2 else keep)
-            stepped = policy_step(self.policy, self.opt_policy, batch, old_lp, adv, cfg.optim, n, temp)
+            stepped = policy_step(self.policy, self.opt_policy, batch, old_lp, scored.advantages, cfg.optim, n, temp,
+                                  keep=keep, seed=seed, sched=self.sched_policy)
             row.update(stepped)
             if stepped:
                 row.update(self._sync_engine())
@@ -229,14 +259,17 @@ class Trainer:
         return row
 
     # ------------------------------------------------------------------------------------------ eval, checkpoints
-    def evaluate(self) -> float:
+    def evaluate(self, temperature: float | None = None) -> float:
+        """Held-out accuracy, one solution per problem: at the rollout temperature (None), or greedy pass@1 (0.0,
+        what the paper reports)."""
         c, probs = self.cfg, self.heldout[: self.cfg.eval_problems]
+        temperature = c.rollouts.temperature if temperature is None else temperature
         if not probs:
             return float("nan")
         # one engine per rank: each samples its share of the problems (a sharded transformers policy cannot: its
         # forwards are collective, so every rank generates them all)
         mine = dist.shard(probs) if getattr(self.engine, "per_rank", False) else probs
-        gens = self.engine.generate([self.encoder.prompt_ids(p.question) for p in mine], 1, c.rollouts.temperature,
+        gens = self.engine.generate([self.encoder.prompt_ids(p.question) for p in mine], 1, temperature,
                                     c.rollouts.top_p, c.rollouts.max_new_tokens, seed=EVAL_SAMPLE_SEED + c.seed)
         rs = build_rollouts(mine, gens, self.encoder, self.tokenizer, self.task, self.tokens.stop_ids)
         correct = sum(r.correct for r in rs)
@@ -247,7 +280,7 @@ class Trainer:
 
     def save_checkpoint(self, iteration: int) -> None:
         # torch distributed checkpoint (trainer/checkpoint.py): each rank writes its own shards, nothing is gathered
-        checkpoint.save(self.run_dir, iteration, self._parts())
+        checkpoint.save(self.run_dir, iteration, self._parts(), lr_steps={"policy": self.sched_policy.last_epoch})
 
     def _load_checkpoint(self) -> int:
         last = checkpoint.latest(self.run_dir)
@@ -259,6 +292,13 @@ class Trainer:
             iteration = checkpoint.load(last, self._parts())
         except checkpoint.CheckpointError as e:
             raise ResumeError(f"--resume: {e}") from None
+        steps = (checkpoint.lr_steps(last) or {}).get("policy")
+        if steps is not None:
+            restore(self.sched_policy, steps)
+        elif self.cfg.optim.warmup_steps:  # cannot happen for a run started with a warm-up; a hand-edited config can
+            raise ResumeError(f"--resume: {last} does not record the optimizer steps taken (written before the lr "
+                              f"warm-up existed), so optim.warmup_steps {self.cfg.optim.warmup_steps} cannot resume "
+                              "from it: resume with the run's own config.yaml (no warm-up) or start the run again")
         if self.is_main:
             truncate_rows(self.metrics_path, iteration)
         return iteration
@@ -266,6 +306,7 @@ class Trainer:
     def finish(self) -> dict:
         cfg = self.cfg
         eval_acc = self.evaluate() if cfg.eval_problems else None
+        eval_greedy = self.evaluate(temperature=0.0) if cfg.eval_problems else None
         # FULL weights: sharded models are gathered here, on every rank (rank 0 gets them); unsharded: the models
         policy = dist.saveable(self.policy)
         prm_model = dist.saveable(self.prm.model) if self.prm is not None else None
@@ -290,15 +331,18 @@ class Trainer:
                              iterations=cfg.iterations, train_seconds=round(sum(r.get("t_iter", 0) for r in rows), 2),
                              eval_problems=min(cfg.eval_problems, len(self.heldout)),
                              eval_temperature=cfg.rollouts.temperature, eval_accuracy_before=self.eval_before,
-                             eval_accuracy=eval_acc, final_train_accuracy=rows[-1]["accuracy"] if rows else None,
+                             eval_accuracy=eval_acc, eval_accuracy_greedy_before=self.eval_greedy_before,
+                             eval_accuracy_greedy=eval_greedy, final_train_accuracy=rows[-1]["accuracy"] if rows else None,
                              train_questions=len(self.train_pool), heldout_questions=len(self.heldout))
         summary.write(self.run_dir)
         live = self.run_dir / "live_policy"
         shutil.rmtree(live, ignore_errors=True)
         if eval_acc is not None:
             before = f"{self.eval_before:.1%} before, " if self.eval_before is not None else ""
+            greedy = f"{self.eval_greedy_before:.1%} -> " if self.eval_greedy_before is not None else ""
             self._say(f"{cfg.name}: held-out accuracy {before}{eval_acc:.1%} after {cfg.iterations} iterations of "
-                      f"{cfg.algorithm} ({summary.eval_problems} problems, T={cfg.rollouts.temperature}); "
+                      f"{cfg.algorithm} ({summary.eval_problems} problems, T={cfg.rollouts.temperature}; greedy "
+                      f"pass@1 {greedy}{eval_greedy:.1%}); "
                       f"wrote {self.run_dir}/{{policy,prm,metrics.jsonl,plots,summary.json}}")
         return summary.model_dump()
 

@@ -23,13 +23,30 @@ def log_importance_weights(sum_token_rewards: torch.Tensor, sampler_logprob: tor
     return sum_token_rewards - sampler_logprob
 
 
+def truncate_weights(w: torch.Tensor, cap: float) -> torch.Tensor:
+    """Normalised weights with no entry above `cap`, still summing to 1 (truncated importance sampling). Clipping once
+    and renormalising pushed the clipped entries back over the cap ([0.25, 0.75] at cap 0.6 gave [0.29, 0.71]); here
+    entries over the cap are fixed at it and the others rescaled to fill the remaining mass, repeated until none is
+    over (at most n rounds; the others keep their proportions). Needs cap * n >= 1 (the config's ratio >= 1)."""
+    capped = torch.zeros_like(w, dtype=torch.bool)
+    out = w
+    for _ in range(w.numel()):
+        over = (out > cap) & ~capped
+        if not over.any():
+            break
+        capped = capped | over
+        rest = 1.0 - cap * float(capped.sum())
+        free_mass = (w * ~capped).sum().clamp(min=torch.finfo(w.dtype).tiny)
+        out = torch.where(capped, torch.full_like(w, cap), w * (rest / free_mass))
+    return out
+
+
 def normalized_weights(log_w: torch.Tensor, max_weight_ratio: float | None = None) -> torch.Tensor:
-    """Self-normalised weights softmax(log w), optionally truncated at `max_weight_ratio` x the mean then renormalised
-    (truncated importance sampling: bounds the variance a single outlier can bring)."""
+    """Self-normalised weights softmax(log w), optionally truncated at `max_weight_ratio` x the mean weight (1 / n):
+    `truncate_weights`, so the cap holds after renormalisation and bounds the variance a single outlier brings."""
     w = torch.softmax(log_w, dim=-1)
     if max_weight_ratio is not None and w.numel() > 0:
-        w = torch.minimum(w, torch.full_like(w, max_weight_ratio / w.numel()))
-        w = w / w.sum()
+        w = truncate_weights(w, max_weight_ratio / w.numel())
     return w
 
 
@@ -40,17 +57,22 @@ def effective_sample_size(w: torch.Tensor) -> float:
     return float(w.sum() ** 2 / (w**2).sum())
 
 
-def irl_group_loss(expert_rbar: torch.Tensor, negative_rbar: torch.Tensor, negative_log_w: torch.Tensor,
-                   stop_gradient_weights: bool = True, max_weight_ratio: float | None = None):
-    """The paper's max-ent IRL loss for one question:
+def irl_group_loss(expert_energy: torch.Tensor, negative_energy: torch.Tensor, negative_log_w: torch.Tensor,
+                   stop_gradient_weights: bool = True, max_weight_ratio: float | None = None, scale: float = 1.0):
+    """The paper's max-ent IRL loss for one question, with ONE trajectory energy R(tau) = sum_t r_t in the weights and
+    in the loss (issue 24, cause 3):
 
-        L = sum_i w_i rbar(tau_i) / sum_i w_i - mean_experts rbar(tau)
+        L = scale * (sum_i w_i R(tau_i) / sum_i w_i  -  mean_experts R(tau)),   w_i = exp(R(tau_i)) / pi_theta(tau_i)
 
-    rbar is a trajectory's mean token reward. Returns (loss, normalised weights, ESS).
-    """
+    The derivation: J(phi) = mean_D R - log z(phi), z = integral exp(R(tau)) dtau = E_{pi_theta}[exp(R) / pi_theta], so
+    grad J = mean_D grad R - E_w grad R with exactly these weights. (The loss used the mean token reward rbar while the
+    weights used the sum: a gradient of no objective, weighting by exp(sum) what it then moved by the mean.) `scale`
+    is a positive constant per question (the trainer passes 1 / the question's mean token count): it keeps the loss
+    per token, as the mean was, without changing the gradient's direction within the question.
+    Returns (loss, normalised weights, ESS)."""
     log_w = negative_log_w.detach() if stop_gradient_weights else negative_log_w
     w = normalized_weights(log_w, max_weight_ratio)
-    loss = (w * negative_rbar).sum() - expert_rbar.mean()
+    loss = scale * ((w * negative_energy).sum() - expert_energy.mean())
     return loss, w.detach(), effective_sample_size(w.detach())
 
 

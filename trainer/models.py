@@ -196,6 +196,31 @@ class RewardModel(torch.nn.Module):
         else:
             raise ValueError(f"unknown PRM parameterization {parameterization!r}")
 
+    def remember_start(self, coef: float) -> None:
+        """Keep a copy of the current parameters as phi_0 for `prm.init_l2` (a no-op at 0: a 7B PRM's copy costs its
+        fp32 size). Called once the model is placed (sharded: the copies are shards) and BEFORE a resume loads later
+        weights, so phi_0 is the run's start."""
+        self.start = [p.detach().clone() for p in self.parameters()] if coef > 0 else None
+        self.init_l2 = coef
+
+    @torch.no_grad()
+    def pull_to_start(self) -> float | None:
+        """Add the gradient of (init_l2 / 2) ||phi - phi_0||^2, init_l2 * (phi - phi_0), to the parameters' gradients
+        (before the clip and the step). Returns ||phi - phi_0|| (over every rank's shards), or None when off."""
+        if getattr(self, "start", None) is None:
+            return None
+        from trainer import distributed as dist
+
+        local = lambda t: t.to_local() if hasattr(t, "to_local") else t  # FSDP2: this rank's shard
+        sq = 0.0
+        for p, p0 in zip(self.parameters(), self.start):
+            diff = p.detach() - p0
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            p.grad.add_(diff, alpha=self.init_l2)
+            sq += float(local(diff).double().pow(2).sum())
+        return dist.all_sum(sq) ** 0.5
+
     def token_rewards(self, batch: Batch) -> torch.Tensor:
         if self.parameterization == "logprob":
             return self.beta * token_logprobs(self.model, batch)
@@ -221,8 +246,10 @@ class RewardModel(torch.nn.Module):
             self.train(was_training)
 
     def export(self, out_dir: Path, tokenizer, policy_cfg: PolicyConfig, provenance: Provenance, model=None) -> Path:
-        """head -> format "token-reward" (the folder holds the raw head; the training-time tanh bound is monotone, so
-        rankings are identical, and the raw head is what vLLM's token_classify returns).
+        """head -> format "token-reward" with prm.json `token_bound` = the training-time bound, so the served token
+        rewards are the trained ones, bound * tanh(head / bound) (issue 24, cause 5: exported as the raw head, the
+        served mean over a step weighed tokens the training had saturated: same per-token order, not the same mean).
+        The folder holds the raw head (what vLLM's token_classify returns); the scorer applies the bound.
 
         logprob -> format "implicit" (PRIME's beta * log(pi_phi / pi_ref)) with a *uniform* reference in `reference/`:
         a 1-layer copy of the architecture with all weights zero, whose logits are exactly 0, so log pi_ref = -log V
@@ -235,7 +262,8 @@ class RewardModel(torch.nn.Module):
         common = dict(step_separator=policy_cfg.step_separator, prompt_template=policy_cfg.prompt_template,
                       default_aggregation="mean-token", provenance=provenance)
         if self.parameterization == "head":
-            return save_model_folder(model, tokenizer, out_dir, prm_config=PRMConfig(format="token-reward", **common))
+            return save_model_folder(model, tokenizer, out_dir,
+                                     prm_config=PRMConfig(format="token-reward", token_bound=self.bound, **common))
         from repirl.artifacts import save_implicit_prm
 
         # step reward = the MEAN of the step's token rewards (the paper's rbar, per step), not PRIME's sum: a sum

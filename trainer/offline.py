@@ -22,7 +22,7 @@ from trainer.harness import initial_policy_dir, load_tokens, make_algorithm
 from trainer.metrics import append_row, plot
 from trainer.models import load_causal_lm
 from trainer.ranking import likelihood_fn, mean_scores, report
-from trainer.rollouts import Rollout
+from trainer.rollouts import Rollout, response_ids
 from trainer.summary import RunSummary
 
 
@@ -32,6 +32,7 @@ class Candidate:
     correct: bool
     logprob: float | None
     token_logprobs: list[float] | None = None
+    token_ids: list[int] | None = None  # the sampled response ids (+ EOS when it finished)
 
 
 def load_offline_data(cfg, sep: str) -> list[tuple[Problem | None, str, list[Candidate]]]:
@@ -49,7 +50,7 @@ def load_offline_data(cfg, sep: str) -> list[tuple[Problem | None, str, list[Can
         steps = rec.reference_steps(sep)
         ref = Problem(rec.id or str(lineno), rec.question, steps, rec.answer or "") if steps else None
         cands = [Candidate(c.steps if c.steps is not None else split_steps(c.solution, sep), c.correct, c.logprob,
-                           c.token_logprobs) for c in rec.candidates]
+                           c.token_logprobs, c.token_ids) for c in rec.candidates]
         out.append((ref, rec.question, cands))
         if o.limit is not None and len(out) >= o.limit:
             break
@@ -57,24 +58,42 @@ def load_offline_data(cfg, sep: str) -> list[tuple[Problem | None, str, list[Can
 
 
 def _traj(encoder: TrajectoryEncoder, question: str, steps, group: int, correct: bool, eos: int, max_tokens: int,
-          is_reference: bool = False) -> Rollout | None:
-    t = encoder.encode(question, steps)
-    if t.prompt_len >= max_tokens - 1:
+          is_reference: bool = False, sampled: list[int] | None = None, trailing_sep: bool = True) -> Rollout | None:
+    """A candidate or reference as the policy produced it (issue 24, cause 2): prompt + its sampled ids when the data
+    has them (`sampled`, EOS included if it finished), else the text as a policy writes it (trainer.rollouts
+    `response_ids`: one tokenization, `trailing_sep` as the candidates end) + EOS; cut at `max_tokens`."""
+    prompt = encoder.prompt_ids(question)
+    if len(prompt) >= max_tokens - 1:
         return None
-    ids = (t.ids + [eos])[:max_tokens]
-    return Rollout(None, group, list(steps), ids, t.prompt_len, min(len(t.ids), max_tokens), correct,
-                   is_reference=is_reference, meta={"step_tokens": len(t.ids) - t.prompt_len})
+    if sampled is not None:
+        finished = bool(sampled) and sampled[-1] == eos
+        body, tail = list(sampled[:-1] if finished else sampled), [eos] if finished else []
+    else:
+        body, tail = response_ids(encoder, steps, trailing_sep), [eos]
+    ids = (prompt + body + tail)[:max_tokens]
+    return Rollout(None, group, list(steps), ids, len(prompt), min(len(prompt) + len(body), max_tokens), correct,
+                   is_reference=is_reference, meta={"step_tokens": len(body)})
 
 
 def candidate_logprob(c: Candidate, r: Rollout) -> float | None:
     """log pi(candidate) over the SAME tokens its rewards cover: the step tokens kept within offline.max_tokens
-    (the weight is exp(sum of those tokens' rewards) / pi of those tokens). From `token_logprobs` when they line up
-    with the trajectory's tokens (step tokens, optionally + EOS); else `logprob` when nothing was cut; else None (a
-    cut candidate with only a total log-prob: unknown over the kept tokens, so its batch uses uniform weights)."""
+    (the weight is exp(sum of those tokens' rewards) / pi of those tokens). From `token_logprobs` only when the
+    candidate's `token_ids` ARE the trajectory's tokens (compared id by id: a count that happens to match says nothing
+    about which tokens the values belong to); else `logprob` when nothing was cut; else None (unknown over the kept
+    tokens, so its batch uses uniform weights)."""
     kept, full = r.step_end - r.prompt_len, r.meta["step_tokens"]
-    if c.token_logprobs is not None and len(c.token_logprobs) in (full, full + 1):
+    if c.token_logprobs is not None and c.token_ids is not None and \
+            list(c.token_ids[:kept]) == r.ids[r.prompt_len : r.step_end]:
         return float(sum(c.token_logprobs[:kept]))
     return c.logprob if kept == full else None
+
+
+def candidates_end_with_separator(data, tok, sep: str, eos: int) -> bool:
+    """Whether the sampled candidates (those with `token_ids`) end with the separator before EOS, as
+    trainer.rollouts.ends_with_separator decides for the online loop; True when none has ids."""
+    votes = [tok.decode(c.token_ids[:-1]).endswith(sep) for _, _, cs in data for c in cs
+             if c.token_ids and c.token_ids[-1] == eos]
+    return sum(votes) * 2 >= len(votes) if votes else True
 
 
 def run_offline(cfg, resume: bool = False, console=None) -> dict:
@@ -101,9 +120,11 @@ def run_offline(cfg, resume: bool = False, console=None) -> dict:
     say(f"offline PRM: {len(train)} training questions, {len(hold)} held out, source {o.source}")
 
     prm = algo.build_prm(init_dir)
+    prm.remember_start(cfg.prm.init_l2)
     opt = torch.optim.AdamW(prm.parameters(), lr=cfg.prm.lr, weight_decay=0.0)
-    hold_items = [(g, _traj(enc, q, c.steps, g, c.correct, eos, o.max_tokens)) for g, (_, q, cs) in enumerate(hold)
-                  for c in cs]
+    tail = candidates_end_with_separator(data, tok, pol_cfg.step_separator, eos)  # references end as samples do
+    hold_items = [(g, _traj(enc, q, c.steps, g, c.correct, eos, o.max_tokens, sampled=c.token_ids, trailing_sep=tail))
+                  for g, (_, q, cs) in enumerate(hold) for c in cs]
     hold_items = [(g, r) for g, r in hold_items if r is not None]
     pad = tok.pad_token_id if tok.pad_token_id is not None else eos
     hold_batches = [batch_of([r for _, r in hold_items[i : i + 32]], pad) for i in range(0, len(hold_items), 32)]
@@ -131,9 +152,10 @@ def run_offline(cfg, resume: bool = False, console=None) -> dict:
             for g in ep_order[start : start + o.batch_questions]:
                 ref, q, cands = train[g]
                 if ref is not None and cfg.prm.expert_references:
-                    experts.append(_traj(enc, q, ref.steps, g, True, eos, o.max_tokens, is_reference=True))
+                    experts.append(_traj(enc, q, ref.steps, g, True, eos, o.max_tokens, is_reference=True,
+                                         trailing_sep=tail))
                 for c in cands:
-                    r = _traj(enc, q, c.steps, g, c.correct, eos, o.max_tokens)
+                    r = _traj(enc, q, c.steps, g, c.correct, eos, o.max_tokens, sampled=c.token_ids, trailing_sep=tail)
                     (experts if c.correct else negatives).append(r)
                     if not c.correct:
                         neg_lp.append(candidate_logprob(c, r) if r is not None else None)

@@ -129,12 +129,27 @@ class _SampledLogprobs:
         return torch.stack(self.cols, dim=1) if self.cols else torch.zeros((len(last_tokens), 0))
 
 
+# Every setting of generate() that reshapes the next-token distribution, set to "off". Without them generate() fills
+# each one from the model folder's generation_config.json (Qwen2.5-Instruct: repetition_penalty 1.05-1.1, top_k 20,
+# top_p 0.8), and the rollouts would be sampled from another distribution than softmax(logits / T), the one the
+# trainer's log-probs (PPO ratio, importance weights) assume: off-policy by a margin nothing reported (issue 24, cause
+# 1). vLLM's SamplingParams start from neutral values and never read that file. Temperature and top-p come from the
+# recipe (generate_left_padded's arguments).
+NEUTRAL_SAMPLING = dict(top_k=None, min_p=None, typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0,
+                        repetition_penalty=1.0, encoder_repetition_penalty=1.0, no_repeat_ngram_size=0,
+                        min_length=0, min_new_tokens=None, bad_words_ids=None, suppress_tokens=None,
+                        begin_suppress_tokens=None, sequence_bias=None, forced_bos_token_id=None,
+                        forced_eos_token_id=None, exponential_decay_length_penalty=None, renormalize_logits=False,
+                        num_beams=1)
+
+
 @torch.no_grad()
 def generate_left_padded(model, prompts: Sequence[list[int]], eos_id: int | Sequence[int], max_new_tokens: int,
                          temperature: float, top_p: float = 1.0, batch_size: int = 64, pad_id: int | None = None,
                          with_logprobs: bool = False):
     """transformers generate over left-padded batches; each row is the sampled ids up to and including the first
-    EOS of any of `eos_id` (if any). Temperature 0 means greedy. The batch goes to the model's device and runs under
+    EOS of any of `eos_id` (if any). Temperature 0 means greedy; nothing else of the folder's generation_config
+    applies (NEUTRAL_SAMPLING). The batch goes to the model's device and runs under
     its compute settings (trainer/device.py: bf16 autocast when the recipe asks). with_logprobs: also return each
     row's sampler log-probs at the temperature (None when greedy)."""
     from transformers import LogitsProcessorList
@@ -160,7 +175,7 @@ def generate_left_padded(model, prompts: Sequence[list[int]], eos_id: int | Sequ
             gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
                                  max_new_tokens=max_new_tokens, do_sample=temperature > 0,
                                  temperature=temperature if temperature > 0 else None,
-                                 top_p=top_p if 0 < top_p < 1 else None, top_k=None, pad_token_id=pad,
+                                 top_p=top_p if 0 < top_p < 1 else None, pad_token_id=pad, **NEUTRAL_SAMPLING,
                                  eos_token_id=eos_ids, logits_processor=LogitsProcessorList([rec] if rec else []))
         new = gen[:, width:]
         lps = rec.finish(new[:, -1]).cpu().tolist() if rec is not None and new.shape[1] else None
@@ -327,7 +342,30 @@ def build_rollouts(problems: Sequence[Problem], generations, encoder: Trajectory
     return out
 
 
-def reference_rollout(problem: Problem, group: int, encoder: TrajectoryEncoder, eos_id: int) -> Rollout:
-    traj = encoder.encode(problem.question, problem.steps)
-    return Rollout(problem, group, list(problem.steps), traj.ids + [eos_id], traj.prompt_len, len(traj.ids), True,
-                   is_reference=True)
+def ends_with_separator(rollouts: Sequence[Rollout], tokenizer, sep: str, all_sum=float) -> bool:
+    """Whether the policy ends its answers with the step separator before EOS: what most of the batch's FINISHED
+    samples do (`all_sum`: over every rank, so all ranks encode alike). repirl's own SFT trains "step\n\n<eos>";
+    a chat model ends "...7<|im_end|>". True when no sample finished (the SFT format, and the contract's: every step,
+    the last included, followed by SEP)."""
+    votes = [tokenizer.decode(r.ids[r.prompt_len : r.step_end]).endswith(sep) for r in rollouts
+             if len(r.ids) > r.step_end]  # finished: the sampled EOS sits after step_end
+    yes, finished = all_sum(float(sum(votes))), all_sum(float(len(votes)))
+    return yes * 2 >= finished if finished else True
+
+
+def response_ids(encoder: TrajectoryEncoder, steps: Sequence[str], trailing_sep: bool = True) -> list[int]:
+    """A solution's response ids as a policy emits them: the response text (steps joined by SEP, SEP at the end when
+    the policy ends so) tokenized in one piece, the way a sampler's tokens spell text, not piece by piece."""
+    text = encoder.template.first_step_prefix + encoder.sep.join(steps) + (encoder.sep if trailing_sep else "")
+    return list(encoder.tokenizer.encode(text, add_special_tokens=False))
+
+
+def reference_rollout(problem: Problem, group: int, encoder: TrajectoryEncoder, eos_id: int,
+                      trailing_sep: bool = True) -> Rollout:
+    """An expert solution encoded as the policy would produce it (issue 24, cause 2): prompt + `response_ids` + EOS,
+    `trailing_sep` as the policy's own samples end (`ends_with_separator`). Encoded step by step with a separator
+    before EOS while the failed rollouts are the sampled ids, the tail alone told references from samples."""
+    prompt = encoder.prompt_ids(problem.question)
+    body = response_ids(encoder, problem.steps, trailing_sep)
+    return Rollout(problem, group, list(problem.steps), prompt + body + [eos_id], len(prompt), len(prompt) + len(body),
+                   True, is_reference=True)

@@ -30,6 +30,9 @@ class RunSummary(BaseModel):
     eval_temperature: float | None = None
     eval_accuracy_before: float | None = None  # held-out accuracy of the starting policy
     eval_accuracy: float | None = None  # held-out accuracy of the final policy (bootstrap: the SFT'd policy)
+    # the same problems, one greedy (T=0) solution each: pass@1 as the paper reports it (train runs)
+    eval_accuracy_greedy_before: float | None = None
+    eval_accuracy_greedy: float | None = None
     final_train_accuracy: float | None = None  # accuracy of the last iteration's training rollouts
     train_questions: int | None = None
     heldout_questions: int | None = None

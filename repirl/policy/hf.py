@@ -1,7 +1,10 @@
 """A transformers policy for tiny models and tests: an explicit sampling loop with a KV cache.
 
-Each prefix is sampled as a batch of n identical prompts, so there is no padding to get wrong; a row stops at EOS or
-when its decoded text contains the separator. Sampling uses a torch.Generator seeded per prefix (reproducible).
+Each prefix is sampled as a batch of n rows sharing one prompt, so there is no padding to get wrong: the prompt runs
+once and its KV cache is repeated for the n rows (running n copies of it cost n times the prompt's compute: a beam
+of 64 samples on a 1k-token prefix was 64k tokens per step). A row stops at EOS or when its decoded text contains the
+separator. Sampling uses a torch.Generator seeded per prefix (reproducible). Work that nobody waits for any more
+(repirl/cancel.py: a search whose client left) stops between two decode steps.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from typing import Sequence
 import torch
 
 from repirl.artifacts import check_model_folder, load_policy_config
+from repirl.cancel import raise_if_stopped
 from repirl.policy.base import PolicyError, Prefix, SamplingConfig, StepSample, encoder_for, make_step, prefix_seed
 
 
@@ -50,10 +54,12 @@ class TransformersPolicy:
 
     @torch.no_grad()
     def sample_steps(self, prefixes: Sequence[Prefix], params: SamplingConfig) -> list[list[StepSample]]:
-        return [self._sample(self.encoder.encode(q, steps).ids, params, prefix_seed(params.seed, i))
+        return [self._sample(self.encoder.encode(q, steps).ids, params, prefix_seed(params.seed, i),
+                             left=params.n * (len(prefixes) - i))
                 for i, (q, steps) in enumerate(prefixes)]
 
-    def _sample(self, prompt: list[int], params: SamplingConfig, seed: int | None) -> list[StepSample]:
+    def _sample(self, prompt: list[int], params: SamplingConfig, seed: int | None, left: int) -> list[StepSample]:
+        """`left`: the samples of this call not done yet (counted as dropped when the work is stopped)."""
         sep = self.config.step_separator
         budget = min(params.max_tokens, self.max_len - len(prompt))
         if budget < 1:
@@ -62,16 +68,20 @@ class TransformersPolicy:
         gen = torch.Generator(device=self.device)
         gen.manual_seed(seed if seed is not None else torch.seed())
         n = params.n
-        cur = torch.tensor([prompt] * n, device=self.device)
+        cur = torch.tensor([prompt], device=self.device)
         past = None
         out_ids: list[list[int]] = [[] for _ in range(n)]
         out_lp: list[list[float]] = [[] for _ in range(n)]
         done = [False] * n
         eos_hit = [False] * n
-        for _ in range(budget):
+        for step in range(budget):
+            raise_if_stopped(f"sampling {n} x {budget} tokens", units=left)
             res = self.model(input_ids=cur, past_key_values=past, use_cache=True)
             past = res.past_key_values
             logits = res.logits[:, -1, :].float()
+            if step == 0 and n > 1:  # the prompt ran once: its cache and its next-token logits serve every row
+                past.batch_repeat_interleave(n)
+                logits = logits.expand(n, -1)
             logp = torch.log_softmax(logits, dim=-1)
             if params.temperature == 0:
                 nxt = logits.argmax(dim=-1)

@@ -66,12 +66,15 @@ def _positive_int(value) -> int | None:
 
 class RemotePolicy:
     def __init__(self, base_url: str, model: str | None = None, policy_dir: str | Path | None = None,
-                 timeout_s: float = 120.0, api_key: str | None = None):
+                 timeout_s: float = 120.0, api_key: str | None = None, max_connections: int = 100):
+        """`max_connections`: the pool; the service sizes it to the searches it admits at once."""
         base_url = base_url.rstrip("/")
         if base_url.endswith("/v1"):
             base_url = base_url[: -len("/v1")]
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.client = httpx.Client(base_url=base_url, timeout=timeout_s, headers=headers)
+        self.client = httpx.Client(base_url=base_url, timeout=timeout_s, headers=headers,
+                                   limits=httpx.Limits(max_connections=max_connections,
+                                                       max_keepalive_connections=min(20, max_connections)))
         self.model, card = self._model_card(model)
         self.name = self.model
         # prompt + generated tokens the server takes (vLLM's /v1/models says `max_model_len`): the service refuses a

@@ -93,32 +93,28 @@ class PrefixCache(Protocol):
 
 
 class InProcessCache:
-    """An LRU with per-entry expiry, for a single process (no Redis configured)."""
+    """An LRU with per-entry expiry, for a single process (no Redis configured), bounded by the bytes it holds."""
 
     kind = "in-process"
 
-    def __init__(self, max_entries: int = 100_000):
-        self.max_entries = max_entries
-        self._data: OrderedDict[str, tuple[float, str]] = OrderedDict()
+    def __init__(self, max_bytes: int = 256 << 20):
+        from repirl.bounded import ByteLRU
+
+        self._data = ByteLRU(max_bytes, largest_share=1)  # entries are a step's rewards: small, similar sizes
 
     async def get_many(self, keys):
         now, out = time.monotonic(), []
         for k in keys:
             hit = self._data.get(k)
-            if hit is None or hit[0] < now:
-                out.append(None)
-                continue
-            self._data.move_to_end(k)
-            out.append(hit[1])
+            out.append(hit[1] if hit is not None and hit[0] >= now else None)
         return out
 
     async def set_many(self, entries, ttl_s):
+        from repirl.bounded import str_bytes
+
         expiry = time.monotonic() + ttl_s
-        for k, v in entries.items():
-            self._data[k] = (expiry, v)
-            self._data.move_to_end(k)
-        while len(self._data) > self.max_entries:
-            self._data.popitem(last=False)
+        for k, v in entries.items():  # key and value strings, the pair, and the LRU's slot
+            self._data.put(k, (expiry, v), str_bytes(k) + str_bytes(v) + 120)
 
     async def ping(self):
         return True

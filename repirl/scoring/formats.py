@@ -3,8 +3,9 @@
 Each format reduces the model's output at every position to one number per token (`token values`), then reads
 step rewards off the step spans of the trajectory contract (`repirl.trajectory.TrajectoryEncoder`):
 
-- token-reward (ours, rePIRL): value = the scalar head's output; step reward = mean of the step's token values;
-  token rewards are kept (the mean-token aggregation needs them).
+- token-reward (ours, rePIRL): value = the scalar head's output (bounded as trained when prm.json sets `token_bound`:
+  token_bound * tanh(head / token_bound)); step reward = mean of the step's token values; token rewards are kept
+  (the mean-token aggregation needs them).
 - qwen-step-tag (Qwen2.5-Math-PRM, `Qwen2ForProcessRewardModel`): value = softmax over the 2 labels, P(label 1);
   step reward = the value at the step tag closing the step.
 - math-shepherd (a causal LM): value = softmax over the logits of the "+" and "-" tokens, P("+"); step reward = the
@@ -89,7 +90,9 @@ class FormatSpec:
     positive_id: int | None = None
     negative_id: int | None = None
     beta: float = 1.0
-    step_reward: str = "mean"  # token formats: mean | sum | min of the step's token values
+    step_reward: str = "mean"  # token formats: mean | sum | min of the step's token values, or cumulative
+    read_offset: int = 0  # tag formats: read the value this many tokens after the step tag (-1: "before-tag")
+    bound: float | None = None  # token-reward: value = bound * tanh(head / bound) (prm.json `token_bound`)
 
     @property
     def facts(self) -> FormatFacts:
@@ -103,6 +106,9 @@ class FormatSpec:
     @classmethod
     def resolve(cls, cfg: PRMConfig, tokenizer, where: str) -> "FormatSpec":
         facts = format_facts(cfg)
+        if cfg.token_bound is not None and cfg.format != "token-reward":
+            raise ArtifactError(f"{where}: field 'token_bound' applies to format 'token-reward' only, not "
+                                f"{cfg.format!r}")
         if facts.two_models:
             if cfg.beta is None or cfg.beta <= 0:
                 raise ArtifactError(f"{where}: field 'beta' must be a positive number for format {cfg.format!r}")
@@ -110,7 +116,7 @@ class FormatSpec:
                 raise ArtifactError(f"{where}: field 'reference_model' is required for format {cfg.format!r}")
             return cls(cfg.format, beta=float(cfg.beta), step_reward=cfg.step_reward or facts.default_step_reward)
         if facts.has_token_rewards:
-            return cls(cfg.format, step_reward=cfg.step_reward or facts.default_step_reward)
+            return cls(cfg.format, step_reward=cfg.step_reward or facts.default_step_reward, bound=cfg.token_bound)
         if cfg.step_reward is not None:
             raise ArtifactError(f"{where}: field 'step_reward' applies to the token formats (token-reward, implicit); "
                                 f"format {cfg.format!r} reads one value per step at its step tag")
@@ -118,18 +124,20 @@ class FormatSpec:
         if tag not in tokenizer.encode("x" + cfg.step_separator, add_special_tokens=False):
             raise ArtifactError(f"{where}: field 'step_separator' {cfg.step_separator!r} must contain the step tag "
                                 f"{cfg.step_tag!r} (step rewards are read at the tag that closes each step)")
+        offset = -1 if cfg.read_at == "before-tag" else 0
         if cfg.format == "qwen-step-tag":
-            return cls("qwen-step-tag", step_tag_id=tag)
+            return cls("qwen-step-tag", step_tag_id=tag, read_offset=offset)
         pos = single_token_id(tokenizer, cfg.positive_token, "positive_token", where)
         neg = single_token_id(tokenizer, cfg.negative_token, "negative_token", where)
-        return cls("math-shepherd", step_tag_id=tag, positive_id=pos, negative_id=neg)
+        return cls("math-shepherd", step_tag_id=tag, positive_id=pos, negative_id=neg, read_offset=offset)
 
     # ---- model outputs -> token values -------------------------------------------------------------------------
     def values_from_logits(self, logits: torch.Tensor) -> torch.Tensor:
         """[..., T, C] head/LM logits -> [..., T] token values (all formats but implicit)."""
         logits = logits.float()
         if self.format == "token-reward":
-            return logits[..., 0]
+            raw = logits[..., 0]
+            return raw if self.bound is None else self.bound * torch.tanh(raw / self.bound)
         if self.format == "qwen-step-tag":
             return torch.softmax(logits[..., :2], dim=-1)[..., 1]
         if self.format == "math-shepherd":
@@ -149,15 +157,19 @@ class FormatSpec:
         step_rewards: list[float] = []
         per_token = self.facts.has_token_rewards
         token_rewards: list[list[float]] | None = [] if per_token else None
+        running = 0.0
         for k, (start, end) in enumerate(traj.step_spans):
             span = values[start:end]
-            if per_token:
+            if per_token and self.step_reward == "cumulative":
+                running += sum(span)
+                step_rewards.append(running)
+            elif per_token:
                 step_rewards.append(_reduce_step(span, self.step_reward))
             else:
                 tag_positions = [i for i in range(start, end) if traj.ids[i] == self.step_tag_id]
                 if not tag_positions:
                     raise ValueError(f"step {k} has no step tag token (id {self.step_tag_id})")
-                step_rewards.append(values[tag_positions[-1]])
+                step_rewards.append(values[tag_positions[-1] + self.read_offset])
             if token_rewards is not None:
                 token_rewards.append(list(span))
         return StepScores(step_rewards=step_rewards, token_rewards=token_rewards,

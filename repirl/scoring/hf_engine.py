@@ -35,12 +35,28 @@ class _Prefix:
 
 
 class PrefixKVCache:
-    """LRU of prefix KV states keyed by (scope, the prefix's token ids), bounded by the number of cached tokens."""
+    """LRU of prefix KV states keyed by (scope, the prefix's token ids), bounded by cached tokens and by bytes.
 
-    def __init__(self, max_tokens: int):
+    Bytes are counted as held (issue 22.3): the prefixes of one trajectory are views of one KV copy, and a view keeps
+    its whole base tensor alive, so each distinct tensor storage counts once, for as long as any entry uses it; the
+    logits rows are their own copies; the values and the key cost a Python float and int per token."""
+
+    def __init__(self, max_tokens: int, max_bytes: int = 1 << 30):
         self.max_tokens = max_tokens
+        self.max_bytes = max_bytes
         self.tokens = 0
+        self.bytes = 0
         self._entries: OrderedDict[tuple, _Prefix] = OrderedDict()
+        self._storages: dict[int, list[int]] = {}  # data_ptr -> [entries using it, nbytes]
+
+    @staticmethod
+    def _held(entry: _Prefix) -> dict[int, int]:
+        tensors = [t for layers in entry.kv for pair in layers for t in pair] + list(entry.last_logits)
+        return {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
+
+    @staticmethod
+    def _python_bytes(entry: _Prefix) -> int:
+        return 64 * entry.length + 200  # key ids and values: a slot and an object each
 
     def get(self, key: tuple) -> _Prefix | None:
         entry = self._entries.get(key)
@@ -49,20 +65,40 @@ class PrefixKVCache:
         return entry
 
     def put(self, key: tuple, entry: _Prefix) -> None:
-        if self.max_tokens <= 0 or entry.length > self.max_tokens:
+        if self.max_tokens <= 0 or self.max_bytes <= 0 or entry.length > self.max_tokens:
             return
-        old = self._entries.pop(key, None)
-        if old is not None:
-            self.tokens -= old.length
+        held = self._held(entry)
+        if sum(held.values()) + self._python_bytes(entry) > self.max_bytes:
+            return
+        self._drop(key)
         self._entries[key] = entry
         self.tokens += entry.length
-        while self.tokens > self.max_tokens:
-            _, evicted = self._entries.popitem(last=False)
-            self.tokens -= evicted.length
+        self.bytes += self._python_bytes(entry)
+        for ptr, nbytes in held.items():
+            use = self._storages.setdefault(ptr, [0, nbytes])
+            if use[0] == 0:
+                self.bytes += nbytes
+            use[0] += 1
+        while self.tokens > self.max_tokens or self.bytes > self.max_bytes:
+            self._drop(next(iter(self._entries)))
+
+    def _drop(self, key: tuple) -> None:
+        entry = self._entries.pop(key, None)
+        if entry is None:
+            return
+        self.tokens -= entry.length
+        self.bytes -= self._python_bytes(entry)
+        for ptr in self._held(entry):
+            use = self._storages[ptr]
+            use[0] -= 1
+            if use[0] == 0:
+                self.bytes -= use[1]
+                del self._storages[ptr]
 
     def clear(self) -> None:
         self._entries.clear()
-        self.tokens = 0
+        self._storages.clear()
+        self.tokens = self.bytes = 0
 
 
 def _load_models(prm_dir: Path, cfg: PRMConfig, dtype: torch.dtype) -> list[torch.nn.Module]:
@@ -84,7 +120,7 @@ class HFScorer:
     engine = "hf"
 
     def __init__(self, prm_dir: str | Path, cfg: PRMConfig, name: str | None = None, *,
-                 kv_cache_tokens: int = 65536, max_batch_tokens: int = 16384, forward_tokens: int = 1024,
+                 kv_cache_tokens: int = 65536, kv_cache_bytes: int = 1 << 30, max_batch_tokens: int = 16384, forward_tokens: int = 1024,
                  dtype: torch.dtype | str = torch.float32, device: str | torch.device = "cpu"):
         from transformers import AutoTokenizer
 
@@ -109,7 +145,7 @@ class HFScorer:
         # the longest trajectory it scores: past the trained positions rewards are garbage (-2.7 where ~5.5 is normal)
         self.context_tokens = min(int(getattr(m.config, "max_position_embeddings", None) or 1 << 30)
                                   for m in self.models)
-        self.kv = PrefixKVCache(kv_cache_tokens)
+        self.kv = PrefixKVCache(kv_cache_tokens, kv_cache_bytes)
         # tokens per forward pass (padded rows x width). On CPU, per-item time is lowest around 500-1000 tokens per
         # forward and grows past that (activations fall out of cache): tiny PRM, 115-token items, 1 thread: 3.0 ms
         # per item in forwards of 8 items, 5.2 ms in forwards of 32 (load_tests/bench_scoring.py [3]).
@@ -125,7 +161,7 @@ class HFScorer:
     def score_encoded(self, trajs: Sequence[TrajectoryIds]) -> list[StepScores]:
         """`score` on trajectories already encoded by `self.encoder` (the service encodes once, for its cache)."""
         with self._lock, torch.inference_mode():
-            return self._score_trajs(list(trajs))
+            return self._score_trajs(list(trajs), preemptible=True)
 
     # ---- internals -------------------------------------------------------------------------------------------
     @staticmethod
@@ -169,7 +205,9 @@ class HFScorer:
         scored = self._score_trajs(list(todo.values()))
         return {key: sc.tokens_computed for key, sc in zip(todo, scored)}
 
-    def _score_trajs(self, trajs: list[TrajectoryIds]) -> list[StepScores]:
+    def _score_trajs(self, trajs: list[TrajectoryIds], preemptible: bool = False) -> list[StepScores]:
+        """`preemptible`: the call may hand back early between forwards (repirl/cancel.py `Preempted`, the items done
+        so far; the shared-prefix prefill inside a call never does: its results are not the caller's items)."""
         prefilled = self._prefill_shared_prefixes(trajs) if self.kv.max_tokens > 0 and len(trajs) > 1 else {}
         results: list[StepScores | None] = [None] * len(trajs)
         groups: dict[tuple | None, list[int]] = {}  # None: no cached prefix (one group whatever the scope)
@@ -184,20 +222,44 @@ class HFScorer:
             hits[key] = entry
             if key in prefilled:  # charge the shared prefix's tokens to its first user (usage stays honest)
                 extra[i] = prefilled.pop(key)
+
+        def charge_prefixes() -> None:
+            for i, n in list(extra.items()):
+                if results[i] is not None:
+                    results[i].tokens_computed += extra.pop(i)
+
+        # the caller's groups (the service's API keys, lightest first) run in their order, never in one forward
+        order = cancel.preempt_groups() if preemptible else None
+        caller = (lambda j: order[j]) if order else (lambda j: 0)
+        forward_tokens = min(self.forward_tokens, (cancel.preempt_step_tokens() if preemptible else None)
+                             or self.forward_tokens)
+        forwards: list[tuple[int, list[int], _Prefix | None, int]] = []
         for key, members in groups.items():
             entry = hits[key]
             start = entry.length if entry else 0
             # bounded forwards: rows x padded width <= forward_tokens (at least one item)
             batch: list[int] = []
-            for i in sorted(members, key=lambda j: len(trajs[j].ids)):
-                if batch and (len(batch) + 1) * (len(trajs[i].ids) - start) > self.forward_tokens:
-                    self._run_group([trajs[j] for j in batch], batch, entry, start, results)
+            for i in sorted(members, key=lambda j: (caller(j), len(trajs[j].ids))):
+                if batch and (caller(i) != caller(batch[0])
+                              or (len(batch) + 1) * (len(trajs[i].ids) - start) > forward_tokens):
+                    forwards.append((caller(batch[0]), batch, entry, start))
                     batch = []
                 batch.append(i)
             if batch:
-                self._run_group([trajs[j] for j in batch], batch, entry, start, results)
-        for i, n in extra.items():
-            results[i].tokens_computed += n
+                forwards.append((caller(batch[0]), batch, entry, start))
+        forwards.sort(key=lambda f: f[0])  # stable: one group keeps the prefix groups' order
+        last = None
+        for group, rows, entry, start in forwards:
+            # a safe point for the service's fair queue: another key's work waits and this call has had its time,
+            # or one of the caller's groups is done and another's is next; the items done go back now (the KV of
+            # every prefix computed stays cached), the rest is queued again
+            if (preemptible and any(r is not None for r in results)
+                    and ((last is not None and group != last) or cancel.preempt_requested())):
+                charge_prefixes()
+                raise cancel.Preempted(results)
+            self._run_group([trajs[j] for j in rows], rows, entry, start, results)
+            last = group
+        charge_prefixes()
         return results  # type: ignore[return-value]
 
     def _run_group(self, trajs: list[TrajectoryIds], index: list[int], entry: _Prefix | None, start: int,

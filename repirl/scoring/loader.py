@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from repirl.artifacts import check_model_folder, load_prm_config
+import sys
+
+from repirl.artifacts import PRMConfig, check_model_folder
 
 Engine = Literal["auto", "vllm", "hf"]
 
@@ -22,9 +24,17 @@ def resolve_engine(fmt: str, engine: Engine = "auto") -> str:
     return engine
 
 
-def load_scorer(prm_dir: str | Path, engine: Engine = "auto", name: str | None = None, **engine_kwargs):
-    """Read prm.json, check the folder, build the scorer. Raises ArtifactError naming the path when unusable."""
-    cfg = load_prm_config(prm_dir)
+def load_scorer(prm_dir: str | Path, engine: Engine = "auto", name: str | None = None,
+                config: PRMConfig | None = None, **engine_kwargs):
+    """Read prm.json (or, for a hub folder without one, work the config out: repirl/scoring/families.py, saying so on
+    stderr), check the folder, build the scorer. Raises ArtifactError naming the path when unusable."""
+    if config is None:
+        from repirl.scoring.families import resolve_prm_config
+
+        config, reason = resolve_prm_config(prm_dir)
+        if reason:
+            print(reason, file=sys.stderr)
+    cfg = config
     check_model_folder(prm_dir)
     chosen = resolve_engine(cfg.format, engine)
     if chosen == "vllm":

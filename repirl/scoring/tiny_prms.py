@@ -46,13 +46,18 @@ def _write(out_dir: Path, save, cfg: PRMConfig) -> Path:
     return out_dir
 
 
-def build_tiny_prm(out_dir: str | Path, fmt: str, seed: int = 0, **config_overrides) -> Path:
+def build_tiny_prm(out_dir: str | Path, fmt: str, seed: int = 0, step_tag: str | None = None,
+                   **config_overrides) -> Path:
     """A tiny PRM folder of format `fmt` (token-reward | qwen-step-tag | math-shepherd | implicit).
-    `config_overrides` go to the model config (e.g. max_position_embeddings=4096 for long trajectories)."""
+    `config_overrides` go to the model config (e.g. max_position_embeddings=4096 for long trajectories).
+    `step_tag` (qwen-step-tag): another tag, added to the tokenizer as a special token when it is not one, e.g.
+    Qwen2.5-Math-PRM's "<extra_0>" with separator "<extra_0>" (requests written for the real model run as is)."""
     import torch
 
     out_dir = Path(out_dir)
     tok = build_tokenizer()
+    if step_tag is not None and len(tok.encode(step_tag, add_special_tokens=False)) != 1:
+        tok.add_tokens([step_tag], special_tokens=True)
     prov = Provenance(algorithm="init", base_model="tiny-random")
     if fmt == "token-reward":
         policy = out_dir.parent / f".{out_dir.name}-policy"
@@ -68,7 +73,8 @@ def build_tiny_prm(out_dir: str | Path, fmt: str, seed: int = 0, **config_overri
         model = Qwen2ForProcessRewardModel(_config(tok, num_labels=2, **config_overrides)).eval()
         for p in model.score.parameters():  # a visible spread of P(good) between steps
             torch.nn.init.normal_(p, std=0.05)
-        cfg = PRMConfig(format="qwen-step-tag", step_separator=QWEN_TAG, step_tag=QWEN_TAG,
+        tag = step_tag or QWEN_TAG
+        cfg = PRMConfig(format="qwen-step-tag", step_separator=tag, step_tag=tag,
                         default_aggregation="min", provenance=prov)
         return _write(out_dir, lambda d: (model.save_pretrained(d), tok.save_pretrained(d)), cfg)
     if fmt == "math-shepherd":

@@ -1,5 +1,6 @@
-"""Test-time search over a StepPolicy and a StepScorer: best-of-N (naive / PRM-weighted / majority), step beam
-search, DVTS, optional lookahead. Pure algorithms: the evaluator and the server call `run_search` alike.
+"""Test-time search over a StepPolicy and a StepScorer: best-of-N (naive / PRM-weighted / majority, adaptive), step
+beam search, DVTS, particle filtering, particle Gibbs, optional lookahead, budgets. Pure algorithms: the evaluator
+and the server call `run_search` alike.
 
     result = run_search(policy, scorer, question, SearchParams(strategy="beam", n=16, beam_width=4))
     result.answer, result.best.steps, result.stats.to_dict()
@@ -15,7 +16,7 @@ from repirl.scoring import StepScorer
 from repirl.search.core import (CancelCheck, EventCallback, SearchContext, choose, default_aggregation, rank, vote_weights,
                                 votes)
 from repirl.search.strategies import STRATEGY_FUNCS
-from repirl.search.types import (SELECTIONS, STRATEGIES, Candidate, SearchCancelled, SearchEvent, SearchParams,
+from repirl.search.types import (SELECTIONS, STRATEGIES, Budget, Candidate, SearchCancelled, SearchEvent, SearchParams,
                                  SearchResult, SearchStats)
 
 
@@ -26,5 +27,6 @@ def run_search(policy: StepPolicy, scorer: StepScorer | None, question: str, par
     return STRATEGY_FUNCS[params.strategy](ctx)
 
 
-__all__ = ["Candidate", "SELECTIONS", "STRATEGIES", "SearchCancelled", "SearchEvent", "SearchParams", "SearchResult",
+__all__ = ["Budget", "Candidate",
+           "SELECTIONS", "STRATEGIES", "SearchCancelled", "SearchEvent", "SearchParams", "SearchResult",
            "SearchStats", "choose", "default_aggregation", "rank", "run_search", "vote_weights", "votes"]

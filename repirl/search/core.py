@@ -9,7 +9,7 @@ import time
 from typing import Callable, Sequence
 
 from repirl.answers import extract_answer, majority_answer, normalize_answer
-from repirl.calibration import active_calibration
+from repirl.artifacts import active_calibration
 from repirl.policy.base import SamplingConfig, StepPolicy
 from repirl.scoring import StepScorer, aggregate
 from repirl.scoring.formats import scores_are_probabilities
@@ -66,6 +66,28 @@ class SearchContext:
     def check_cancel(self) -> None:
         if self.should_stop is not None and self.should_stop():
             raise SearchCancelled(f"search cancelled after {self.stats.steps} steps")
+
+    def budget_reached(self) -> str | None:
+        """The first budget field already spent, or None. PRM tokens count what the PRM computed (cache hits and
+        KV reuse are free); seconds count from the context's creation."""
+        b = self.params.budget
+        if b is None:
+            return None
+        spent = {"policy_tokens": self.stats.policy_tokens, "prm_tokens": self.stats.prm_tokens_computed,
+                 "seconds": time.perf_counter() - self._t0}
+        return next((k for k in ("policy_tokens", "prm_tokens", "seconds")
+                     if getattr(b, k) is not None and spent[k] >= getattr(b, k)), None)
+
+    def may_continue(self) -> bool:
+        """Before a step: raises on cancellation; False (and `stats.stopped_by` set) once a budget is spent. The first
+        step always runs, so a search returns something; a budget is exceeded by at most the step started under it."""
+        self.check_cancel()
+        if self.stats.steps == 0:
+            return True
+        reached = self.budget_reached()
+        if reached is not None:
+            self.stats.stopped_by = reached
+        return reached is None
 
     def emit(self, event: SearchEvent) -> None:
         if self.on_event is not None:

@@ -2,7 +2,7 @@
 
     {"question": "...", "steps": ["...", "..."] | "solution": "step\\n\\nstep", "answer": "42",
      "candidates": [{"steps": [...] | "solution": "...", "correct": false, "logprob": -12.3,
-                     "token_logprobs": [...]}]}
+                     "token_ids": [...], "token_logprobs": [...]}]}
 
 `steps` or `solution` gives the expert (reference) trajectory; `candidates` are optional pre-collected rollouts with
 outcome labels and, when known, their log-probability under the policy that sampled them (the offline trainer uses
@@ -32,12 +32,19 @@ class CandidateRecord(BaseModel):
     solution: str | None = None
     correct: bool
     logprob: float | None = None  # sum of the sampled tokens' log-probs under the sampling policy
+    # the sampled response ids (optionally ending with EOS): the offline trainer trains on them as the online loop
+    # trains on a rollout's sampled ids, and reads `token_logprobs` (one per id) only over ids it compared
+    token_ids: list[int] | None = None
     token_logprobs: list[float] | None = None
 
     @model_validator(mode="after")
     def _one_form(self):
         if (self.steps is None) == (self.solution is None):
             raise ValueError("give exactly one of 'steps' or 'solution'")
+        if self.token_ids is not None and self.token_logprobs is not None and \
+                len(self.token_ids) != len(self.token_logprobs):
+            raise ValueError(f"'token_logprobs' has {len(self.token_logprobs)} values for {len(self.token_ids)} "
+                             "'token_ids'")
         return self
 
 

@@ -35,7 +35,7 @@ def sigmoid(x: float) -> float:
 
 def unit_mean(step_rewards: list[float]) -> float:
     """The value in [0, 1] of an uncalibrated token-reward PRM under its default mean-token aggregation, computed
-    here (not by the service): the mean of sigmoid(step reward) (repirl/calibration.py `unit_score`; mean-token has
+    here (not by the service): the mean of sigmoid(step reward) (repirl/scoring/unit_values.py `unit_score`; mean-token has
     no token probabilities, so it averages the steps)."""
     return sum(sigmoid(r) for r in step_rewards) / len(step_rewards)
 

@@ -27,18 +27,27 @@ RESPONSES = {
     "ChatCompletionResponse": types.ChatCompletion, "Choice": types.ChatChoice,
     "ResponseMessage": types.ChatResponseMessage, "server__api__chat__protocol__Usage": types.ChatUsage,
     "SearchInfo": types.SearchInfo, "ErrorResponse": types.ErrorResponse, "ErrorDetail": types.ErrorDetail,
+    "PoolingResponse": types.PoolingResponse, "PoolingResponseData": types.PoolingResponseData,
+    "ClassificationResponse": types.ClassificationResponse, "ClassificationData": types.ClassificationData,
+    "UsageInfo": types.PoolingUsage,
 }
 # the path each top-level response model is served on (checked: the schema really answers with it)
 ROUTES = {("/v1/score", "post"): "ScoreResponse", ("/v1/rerank", "post"): "RerankResponse",
           ("/v1/search", "post"): "SearchResponse", ("/v1/best-of-n", "post"): "SearchResponse",
-          ("/v1/models", "get"): "ModelList", ("/v1/chat/completions", "post"): "ChatCompletionResponse"}
+          ("/v1/models", "get"): "ModelList", ("/v1/chat/completions", "post"): "ChatCompletionResponse",
+          ("/pooling", "post"): "PoolingResponse", ("/classify", "post"): "ClassificationResponse"}
 # method -> (request schema, parameters the method leaves out on purpose)
 REQUESTS = {
     "score": ("ScoreRequest", set()),
     "rerank": ("RerankRequest", set()),
     "search": ("SearchRequest", set()),
-    "best_of_n": ("BestOfNRequest", {"strategy", "beam_width", "lookahead"}),  # fixed / meaningless for best-of-n
+    # fixed / meaningless for best-of-n (the particle and adaptive knobs belong to other strategies)
+    "best_of_n": ("BestOfNRequest", {"strategy", "beam_width", "lookahead", "particle_temperature", "resampling",
+                                     "ess_threshold", "sweeps", "reference_particles", "round_size", "settle"}),
     "chat": ("ChatCompletionRequest", set()),
+    "pooling": ("PoolingRequest", set()),
+    # repirl's /classify takes /pooling's fields; vLLM's classify request has none of these, nor does the method
+    "classify": ("ClassificationRequest", {"encoding_format", "embed_dtype", "endianness", "task", "dimensions"}),
 }
 TRANSPORT_PARAMS = {"self", "extra_body", "extra_headers", "timeout"}
 
@@ -91,7 +100,7 @@ def test_every_response_model_matches_the_server(schema):
         ref = schema["paths"][path][method]["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
         assert ref.endswith("/" + name), (path, ref)
     unpaired = {n for n in server if n.endswith(("Response", "Result", "Card", "List"))} - set(RESPONSES) - {
-        "OpenRLHFRewardResponse"}  # the OpenRLHF route is for OpenRLHF's own client, not the SDK
+        "OpenRLHFRewardResponse"}  # for OpenRLHF's client
     assert not unpaired, f"server response schemas without an SDK model: {unpaired}"
     problems = []
     for server_name, model in RESPONSES.items():

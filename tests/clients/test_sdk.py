@@ -65,6 +65,27 @@ def test_search_plain_and_streamed_agree(client):
     assert got.request_id == stream.request_id
 
 
+def test_particle_search_with_a_budget_streams_typed_particle_events(client):
+    stream = client.search(question=TOY_QUESTION, strategy="particle-gibbs", n=4, sweeps=2, reference_particles=1,
+                           ess_threshold=1.0, particle_temperature=0.05, resampling="multinomial", seed=3,
+                           max_steps=6, budget={"policy_tokens": 10_000}, stream=True)
+    with stream:
+        events = list(stream)
+    steps = [e for e in events if isinstance(e, SearchStepEvent)]
+    assert steps and {e.sweep for e in steps} == {1, 2}
+    assert all(len(e.weights) == len(e.beams) == 4 and e.ess is not None for e in steps)
+    result = events[-1].result
+    assert result.strategy == "particle-gibbs" and result.select == "weighted" and result.stats["stopped_by"] is None
+    tight = client.best_of_n(question=TOY_QUESTION, n=4, seed=1, budget={"policy_tokens": 1})
+    assert tight.stats["stopped_by"] == "policy_tokens" and tight.stats["steps"] == 1
+    adaptive = client.search(question=TOY_QUESTION, strategy="adaptive-best-of-n", n=8, round_size=2, settle=0.5,
+                             seed=1)
+    assert adaptive.select == "majority" and len(adaptive.candidates) <= 8
+    with pytest.raises(UnprocessableEntityError) as e:
+        client.search(question=TOY_QUESTION, budget={"seconds": 0})
+    assert e.value.param == "budget.seconds"
+
+
 def test_best_of_n(client):
     r = client.best_of_n(question=TOY_QUESTION, n=4, seed=1, select="majority")
     assert r.strategy == "best-of-n" and r.select == "majority" and len(r.candidates) == 4
@@ -88,6 +109,8 @@ def test_models_and_health(client):
     models = client.models()
     assert isinstance(models, ModelList) and [m.id for m in models.prms] == ["tr"]
     assert models.get("tr").step_separator == "\n\n" and models.get("policy").kind == "policy"
+    # the toy policy and the PRM initialised from it hold 256 positions (repirl/policy/toy.py)
+    assert models.get("tr").max_model_len == 256 and models.get("policy").max_model_len == 256
     health = client.health()
     assert isinstance(health, Health) and health.ready and health.engines == {"tr": "ok", "policy": "ok"}
 

@@ -182,6 +182,48 @@ def test_beam_search_draws_every_streamed_candidate_as_the_tree_grows(page):
     screenshot(page, "search")
 
 
+def test_particle_filtering_draws_particles_their_weights_and_resampling(page):
+    """Each streamed particle is a node with its summed weight; a resampling step marks the particles that got no
+    copy as pruned and the others with their copy count."""
+    connect(page)
+    page.click("#tabs button[data-view=search]")
+    page.select_option("#search-strategy", "particle-filtering")
+    for field, value in (("n", "8"), ("temperature", "1"), ("seed", "5"), ("ess", "1"), ("ptemp", "0.01")):
+        page.fill(f"#search-{field}", value)
+    page.select_option("#search-select", "weighted")
+    with page.expect_response(lambda r: r.url.endswith("/v1/search")) as response:
+        page.click("#search-run")
+    expect(page.locator("#search-status")).to_have_attribute("data-state", "done")
+    steps = [data for kind, data in parse_sse(response.value.body().decode()) if kind == "step"]
+    assert steps and all(len(s["beams"]) == len(s["weights"]) == 8 for s in steps)
+    assert any(s["ancestors"] is not None for s in steps)  # ess_threshold 1: it resampled
+    weight, copies, pruned = {}, {}, set()
+    for s in steps:  # the last event that names a particle sets what its node shows
+        w = {}
+        for c, x in zip(s["beams"], s["weights"]):
+            w[c["id"]] = w.get(c["id"], 0.0) + x
+        weight.update(w)
+        for c in s["beams"]:
+            got = [s["beams"][a]["id"] for a in s["ancestors"]] if s["ancestors"] is not None else None
+            copies[c["id"]] = None if got is None else got.count(c["id"])
+            if got is not None and c["id"] not in got and not c["finished"]:
+                pruned.add(c["id"])
+            else:
+                pruned.discard(c["id"])
+    assert page.evaluate("window.__playground.resamplings") == sum(s["ancestors"] is not None for s in steps)
+    nodes = page.locator("#search-tree g.node[data-weight]")
+    expect(nodes).to_have_count(len(weight))
+    for i in range(nodes.count()):
+        node = nodes.nth(i)
+        pid = int(node.get_attribute("data-id"))
+        assert float(node.get_attribute("data-weight")) == pytest.approx(weight[pid], abs=1e-9)
+        assert node.get_attribute("data-copies") == (None if copies[pid] is None else str(copies[pid]))
+        assert (node.get_attribute("data-state") == "pruned") == (pid in pruned)
+    assert pruned or any((c or 0) > 1 for c in copies.values())
+    expect(page.locator("#search-tree g.node[data-pick=true]")).to_have_count(1)
+    screenshot(page, "particles")
+
+
 def test_stop_aborts_the_stream_and_the_server_cancels_the_search(page, server):
     gauge = "repirl_searches_in_flight"
     assert wait_for_metric(server, gauge, 0) == 0

@@ -53,3 +53,27 @@ def test_every_gsm8k_reference_answer_extracts_and_matches():
         if got is None or not answers_match(got, truth) or parse_number(got) is None:
             failures.append((got, truth))
     assert failures == []
+
+
+def test_latex_answers_compare_off_the_main_thread():
+    """The service compares answers in `asyncio.to_thread`, where math-verify's signal-based timeout raised and every
+    LaTeX answer compared unequal (an OpenRLHF label `\\frac{1}{2}` scored outcome 0 for the answer 0.5)."""
+    import threading
+
+    seen = []
+    t = threading.Thread(target=lambda: seen.append((answers_match("\\frac{1}{2}", "0.5"),
+                                                     answers_match("\\sqrt{4}", "2"),
+                                                     answers_match("\\frac{1}{3}", "0.5"))))
+    t.start()
+    t.join(60)
+    assert seen == [(True, True, False)]
+
+
+def test_an_answer_math_verify_cannot_finish_is_unequal_and_the_next_one_still_compares():
+    """`9^{9^{9}}` ran for over a minute in math-verify (a big-integer power no signal interrupts): the worker is killed
+    after the timeout, the answer counts as unequal, and a fresh worker answers the next comparison."""
+    from repirl.latex_equal import latex_equal
+
+    assert latex_equal("9^{9^{9}} \\cdot 1", "5", timeout=1.0) is False
+    assert latex_equal("\\frac{2}{4}", "\\frac{1}{2}") is True
+    assert latex_equal("x" * 2000, "x" * 2000) is False  # over MAX_CHARS: never parsed (equal text matches earlier)

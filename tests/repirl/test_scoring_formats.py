@@ -194,7 +194,7 @@ def test_cache_values_are_validated():
 
 @pytest.mark.asyncio
 async def test_in_process_cache_ttl_and_bound():
-    cache = InProcessCache(max_entries=2)
+    cache = InProcessCache(max_bytes=500)  # an entry of one-character strings is sized 220 bytes: two fit
     await cache.set_many({"a": "1", "b": "2", "c": "3"}, ttl_s=60)
     assert await cache.get_many(["a", "b", "c"]) == [None, "2", "3"]
     await cache.set_many({"d": "4"}, ttl_s=-1)  # already expired
@@ -238,3 +238,59 @@ def test_step_reward_rule_refused_for_tag_formats(format_prms, tmp_path):
     (d / "prm.json").write_text(json.dumps(cfg))
     with pytest.raises(ArtifactError, match="step_reward"):
         load_scorer(d, engine="hf")
+
+
+def test_a_preempted_call_hands_back_the_items_done_with_the_scores_of_a_whole_call(format_prms):
+    """Under `cancel.yield_when` (the service's fair queue asking for the engine), the transformers PRM hands back at
+    its first safe point with something done: one forward (here one item) in, the items done carry the scores a
+    whole call gives them, the others None; without a request it runs to the end."""
+    from repirl import cancel
+
+    items = [("What is 12+7?", ["12+7 = 19"] * k) for k in (1, 2, 3)]  # lengths differ: one item per forward
+    whole = load_scorer(format_prms["token-reward"], engine="hf", kv_cache_tokens=0, forward_tokens=1).score(items)
+    scorer = load_scorer(format_prms["token-reward"], engine="hf", kv_cache_tokens=0, forward_tokens=1)
+    with cancel.yield_when(lambda: True), pytest.raises(cancel.Preempted) as e:
+        scorer.score(items)
+    done = [r for r in e.value.results if r is not None]
+    assert len(e.value.results) == 3 and len(done) == 1  # the shortest item: the first forward
+    assert done[0].step_rewards == pytest.approx(whole[0].step_rewards, abs=1e-5)
+    assert done[0].tokens_computed == whole[0].tokens_computed
+    with cancel.yield_when(lambda: False):
+        for got, want in zip(scorer.score(items), whole):
+            assert got.step_rewards == pytest.approx(want.step_rewards, abs=1e-5)
+
+
+def test_the_callers_groups_run_in_order_and_the_first_done_hands_back(format_prms):
+    """`cancel.yield_when(check, groups)` (the service's fair queue with two API keys in one call): the transformers PRM
+    runs the lightest group first, in forwards of its own, and hands back once it is done while the other group's
+    items remain, even though `check` never fires; the item done carries the whole call's scores. One group: no
+    hand-back. Before, the light key's item was answered only after the heavy key's share of the call."""
+    from repirl import cancel
+
+    items = [("What is 12+7?", ["12+7 = 19"] * k) for k in (1, 3, 2)]
+    whole = load_scorer(format_prms["token-reward"], engine="hf", kv_cache_tokens=0).score(items)
+    scorer = load_scorer(format_prms["token-reward"], engine="hf", kv_cache_tokens=0)  # one forward holds all three
+    with cancel.yield_when(lambda: False, groups=[1, 0, 1]), pytest.raises(cancel.Preempted) as e:
+        scorer.score(items)
+    assert [r is not None for r in e.value.results] == [False, True, False]  # the longest item, but the first group
+    assert e.value.results[1].step_rewards == pytest.approx(whole[1].step_rewards, abs=1e-5)
+    assert e.value.results[1].tokens_computed == whole[1].tokens_computed
+    with cancel.yield_when(lambda: False, groups=[0, 0, 0]):
+        for got, want in zip(scorer.score(items), whole):
+            assert got.step_rewards == pytest.approx(want.step_rewards, abs=1e-5)
+
+def test_step_tokens_bound_the_work_between_safe_points(format_prms):
+    """`cancel.yield_when(check, step_tokens=N)` (the fair queue while several keys are active): forwards of at most
+    N tokens (at least one item), so a call that must hand back does so after one item; with the engine's own
+    forward size the three items are one forward and there is no safe point before the call ends."""
+    from repirl import cancel
+
+    items = [("What is 12+7?", ["12+7 = 19"] * k) for k in (1, 2, 3)]
+    scorer = load_scorer(format_prms["token-reward"], engine="hf", kv_cache_tokens=0)
+    whole = scorer.score(items)
+    with cancel.yield_when(lambda: True):
+        assert all(r is not None for r in scorer.score(items))
+    with cancel.yield_when(lambda: True, step_tokens=1), pytest.raises(cancel.Preempted) as e:
+        scorer.score(items)
+    assert [r is not None for r in e.value.results] == [True, False, False]
+    assert e.value.results[0].step_rewards == pytest.approx(whole[0].step_rewards, abs=1e-5)

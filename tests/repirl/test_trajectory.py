@@ -65,3 +65,18 @@ def test_spans_hold_for_text_the_tokenizer_normalizes(encoder, tiny_tokenizer):
     a, b = traj.step_spans[0]
     assert tiny_tokenizer.decode(traj.ids[a:b]) == "\u8c48\n\n"
     assert encoder.encode("q", ["\uf900"]).ids == traj.ids[:b]
+
+
+def test_first_step_prefix_goes_with_step_one_only():
+    """A card that writes f"{question} {step_1}" in one string: the space is tokenized with step 1 (" Step" one
+    token), later steps are untouched, and a prefix's ids still never change when steps are appended."""
+    from repirl.scoring.hub_replicas import MERGES, byte_tokenizer
+
+    tok = byte_tokenizer(["<s>", "</s>"], eos="</s>", merges=MERGES)
+    enc = TrajectoryEncoder(tok, PromptTemplate(template="Q: {question}", first_step_prefix=" "), sep=" ки\n")
+    one, two = enc.encode("2+3?", ["Step 1: 5"]), enc.encode("2+3?", ["Step 1: 5", "Step 2: done"])
+    assert two.ids[:len(one.ids)] == one.ids
+    assert two.ids == tok.encode("Q: 2+3? Step 1: 5 ки\nStep 2: done ки\n")  # the one-go tokenization
+    a, b = two.step_spans[0]
+    assert tok.decode(two.ids[a:b]) == " Step 1: 5 ки\n" and tok.decode(two.ids[:two.prompt_len]) == "Q: 2+3?"
+    assert tok.convert_ids_to_tokens(two.ids[a]) == "ĠStep"

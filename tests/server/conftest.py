@@ -143,6 +143,16 @@ def main_server(server_prms, redis_main, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def default_limits_server(server_prms, tmp_path_factory):
+    """The token-reward PRM with every limit at its default (1 MB bodies): what hostile-input tests need to reach the
+    parsers and caches behind the limits. No keys, no Redis (the in-process score cache)."""
+    d = tmp_path_factory.mktemp("default_limits_server")
+    srv = ServerProc(["--engine", "hf", "--prm", f"tr={server_prms['token-reward']}"], log=d / "server.log")
+    yield srv.wait_ready()
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
 def vllm_server(server_prms, tmp_path_factory):
     """The service on vLLM engines, shared by the session (each engine start costs 30-60 s here): the token-reward
     PRM on the pooling runner and the toy policy in-process (`--policy vllm:DIR`), both with a 256-token context."""
@@ -183,11 +193,24 @@ class SlowRequest:
                           + self.conn.send(h11.Data(data=data[:-1])))
         self._last = data[-1:]
 
+    def send_rest(self) -> "SlowRequest":
+        """Sends the held-back byte: the request is complete and the server goes on with it."""
+        import h11
+
+        if self._last is not None:
+            self.sock.sendall(self.conn.send(h11.Data(data=self._last)) + self.conn.send(h11.EndOfMessage()))
+            self._last = None
+        return self
+
+    def hang_up(self) -> None:
+        """Closes the connection without reading the answer: a client that gave up."""
+        self.sock.close()
+
     def finish(self) -> tuple[int, bytes]:
         """Sends the last byte; (status, body) once the response has ended (a stream: all of its events)."""
         import h11
 
-        self.sock.sendall(self.conn.send(h11.Data(data=self._last)) + self.conn.send(h11.EndOfMessage()))
+        self.send_rest()
         status, body = None, b""
         try:
             while True:

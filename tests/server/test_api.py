@@ -29,6 +29,30 @@ def test_models_lists_every_prm(client):
     assert all(cards[k]["engine"] == "hf" and len(cards[k]["revision"]) == 16 for k in MODELS)
 
 
+def test_models_say_max_model_len_and_parse_as_vllms(client, direct):
+    """/v1/models gives each PRM's `max_model_len` as vLLM's ModelCard does (vllm 0.32,
+    vllm/entrypoints/serve/engine/protocol.py:105-113): the longest trajectory it scores, here the service's
+    `max_tokens: 400` (the tiny PRMs hold 512 positions). One token more is a 413, that many is scored."""
+    from vllm.entrypoints.serve.engine.protocol import ModelList as VllmModelList
+
+    body = client.get("/v1/models").json()
+    assert {c["id"]: c["max_model_len"] for c in body["data"]} == {k: 400 for k in MODELS}
+    assert [m.max_model_len for m in VllmModelList.model_validate(body).data] == [400] * len(MODELS)
+    q = _q()
+
+    def steps(n_tokens: int) -> list[str]:  # two steps of digits (one token each in the byte-level tiny tokenizer)
+        fixed = len(direct["tr"].encoder.encode(q, ["7", "7"]).ids) - 2
+        first = (n_tokens - fixed) // 2
+        out = ["7" * first, "7" * (n_tokens - fixed - first)]
+        assert len(direct["tr"].encoder.encode(q, out).ids) == n_tokens
+        return out
+
+    ok = client.post("/v1/score", json={"model": "tr", "question": q, "steps": steps(400)})
+    assert ok.status_code == 200 and ok.json()["usage"]["tokens"] == 400, ok.text
+    too_long = client.post("/v1/score", json={"model": "tr", "question": q, "steps": steps(401)})
+    assert too_long.status_code == 413, too_long.text
+
+
 @pytest.mark.parametrize("name", list(MODELS))
 def test_score_every_format_matches_direct_engine(client, direct, name):
     q, steps = _q(), ["2+3 = 5", "Answer: 5"]

@@ -97,3 +97,21 @@ def test_openai_client_streams_the_same_completion(client):
     steps = [c.model_extra["search_step"] for c in chunks if not c.choices and c.model_extra.get("search_step")]
     assert [s["step"] for s in steps] == [s["step"] for s in plain.model_extra["search"]["trace"]["steps"]]
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == plain.usage.completion_tokens
+
+
+def test_openai_client_sends_a_budget_and_particle_search_in_extra_body(client):
+    """extra_body's top-level `budget` (over search.budget) stops a particle filter early; the stream's trace
+    chunks carry the particles' weights."""
+    kwargs = dict(model="policy", messages=[{"role": "user", "content": TOY_QUESTION}], temperature=0.8, seed=2,
+                  extra_body={"search": {"strategy": "particle-filtering", "n": 4, "max_steps": 6,
+                                         "budget": {"policy_tokens": 10**6}},
+                              "budget": {"policy_tokens": 20}, "return_trace": True})
+    resp = client.chat.completions.create(**kwargs)
+    stats = resp.model_extra["search"]["stats"]
+    assert stats["stopped_by"] == "policy_tokens" and 20 <= stats["policy_tokens"] == resp.usage.completion_tokens
+    chunks = list(client.chat.completions.create(stream=True, **kwargs))
+    steps = [c.model_extra["search_step"] for c in chunks if not c.choices and c.model_extra.get("search_step")]
+    assert steps and all(len(s["weights"]) == 4 for s in steps)
+    with pytest.raises(openai.UnprocessableEntityError, match="budget.seconds"):
+        client.chat.completions.create(model="policy", messages=[{"role": "user", "content": TOY_QUESTION}],
+                                       extra_body={"budget": {"seconds": 0}})

@@ -41,7 +41,9 @@ def test_settings_reach_the_engines_repirl_serve_builds(tmp_path):
     fp32 = build_engines(load_settings(None, prm=[f"p={prm}"], engine="hf", hf_device="cpu",
                                        hf_dtype="float32"))[0]["p"].score([("Start with 3. Add 4.",
                                                                             ["3+4=7", "Answer: 7"])])[0].step_rewards
-    assert bf16 == pytest.approx(fp32, abs=0.05) and bf16 != fp32  # bf16 rounding, and bf16 really ran
+    # bf16 keeps 8 mantissa bits (relative step 2**-8 = 0.4%); a few roundings through the layers and the summed
+    # step energy stay within 2%, whatever the rewards' scale (about 7.6 here: 0.058 apart in one CI run)
+    assert bf16 == pytest.approx(fp32, rel=0.02, abs=0.05) and bf16 != fp32  # bf16 rounding, and bf16 really ran
     for key, value in (("hf_device", "tpu"), ("hf_dtype", "fp8")):
         with pytest.raises(ValidationError, match=key):
             load_settings(None, prm=[str(prm)], **{key: value})

@@ -217,3 +217,75 @@ def test_streams_over_the_in_flight_budget_get_a_real_429(inproc):
                 if line.startswith("event: step"):
                     break
     _calls_settle(policy)  # leave no search running for the next test
+
+
+# ---- particle filtering / Gibbs, adaptive best-of-n, budgets (issue 25) ----------------------------------------
+@pytest.mark.parametrize("extra", [{"strategy": "particle-filtering", "ess_threshold": 1.0},
+                                   {"strategy": "particle-gibbs", "sweeps": 2, "resampling": "multinomial"},
+                                   {"strategy": "adaptive-best-of-n", "round_size": 2}])
+def test_new_strategies_over_http_match_the_library(http, toy_policy_dir, toy_prm_dir, extra):
+    body = {"question": TOY_QUESTION, "n": 4, "seed": 3, "max_steps": 6} | extra
+    r = http.post("/v1/search", json=body)
+    assert r.status_code == 200, r.text
+    got = r.json()
+    assert got["strategy"] == extra["strategy"] and got["answer"] in {"14", "16"}
+    assert got["select"] == ("majority" if extra["strategy"] == "adaptive-best-of-n" else "weighted")
+    ref = run_search(load_policy(toy_policy_dir, engine="transformers"), load_scorer(toy_prm_dir, engine="hf"),
+                     TOY_QUESTION, SearchParams(**{k: v for k, v in body.items() if k != "question"}))
+    assert got["steps"] == ref.best.steps and got["stats"]["steps"] == ref.stats.steps
+    assert got["stats"]["resamplings"] == ref.stats.resamplings
+
+
+def _sse(http, body):
+    events, event = [], None
+    with http.stream("POST", "/v1/search", json=body | {"stream": True}) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        for line in r.iter_lines():
+            if line.startswith("event: "):
+                event = line[len("event: "):]
+            elif line.startswith("data: "):
+                events.append((event, json.loads(line[len("data: "):])))
+    return events
+
+
+def test_particle_stream_sends_particles_weights_and_resampling(http):
+    events = _sse(http, {"question": TOY_QUESTION, "strategy": "particle-gibbs", "n": 4, "sweeps": 2, "seed": 1,
+                         "max_steps": 6, "ess_threshold": 1.0, "particle_temperature": 0.05})
+    assert events[-1][0] == "result"
+    steps = [d for k, d in events if k == "step"]
+    assert {s["sweep"] for s in steps} == {1, 2}
+    for s in steps:
+        assert len(s["beams"]) == len(s["weights"]) == 4 and sum(s["weights"]) == pytest.approx(1.0)
+        assert 1.0 <= s["ess"] <= 4.0 + 1e-9
+        free = 4 if s["sweep"] == 1 else 3  # from sweep 2 on, one reference particle is kept, not resampled
+        assert s["ancestors"] is None or (len(s["ancestors"]) == free and all(0 <= a < 4 for a in s["ancestors"]))
+    resampled = sum(s["ancestors"] is not None for s in steps)
+    assert resampled >= 1 and events[-1][1]["stats"]["resamplings"] == resampled
+
+
+def test_a_policy_token_budget_stops_the_search_over_http(http):
+    free = http.post("/v1/search", json={"question": TOY_QUESTION, "strategy": "particle-filtering", "n": 4,
+                                         "seed": 2, "max_steps": 6}).json()["stats"]
+    limit = free["policy_tokens"] // 3
+    r = http.post("/v1/search", json={"question": TOY_QUESTION, "strategy": "particle-filtering", "n": 4, "seed": 2,
+                                      "max_steps": 6, "budget": {"policy_tokens": limit}})
+    assert r.status_code == 200, r.text
+    st = r.json()["stats"]
+    assert st["stopped_by"] == "policy_tokens" and limit <= st["policy_tokens"] < free["policy_tokens"]
+    assert st["steps"] < free["steps"] and free["stopped_by"] is None
+
+
+@pytest.mark.parametrize("body,param", [
+    ({"budget": {"policy_tokens": -1}}, "budget.policy_tokens"),
+    ({"budget": {"prm_tokens": 10**12}}, "budget.prm_tokens"),
+    ({"budget": {"seconds": "soon"}}, "budget.seconds"),
+    ({"budget": {"dollars": 1}}, "budget.dollars"),
+    ({"strategy": "particle-filtering", "ess_threshold": 2}, "ess_threshold"),
+    ({"strategy": "particle-gibbs", "n": 2, "reference_particles": 2}, "reference_particles"),
+    ({"strategy": "particle-gibbs", "n": 4, "sweeps": 8}, "n"),  # 4 x 8 steps x 8 sweeps: 413
+    ({"strategy": "adaptive-best-of-n", "select": "naive"}, "select"),
+])
+def test_new_knobs_are_checked_and_named(http, body, param):
+    r = http.post("/v1/search", json={"question": TOY_QUESTION} | body)
+    assert r.status_code == (413 if param == "n" else 422), r.text
+    assert r.json()["error"]["param"] == param

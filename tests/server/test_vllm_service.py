@@ -41,7 +41,9 @@ def test_vllm_engine_in_service_matches_hf(vllm_server, hf_reference):
                  (f"3*4? ({tag})", ["3*4=12"])]
         body = c.post("/v1/score", json={"items": [{"question": q, "steps": s} for q, s in items],
                                          "return_token_rewards": True}).json()
-        assert body["usage"]["tokens_computed"] == body["usage"]["tokens"] > 0
+        # items 0 and 1 share their prompt: the engine computes it once and the other reads vLLM's prefix cache
+        # (whole 32-token blocks; repirl/scoring/vllm_engine.py "Prefix reuse")
+        assert 0 < body["usage"]["tokens_computed"] < body["usage"]["tokens"]
         for got, want in zip(body["data"], hf_reference.score(items)):
             _assert_close(got, want)
 
@@ -56,6 +58,25 @@ def test_vllm_engine_in_service_matches_hf(vllm_server, hf_reference):
             results = list(pool.map(post, singles))
         for got, want in zip(results, hf_reference.score(singles)):
             _assert_close(got, want)
+
+
+def test_pooling_api_on_the_vllm_engine(vllm_server, server_prms):
+    """vLLM's `/pooling` (vllm/entrypoints/pooling/pooling/protocol.py:102-114) served by repirl's vLLM engine: one
+    [value] row per token equal to the PRM's own forward pass; the same input extended by a step reads the first
+    one's whole 32-token blocks from vLLM's prefix cache (usage.tokens_computed < prompt_tokens)."""
+    from tests.server.test_pooling import _token_values
+    from transformers import AutoTokenizer
+
+    prefix = f"Question: what is 2+3? {uuid.uuid4().hex[:8]} and then add 40 to it\nSolution:\n2+3 = 5\n\n"
+    text = prefix + "5+40 = 45\n\nAnswer: 45\n\n"
+    with httpx.Client(base_url=vllm_server.url, timeout=120) as c:
+        first = c.post("/pooling", json={"input": prefix}).json()
+        body = c.post("/pooling", json={"input": text}).json()
+    ids = AutoTokenizer.from_pretrained(server_prms["token-reward"]).encode(text)
+    assert [row[0] for row in body["data"][0]["data"]] == pytest.approx(_token_values(server_prms["token-reward"], ids),
+                                                                        abs=1e-4)
+    assert first["usage"]["tokens_computed"] == first["usage"]["prompt_tokens"]
+    assert body["usage"]["tokens_computed"] == len(ids) - first["usage"]["prompt_tokens"] // 32 * 32
 
 
 def test_second_engine_process_starts_beside_the_first(vllm_server, server_prms, tmp_path):

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from repirl.artifacts import content_hash, load_prm_config, scoring_revision
-from repirl.calibration import Calibration, active_calibration
+from repirl.artifacts import active_calibration
+from repirl.calibration import Calibration
 from trainer.calibration import ece, fit_platt, policy_solutions, reliability, step_labels, write_calibration
 
 

@@ -32,7 +32,9 @@ def test_repirl_eval_writes_the_report(tmp_path, tiny_policy_dir, tiny_prm_dir):
         assert set(source["prms"]) == {"ctl", LIKELIHOOD_BASELINE}
     assert results["gsm8k"]["questions"] == 2 and 0 <= results["gsm8k"]["oracle"] <= 1
     assert [r["run"] for r in results["policies"]["runs"]] == [tiny_policy_dir.parent.name]
-    assert len(results["search"]["prms"]["ctl"]) == 4
+    from trainer.evaluation.search_cost import strategies
+
+    assert list(results["search"]["prms"]["ctl"]) == list(strategies(2, 1))  # particle and adaptive rows included
     text = out.read_text()
     for heading in ("## 1. Best-of-N", "## 2. Step-error", "## 3. Real data", "## 4. Policies", "## 5. Search",
                     "do not show"):
@@ -51,6 +53,25 @@ def test_repirl_eval_writes_the_report(tmp_path, tiny_policy_dir, tiny_prm_dir):
     res = CliRunner().invoke(app, ["eval", "--report-only", "--out", str(out)])
     assert res.exit_code == 0, res.output
     assert "## 1. Best-of-N" in out.read_text()
+
+
+def test_search_comparison_on_both_tasks_with_every_prm(tmp_path, tiny_policy_dir, tiny_prm_dir):
+    from repirl.cli import app
+
+    out = tmp_path / "r.md"
+    res = CliRunner().invoke(app, [
+        "eval", "--policy", str(tiny_policy_dir), "--prm", f"a={tiny_prm_dir}", "--prm", f"b={tiny_prm_dir}",
+        "--sections", "search", "--search-task", "both", "--search-all-prms", "--search-problems", "1",
+        "--search-n", "2", "--beam-width", "1", "--max-steps", "2", "--max-step-tokens", "3",
+        "--engine", "transformers", "--runs-dir", str(tmp_path / "none"), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    search = json.loads((tmp_path / "results" / "results.json").read_text())["search"]
+    assert list(search["prms"]) == ["a, in-distribution", "b, in-distribution", "a, harder", "b, harder"]
+    rows = search["prms"]["b, harder"]
+    assert rows["particle filtering (n=2)"]["policy_tokens_per_problem"] > 0
+    assert "PRM: a, harder" in out.read_text()
+    res = CliRunner().invoke(app, ["eval", "--search-task", "hard", "--out", str(out)])
+    assert res.exit_code == 2 and "--search-task" in res.output
 
 
 def test_eval_cli_errors_name_the_option(tmp_path, tiny_policy_dir):

@@ -10,12 +10,7 @@ from trainer.models import collate, load_causal_lm, token_logprobs
 from trainer.rollouts import HFEngine
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _worst_diff(model, prompt, gens, temperature):

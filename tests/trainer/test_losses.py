@@ -31,11 +31,44 @@ def test_self_normalised_weights_ess_and_truncation():
     assert w.tolist() == pytest.approx([0.25, 0.75])
     assert effective_sample_size(w) == pytest.approx(1 / (0.25**2 + 0.75**2))  # 1.6
     assert effective_sample_size(torch.full((5,), 0.2)) == pytest.approx(5.0)
-    # truncated at 1.2 x mean (0.6), renormalised: [0.25, 0.6] / 0.85
+    # truncated at 1.2 x mean (0.6): the cap holds AFTER renormalising (clip-then-renormalise gave [0.29, 0.71])
     t = normalized_weights(torch.tensor([0.0, math.log(3.0)]), max_weight_ratio=1.2)
-    assert t.tolist() == pytest.approx([0.25 / 0.85, 0.6 / 0.85])
+    assert t.tolist() == pytest.approx([0.4, 0.6])
     # huge log-weights do not overflow: computed in log space
     assert normalized_weights(torch.tensor([1000.0, 1000.0 + math.log(3.0)])).tolist() == pytest.approx([0.25, 0.75], rel=1e-4)
+
+
+def test_truncation_cap_holds_after_renormalisation():
+    # softmax [0.05, 0.15, 0.8], cap 1.5 x mean = 0.5: 0.8 -> 0.5, the other two share 0.5 in proportion 1:3
+    w = normalized_weights(torch.log(torch.tensor([0.05, 0.15, 0.8])), max_weight_ratio=1.5)
+    assert w.tolist() == pytest.approx([0.125, 0.375, 0.5])
+    # a cascade: after the first cap the next weight goes over it too and is capped in turn
+    w = normalized_weights(torch.log(torch.tensor([0.01, 0.04, 0.25, 0.7])), max_weight_ratio=1.2)
+    assert float(w.max()) <= 0.3 + 1e-7 and float(w.sum()) == pytest.approx(1.0)
+    assert w.tolist() == pytest.approx([0.1, 0.3, 0.3, 0.3])  # 0.7, then 0.25, then 0.04 reach the cap
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(50):  # random log-weights, caps 1 (uniform) to 4 x mean
+        n, ratio = int(torch.randint(1, 9, (1,), generator=gen)), 1 + 3 * float(torch.rand(1, generator=gen))
+        w = normalized_weights(8 * torch.randn(n, generator=gen), max_weight_ratio=ratio)
+        assert float(w.max()) <= ratio / n * (1 + 1e-6) and float(w.sum()) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_irl_loss_uses_one_energy_in_weights_and_loss():
+    # token rewards of two experts and two failed rollouts (different lengths), the failed ones' log pi_theta
+    r_exp = [torch.tensor([0.5, 0.5]), torch.tensor([0.2, 0.2, 0.2, 0.2])]
+    r_neg = [torch.tensor([-1.0, 0.0, -1.0]), torch.tensor([0.3])]
+    log_pi = torch.tensor([-2.0, -1.0])
+    energy = lambda rs: torch.stack([r.sum() for r in rs])  # R(tau) = sum_t r_t
+    log_w = log_importance_weights(energy(r_neg), log_pi)  # [-2 + 2, 0.3 + 1] = [0, 1.3]
+    w = torch.softmax(log_w, -1)
+    assert w.tolist() == pytest.approx([1 / (1 + math.exp(1.3)), math.exp(1.3) / (1 + math.exp(1.3))])
+    neg = energy(r_neg).clone().requires_grad_(True)
+    loss, got_w, _ = irl_group_loss(energy(r_exp), neg, log_w, scale=0.5)
+    # 0.5 * (w . [-2, 0.3] - mean(1.0, 0.8)): the SAME R(tau) the weights exponentiate
+    assert float(loss.detach()) == pytest.approx(0.5 * (float(w[0]) * -2.0 + float(w[1]) * 0.3 - 0.9))
+    loss.backward()
+    assert neg.grad.tolist() == pytest.approx((0.5 * w).tolist())  # d L / d R_i = scale * w_i
+    assert got_w.tolist() == pytest.approx(w.tolist())
 
 
 def test_irl_loss_hand_computed():

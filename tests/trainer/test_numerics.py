@@ -184,19 +184,20 @@ def test_offline_weight_logprob_covers_the_rewarded_tokens(tiny_tokenizer):
     from repirl.trajectory import TrajectoryEncoder
     from trainer.offline import Candidate, _traj, candidate_logprob
 
-    enc = TrajectoryEncoder(tiny_tokenizer)
+    enc, eos = TrajectoryEncoder(tiny_tokenizer), tiny_tokenizer.eos_token_id
     q, steps = "Start with 3. Add 4. What is the result?", ["3+4=7", "Answer: 7"]
-    full = enc.encode(q, steps)
-    n_steps = len(full.ids) - full.prompt_len
-    tlp = [-0.1 * (i + 1) for i in range(n_steps + 1)]  # steps + EOS
-    cut_at = full.prompt_len + 5
-    r = _traj(enc, q, steps, 0, False, tiny_tokenizer.eos_token_id, cut_at)
+    sampled = tiny_tokenizer.encode("3+4=7\n\nAnswer: 7\n\n", add_special_tokens=False) + [eos]  # steps + EOS
+    n_steps = len(sampled) - 1
+    tlp = [-0.1 * (i + 1) for i in range(n_steps + 1)]
+    prompt_len = len(enc.prompt_ids(q))
+    r = _traj(enc, q, steps, 0, False, eos, prompt_len + 5, sampled=sampled)
     assert r.step_end - r.prompt_len == 5  # rewards over the first 5 response tokens...
-    assert candidate_logprob(Candidate(steps, False, sum(tlp), tlp), r) == pytest.approx(sum(tlp[:5]))  # ...so is pi
+    assert candidate_logprob(Candidate(steps, False, sum(tlp), tlp, sampled), r) == pytest.approx(sum(tlp[:5]))  # ..pi
     assert candidate_logprob(Candidate(steps, False, sum(tlp)), r) is None  # a total over more tokens: unknown
-    whole = _traj(enc, q, steps, 0, False, tiny_tokenizer.eos_token_id, 10_000)
+    whole = _traj(enc, q, steps, 0, False, eos, 10_000)  # the text, as a policy writes it (SEP before EOS)
+    assert whole.ids == enc.prompt_ids(q) + sampled
     assert candidate_logprob(Candidate(steps, False, -3.0), whole) == -3.0
-    assert candidate_logprob(Candidate(steps, False, None, tlp), whole) == pytest.approx(sum(tlp[:n_steps]))
+    assert candidate_logprob(Candidate(steps, False, None, tlp, sampled), whole) == pytest.approx(sum(tlp[:n_steps]))
 
 
 def test_recipes_compare_like_for_like():
@@ -225,9 +226,13 @@ def test_evaluator_reads_the_run_summary(tmp_path):
 
     run = tmp_path / "r"
     run.mkdir()
-    RunSummary(name="r", kind="train", algorithm="rloo", seed=2, iterations=7, train_seconds=12.5).write(run)
+    RunSummary(name="r", kind="train", algorithm="rloo", seed=2, iterations=7, train_seconds=12.5, eval_problems=40,
+               eval_temperature=0.7, eval_accuracy_before=0.4, eval_accuracy=0.45, eval_accuracy_greedy_before=0.465,
+               eval_accuracy_greedy=0.405).write(run)
     got = run_summaries(SimpleNamespace(runs=[str(run)], prms={}, gsm8k_prm=None))
-    assert got == [{"run": str(run), "algorithm": "rloo", "seed": 2, "iterations": 7, "train_seconds": 12.5}]
+    assert got == [{"run": str(run), "algorithm": "rloo", "seed": 2, "iterations": 7, "train_seconds": 12.5,
+                    "eval_problems": 40, "eval_temperature": 0.7, "accuracy_before": 0.4, "accuracy": 0.45,
+                    "greedy_before": 0.465, "greedy": 0.405}]
     with pytest.raises(Exception):
         RunSummary(name="r", kind="train", algorithm="x", seed=0, iterations=1, train_seconds=1, total_time_s=3)
 

@@ -31,14 +31,7 @@ from trainer.models import RewardModel, collate, load_causal_lm, token_logprobs
 from tests.trainer.conftest import REPO, child_env, small_recipe, torchrun
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Models this small run 10-25x faster on one thread than on two contended ones (0.35 s vs 9 s measured for
-    `_run_updates` with other jobs on the machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _batch(n=7, seed=0, vocab=250):

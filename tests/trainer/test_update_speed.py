@@ -12,12 +12,7 @@ import torch
 from trainer.models import collate, map_micro_batches
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_micro_batches_are_grouped_by_length_and_put_back_in_order():

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from repirl.calibration import active_calibration
+from repirl.artifacts import active_calibration
 from trainer.calibration import ece, raw_as_probability, reliability, step_labels
 
 

@@ -36,7 +36,8 @@ class EvalConfig:
     policy_samples: int = 4
     search_problems: int = 40
     search_n: int = 16
-    search_task: str = "in-distribution"  # or "harder"
+    search_task: str = "in-distribution"  # or "harder", or "both"
+    search_all_prms: bool = False  # the search comparison with every PRM (default: the first rePIRL one)
     beam_width: int = 4
     gsm8k_limit: int | None = 400
     max_step_tokens: int = 32
@@ -142,7 +143,13 @@ def run_summaries(cfg) -> list[dict]:
         s = RunSummary.read(run)  # every run (bootstrap, train, offline) writes one (trainer/summary.py)
         out.append({"run": str(run), "algorithm": info.algorithm if s is None or s.kind == "bootstrap" else s.algorithm,
                     "seed": s.seed if s else info.seed, "iterations": s.iterations if s else None,
-                    "train_seconds": s.train_seconds if s else None})
+                    "train_seconds": s.train_seconds if s else None,
+                    # the run's own held-out check: greedy pass@1 (the paper's figure) beside the sampled one
+                    "eval_problems": s.eval_problems if s else None, "eval_temperature": s.eval_temperature if s else None,
+                    "accuracy_before": s.eval_accuracy_before if s else None,
+                    "accuracy": s.eval_accuracy if s else None,
+                    "greedy_before": s.eval_accuracy_greedy_before if s else None,
+                    "greedy": s.eval_accuracy_greedy if s else None})
     return out
 
 
@@ -297,20 +304,26 @@ def policies_section(cfg, main_policy, in_dist, log) -> dict:
 
 
 def search_section(cfg, policy, scorers, in_dist, log) -> dict:
-    task_cfg = bestofn.harder(in_dist) if cfg.search_task == "harder" else in_dist
-    task = ArithmeticTask(task_cfg)
-    problems = bestofn.heldout_problems(task_cfg, cfg.search_problems)
-    out = {"problems": len(problems), "task": cfg.search_task, "temperature": 0.8, "n": cfg.search_n,
-           "beam_width": cfg.beam_width, "prms": {}}
-    prm_name = next((n for n in scorers if "repirl" in n.lower()), next(iter(scorers), None))
-    if prm_name is None:
+    """One table per (PRM, task): `prms` is keyed by the PRM's name, with the task added when both are run."""
+    tasks = ("in-distribution", "harder") if cfg.search_task == "both" else (cfg.search_task,)
+    prm_names = list(scorers) if cfg.search_all_prms else \
+        [next((n for n in scorers if "repirl" in n.lower()), next(iter(scorers), None))]
+    if not prm_names or prm_names[0] is None:
         return {"skipped": "no PRM"}
-    rows = {}
-    for label, knobs in search_cost.strategies(cfg.search_n, cfg.beam_width).items():
-        rows[label] = search_cost.run_strategy(policy, scorers[prm_name], task, problems, knobs, 0.8, cfg.seed,
-                                               max_step_tokens=cfg.max_step_tokens, max_steps=cfg.max_steps)
-        log(f"search {label} with {prm_name}: accuracy {rows[label]['accuracy']:.3f}, policy tokens "
-            f"{rows[label]['policy_tokens_per_problem']:.0f}, PRM tokens computed "
-            f"{rows[label]['prm_tokens_computed_per_problem']:.0f} per problem")
-    out["prms"][prm_name] = rows
+    out = {"problems": cfg.search_problems, "task": " and ".join(tasks), "temperature": 0.8, "n": cfg.search_n,
+           "beam_width": cfg.beam_width, "seed": cfg.seed, "prms": {}}
+    for task_name in tasks:
+        task_cfg = bestofn.harder(in_dist) if task_name == "harder" else in_dist
+        task = ArithmeticTask(task_cfg)
+        problems = bestofn.heldout_problems(task_cfg, cfg.search_problems)
+        for prm_name in prm_names:
+            rows = {}
+            for label, knobs in search_cost.strategies(cfg.search_n, cfg.beam_width).items():
+                rows[label] = search_cost.run_strategy(policy, scorers[prm_name], task, problems, knobs, 0.8,
+                                                       cfg.seed, max_step_tokens=cfg.max_step_tokens,
+                                                       max_steps=cfg.max_steps)
+                log(f"search {label} with {prm_name} ({task_name}): accuracy {rows[label]['accuracy']:.3f}, "
+                    f"policy tokens {rows[label]['policy_tokens_per_problem']:.0f}, PRM tokens computed "
+                    f"{rows[label]['prm_tokens_computed_per_problem']:.0f} per problem")
+            out["prms"][prm_name if len(tasks) == 1 else f"{prm_name}, {task_name}"] = rows
     return out

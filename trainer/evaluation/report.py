@@ -125,6 +125,9 @@ def render(results: dict, md_path: Path, plot_dir: Path, commands: list[str] | N
     check = plot_dir / "service_check.json"  # written by load_tests/check_service_vs_eval.py --out
     if check.is_file():
         results = {**results, "service_check": json.loads(check.read_text())}
+    seeds = plot_dir / "search_seeds.json"  # written by python -m trainer.evaluation.compute_matched --out
+    if seeds.is_file():
+        results = {**results, "search_seeds": json.loads(seeds.read_text())}
     plots = {}
     if results.get("bestofn"):
         plots["bestofn"] = plot_dir / "bestofn.png"

@@ -123,6 +123,12 @@ def section_gsm8k(r: dict) -> list[str]:
     return lines
 
 
+def _before_after(before, after) -> str:
+    if after is None:
+        return "n/a"
+    return f"{_f(before)} -> {_f(after)}" if before is not None else _f(after)
+
+
 def section_policies(r: dict, plots: dict) -> list[str]:
     p = r["policies"]
     lines = ["## 4. Policies per algorithm", "",
@@ -231,10 +237,17 @@ def markdown(r: dict, plots: dict, commands: list[str]) -> str:
     if r.get("runs"):
         lines += ["Runs evaluated (trained by `make report` when missing; times from each run's summary.json "
                   "(trainer/summary.py RunSummary), 2 shared CPU cores):", ""]
-        lines += _table(["run", "algorithm", "seed", "iterations / steps", "training time (s)"],
+        lines += _table(["run", "algorithm", "seed", "iterations / steps", "training time (s)",
+                         "held-out greedy pass@1 (before -> after)", "held-out sampled (T, before -> after)"],
                         [[f"`{x['run']}`", x["algorithm"], str(x["seed"]), str(x["iterations"] or "n/a"),
-                          _f(x["train_seconds"], 0) if x["train_seconds"] is not None else "n/a"]
+                          _f(x["train_seconds"], 0) if x["train_seconds"] is not None else "n/a",
+                          _before_after(x.get("greedy_before"), x.get("greedy")),
+                          (f"T={x['eval_temperature']}: " if x.get("eval_temperature") is not None else "")
+                          + _before_after(x.get("accuracy_before"), x.get("accuracy"))]
                          for x in r["runs"]]) + [""]
+        lines += ["The two accuracy columns are each run's own check (summary.json: its first `eval_problems` "
+                  "held-out problems, one solution each); runs trained before greedy pass@1 was recorded show "
+                  "n/a there. Section 4 measures every policy again on the report's problems.", ""]
     if r.get("bestofn"):
         lines += section_bestofn(r, plots)
     if r.get("steperror"):
@@ -249,6 +262,10 @@ def markdown(r: dict, plots: dict, commands: list[str]) -> str:
         lines += section_policies(r, plots)
     if r.get("search"):
         lines += section_search(r, plots)
+    if r.get("search_seeds"):
+        from trainer.evaluation import compute_matched
+
+        lines += compute_matched.markdown(r["search_seeds"])
     if r.get("service_check"):
         lines += section_service(r["service_check"], r)
     lines += ["## What these numbers do not show", ""] + NOT_SHOWN + [""]

@@ -1,5 +1,6 @@
-"""Search accuracy and cost at equal budget: best-of-N vs step beam search vs DVTS, all with n samples per step /
-in total, through run_search with the same PRM. Cost = policy tokens generated and PRM tokens (handed over and
+"""Search accuracy and cost at equal budget: best-of-N (plain, PRM-weighted, adaptive) vs step beam search vs DVTS vs
+particle filtering vs particle Gibbs, all with n samples per step / in total (particle Gibbs: n / 2 particles x 2
+sweeps), through run_search with the same PRM. Cost = policy tokens generated and PRM tokens (handed over and
 actually computed), from each SearchResult's stats."""
 
 from __future__ import annotations
@@ -15,7 +16,15 @@ def strategies(n: int, beam_width: int) -> dict[str, dict]:
     return {f"best-of-{n} (PRM rerank)": {"strategy": "best-of-n", "n": n, "select": "naive"},
             f"best-of-{n} (PRM-weighted vote)": {"strategy": "best-of-n", "n": n, "select": "weighted"},
             f"beam (n={n}, width={beam_width})": {"strategy": "beam", "n": n, "beam_width": beam_width},
-            f"DVTS (n={n}, width={beam_width})": {"strategy": "dvts", "n": n, "beam_width": beam_width}}
+            f"DVTS (n={n}, width={beam_width})": {"strategy": "dvts", "n": n, "beam_width": beam_width},
+            f"adaptive best-of-{n} (majority, stops when settled)": {"strategy": "adaptive-best-of-n", "n": n},
+            f"particle filtering (n={n})": {"strategy": "particle-filtering", "n": n},
+            # its_hub's rule (resample at every step) with weights sharp enough for the demo PRMs' score spread
+            # (about 0.01-0.1 between particles: at temperature 1 the weights stay uniform and nothing resamples)
+            f"particle filtering (n={n}, resample every step, T=0.05)": {
+                "strategy": "particle-filtering", "n": n, "ess_threshold": 1.0, "particle_temperature": 0.05},
+            f"particle Gibbs (n={max(2, n // 2)}, 2 sweeps)": {"strategy": "particle-gibbs", "n": max(2, n // 2),
+                                                               "sweeps": 2}}
 
 
 def run_strategy(policy, scorer, task: ArithmeticTask, problems: Sequence[Problem], knobs: dict, temperature: float,

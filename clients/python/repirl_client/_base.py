@@ -276,6 +276,23 @@ class BaseClient:
         return RequestSpec("POST", "/v1/chat/completions", body, ChatCompletion)
 
     @staticmethod
+    def _pooling_spec(path: str, params: Dict[str, Any], extra_body) -> RequestSpec:
+        """/pooling and /classify: vLLM's request (one of `input` and `messages`), its response classes."""
+        from repirl_client.types import ClassificationResponse, PoolingResponse
+
+        if (params.get("input") is None) == (params.get("messages") is None):
+            raise ValueError("give exactly one of input (text, texts, token ids or lists of them) and messages")
+        params = dict(params)
+        raw = params.get("input")
+        if raw is not None and not isinstance(raw, str):  # tuples and other sequences travel as JSON lists
+            params["input"] = [x if isinstance(x, (str, int)) else list(x) for x in raw]
+        if params.get("messages") is not None:
+            params["messages"] = [m.model_dump(exclude_none=True) if hasattr(m, "model_dump") else dict(m)
+                                  for m in params["messages"]]
+        cast = PoolingResponse if path == "/pooling" else ClassificationResponse
+        return RequestSpec("POST", path, {**_drop_unset(params), **(extra_body or {})}, cast)
+
+    @staticmethod
     def _models_spec() -> RequestSpec:
         from repirl_client.types import ModelList
 

@@ -18,21 +18,32 @@ from repirl_client._base import (DEFAULT_LIMITS, DEFAULT_MAX_RETRIES, MAX_RETRY_
                                  CandidateLike, NotGiven, RequestSpec, ScoreItemLike, TimeoutLike)
 from repirl_client._exceptions import APIConnectionError, APITimeoutError
 from repirl_client._streaming import AsyncChatStream, AsyncSearchStream, ChatStream, SearchStream
-from repirl_client.types import (AggregateInput, Aggregation, ChatCompletion, ChatMessage, Health, ModelList,
-                                 RerankResponse, ScoreResponse, SearchResponse, Select, Strategy, Voting)
+from repirl_client.types import (AggregateInput, Aggregation, ChatCompletion, ChatMessage, ClassificationResponse,
+                                 EncodingFormat, Health, ModelList, PoolingResponse, RerankResponse, ScoreResponse,
+                                 SearchResponse, Resampling, Select, Strategy, Voting)
 
 __all__ = ["Client", "AsyncClient"]
 
 MessageLike = Union[ChatMessage, Mapping[str, Any]]
+# vLLM's completion-form `input`: a text, texts, token ids, or lists of token ids
+PoolingInput = Union[str, Sequence[str], Sequence[int], Sequence[Sequence[int]]]
 
 
 def _search_kwargs(question, strategy, n, beam_width, max_steps, select, aggregation, temperature, top_p,
                    max_step_tokens, seed, lookahead, dedup, vote_temperature, model, policy, return_candidates,
-                   aggregate_input=None):
+                   aggregate_input=None, **knobs):
     return dict(question=question, strategy=strategy, n=n, beam_width=beam_width, max_steps=max_steps, select=select,
                 aggregation=aggregation, temperature=temperature, top_p=top_p, max_step_tokens=max_step_tokens,
                 seed=seed, lookahead=lookahead, dedup=dedup, vote_temperature=vote_temperature, model=model,
-                policy=policy, return_candidates=return_candidates, aggregate_input=aggregate_input)
+                policy=policy, return_candidates=return_candidates, aggregate_input=aggregate_input, **knobs)
+
+
+def _pooling_kwargs(input, messages, model, use_activation, add_special_tokens, add_generation_prompt,
+                    continue_final_message, chat_template, chat_template_kwargs, truncate_prompt_tokens, **knobs):
+    return dict(input=input, messages=messages, model=model, use_activation=use_activation,
+                add_special_tokens=add_special_tokens, add_generation_prompt=add_generation_prompt,
+                continue_final_message=continue_final_message, chat_template=chat_template,
+                chat_template_kwargs=chat_template_kwargs, truncate_prompt_tokens=truncate_prompt_tokens, **knobs)
 
 
 class Client(BaseClient):
@@ -129,14 +140,21 @@ class Client(BaseClient):
                lookahead: Optional[int] = None, dedup: Optional[bool] = None,
                vote_temperature: Optional[float] = None, model: Optional[str] = None, policy: Optional[str] = None,
                return_candidates: Optional[bool] = None, aggregate_input: Optional[AggregateInput] = None,
-               stream: bool = False, extra_body: Optional[Dict[str, Any]] = None,
-               extra_headers: Optional[Mapping[str, str]] = None,
+               particle_temperature: Optional[float] = None, resampling: Optional[Resampling] = None,
+               ess_threshold: Optional[float] = None, sweeps: Optional[int] = None,
+               reference_particles: Optional[int] = None, round_size: Optional[int] = None,
+               settle: Optional[float] = None, budget: Optional[Dict[str, Any]] = None, stream: bool = False,
+               extra_body: Optional[Dict[str, Any]] = None, extra_headers: Optional[Mapping[str, str]] = None,
                timeout: Union[TimeoutLike, NotGiven] = NOT_GIVEN) -> Union[SearchResponse, SearchStream]:
-        """POST /v1/search (best-of-n | beam | dvts with the policy and a PRM). `stream=True` returns a
+        """POST /v1/search (best-of-n | adaptive-best-of-n | beam | dvts | particle-filtering | particle-gibbs with the
+        policy and a PRM; `budget`: {"policy_tokens", "prm_tokens", "seconds"}). `stream=True` returns a
         `SearchStream`: iterate it for `SearchStepEvent`s and the final `SearchResultEvent`."""
         params = _search_kwargs(question, strategy, n, beam_width, max_steps, select, aggregation, temperature, top_p,
                                 max_step_tokens, seed, lookahead, dedup, vote_temperature, model, policy,
-                                return_candidates, aggregate_input)
+                                return_candidates, aggregate_input, particle_temperature=particle_temperature,
+                                resampling=resampling, ess_threshold=ess_threshold, sweeps=sweeps,
+                                reference_particles=reference_particles, round_size=round_size, settle=settle,
+                                budget=budget)
         spec = self._search_spec("/v1/search", stream, params, extra_body, SearchStream)
         return self._request(spec, extra_headers=extra_headers, timeout=timeout)
 
@@ -146,18 +164,20 @@ class Client(BaseClient):
                   max_step_tokens: Optional[int] = None, seed: Optional[int] = None, dedup: Optional[bool] = None,
                   vote_temperature: Optional[float] = None, model: Optional[str] = None,
                   policy: Optional[str] = None, return_candidates: Optional[bool] = None,
-                  aggregate_input: Optional[AggregateInput] = None, stream: bool = False,
+                  aggregate_input: Optional[AggregateInput] = None, budget: Optional[Dict[str, Any]] = None,
+                  stream: bool = False,
                   extra_body: Optional[Dict[str, Any]] = None, extra_headers: Optional[Mapping[str, str]] = None,
                   timeout: Union[TimeoutLike, NotGiven] = NOT_GIVEN) -> Union[SearchResponse, SearchStream]:
         """POST /v1/best-of-n: sample n solutions, score them, pick one (naive | weighted | majority)."""
         params = _search_kwargs(question, None, n, None, max_steps, select, aggregation, temperature, top_p,
                                 max_step_tokens, seed, None, dedup, vote_temperature, model, policy, return_candidates,
-                                aggregate_input)
+                                aggregate_input, budget=budget)
         spec = self._search_spec("/v1/best-of-n", stream, params, extra_body, SearchStream)
         return self._request(spec, extra_headers=extra_headers, timeout=timeout)
 
     def chat(self, *, messages: Sequence[MessageLike], model: str = "policy", search: Optional[Dict[str, Any]] = None,
              prm: Optional[str] = None, return_trace: Optional[bool] = None, temperature: Optional[float] = None,
+             budget: Optional[Dict[str, Any]] = None,
              top_p: Optional[float] = None, max_tokens: Optional[int] = None,
              max_completion_tokens: Optional[int] = None, seed: Optional[int] = None, n: Optional[int] = None,
              stream: bool = False, stream_options: Optional[Dict[str, Any]] = None,
@@ -166,10 +186,46 @@ class Client(BaseClient):
         """POST /v1/chat/completions with the search chosen in `search` (e.g. {"strategy": "beam", "n": 8}).
         `stream=True` returns a `ChatStream` of `ChatCompletionChunk`s."""
         params = dict(messages=messages, model=model, search=search, prm=prm, return_trace=return_trace,
-                      temperature=temperature, top_p=top_p, max_tokens=max_tokens,
+                      budget=budget, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
                       max_completion_tokens=max_completion_tokens, seed=seed, n=n, stream_options=stream_options)
         spec = self._chat_spec(params, stream, extra_body, ChatStream)
         return self._request(spec, extra_headers=extra_headers, timeout=timeout)
+
+    def pooling(self, *, input: Optional[PoolingInput] = None, messages: Optional[Sequence[MessageLike]] = None,
+                model: Optional[str] = None, task: Optional[str] = None, use_activation: Optional[bool] = None,
+                encoding_format: Optional[EncodingFormat] = None, embed_dtype: Optional[str] = None,
+                endianness: Optional[str] = None, add_special_tokens: Optional[bool] = None,
+                add_generation_prompt: Optional[bool] = None, continue_final_message: Optional[bool] = None,
+                chat_template: Optional[str] = None, chat_template_kwargs: Optional[Dict[str, Any]] = None,
+                dimensions: Optional[int] = None, truncate_prompt_tokens: Optional[int] = None,
+                extra_body: Optional[Dict[str, Any]] = None, extra_headers: Optional[Mapping[str, str]] = None,
+                timeout: Union[TimeoutLike, NotGiven] = NOT_GIVEN) -> PoolingResponse:
+        """POST /pooling, vLLM's pooling API (its request fields, its response): exactly one of `input` (text,
+        texts, token ids or lists of them) and `messages` (rendered with the PRM's chat template). Rows per input:
+        `[1 - p, p]` per step tag (step-tag PRMs, e.g. `<extra_0>` for Qwen2.5-Math-PRM) or `[value]` per token
+        (token formats; `use_activation=True`: sigmoid). `task="classify"` gives /classify's probs instead.
+        `dimensions` and `truncate_prompt_tokens` are vLLM's but not served (400 naming them)."""
+        params = _pooling_kwargs(input, messages, model, use_activation, add_special_tokens, add_generation_prompt,
+                                 continue_final_message, chat_template, chat_template_kwargs, truncate_prompt_tokens,
+                                 task=task, encoding_format=encoding_format, embed_dtype=embed_dtype,
+                                 endianness=endianness, dimensions=dimensions)
+        return self._request(self._pooling_spec("/pooling", params, extra_body), extra_headers=extra_headers,
+                             timeout=timeout)
+
+    def classify(self, *, input: Optional[PoolingInput] = None, messages: Optional[Sequence[MessageLike]] = None,
+                 model: Optional[str] = None, use_activation: Optional[bool] = None,
+                 add_special_tokens: Optional[bool] = None, add_generation_prompt: Optional[bool] = None,
+                 continue_final_message: Optional[bool] = None, chat_template: Optional[str] = None,
+                 chat_template_kwargs: Optional[Dict[str, Any]] = None, truncate_prompt_tokens: Optional[int] = None,
+                 extra_body: Optional[Dict[str, Any]] = None, extra_headers: Optional[Mapping[str, str]] = None,
+                 timeout: Union[TimeoutLike, NotGiven] = NOT_GIVEN) -> ClassificationResponse:
+        """POST /classify, vLLM's classification API: per input, `probs` from the PRM's score of the sequence (its
+        default aggregation): `[1 - s, s]` for probability formats, `[s]` otherwise (`use_activation=True`:
+        sigmoid). `model` may be the PRM's folder, as veRL's reward loop sends it."""
+        params = _pooling_kwargs(input, messages, model, use_activation, add_special_tokens, add_generation_prompt,
+                                 continue_final_message, chat_template, chat_template_kwargs, truncate_prompt_tokens)
+        return self._request(self._pooling_spec("/classify", params, extra_body), extra_headers=extra_headers,
+                             timeout=timeout)
 
     def models(self, *, extra_headers: Optional[Mapping[str, str]] = None,
                timeout: Union[TimeoutLike, NotGiven] = NOT_GIVEN) -> ModelList:
@@ -268,13 +324,20 @@ class AsyncClient(BaseClient):
                      lookahead: Optional[int] = None, dedup: Optional[bool] = None,
                      vote_temperature: Optional[float] = None, model: Optional[str] = None,
                      policy: Optional[str] = None, return_candidates: Optional[bool] = None,
-                     aggregate_input: Optional[AggregateInput] = None, stream: bool = False,
+                     aggregate_input: Optional[AggregateInput] = None,
+                     particle_temperature: Optional[float] = None, resampling: Optional[Resampling] = None,
+                     ess_threshold: Optional[float] = None, sweeps: Optional[int] = None,
+                     reference_particles: Optional[int] = None, round_size: Optional[int] = None,
+                     settle: Optional[float] = None, budget: Optional[Dict[str, Any]] = None, stream: bool = False,
                      extra_body: Optional[Dict[str, Any]] = None, extra_headers: Optional[Mapping[str, str]] = None,
                      timeout: Union[TimeoutLike, NotGiven] = NOT_GIVEN) -> Union[SearchResponse, AsyncSearchStream]:
         """`stream=True` returns an `AsyncSearchStream`: `async for event in stream`."""
         params = _search_kwargs(question, strategy, n, beam_width, max_steps, select, aggregation, temperature, top_p,
                                 max_step_tokens, seed, lookahead, dedup, vote_temperature, model, policy,
-                                return_candidates, aggregate_input)
+                                return_candidates, aggregate_input, particle_temperature=particle_temperature,
+                                resampling=resampling, ess_threshold=ess_threshold, sweeps=sweeps,
+                                reference_particles=reference_particles, round_size=round_size, settle=settle,
+                                budget=budget)
         spec = self._search_spec("/v1/search", stream, params, extra_body, AsyncSearchStream)
         return await self._request(spec, extra_headers=extra_headers, timeout=timeout)
 
@@ -285,30 +348,62 @@ class AsyncClient(BaseClient):
                         dedup: Optional[bool] = None, vote_temperature: Optional[float] = None,
                         model: Optional[str] = None, policy: Optional[str] = None,
                         return_candidates: Optional[bool] = None,
-                        aggregate_input: Optional[AggregateInput] = None, stream: bool = False,
+                        aggregate_input: Optional[AggregateInput] = None, budget: Optional[Dict[str, Any]] = None,
+                  stream: bool = False,
                         extra_body: Optional[Dict[str, Any]] = None,
                         extra_headers: Optional[Mapping[str, str]] = None,
                         timeout: Union[TimeoutLike, NotGiven] = NOT_GIVEN
                         ) -> Union[SearchResponse, AsyncSearchStream]:
         params = _search_kwargs(question, None, n, None, max_steps, select, aggregation, temperature, top_p,
                                 max_step_tokens, seed, None, dedup, vote_temperature, model, policy, return_candidates,
-                                aggregate_input)
+                                aggregate_input, budget=budget)
         spec = self._search_spec("/v1/best-of-n", stream, params, extra_body, AsyncSearchStream)
         return await self._request(spec, extra_headers=extra_headers, timeout=timeout)
 
     async def chat(self, *, messages: Sequence[MessageLike], model: str = "policy",
                    search: Optional[Dict[str, Any]] = None, prm: Optional[str] = None,
                    return_trace: Optional[bool] = None, temperature: Optional[float] = None,
+                   budget: Optional[Dict[str, Any]] = None,
                    top_p: Optional[float] = None, max_tokens: Optional[int] = None,
                    max_completion_tokens: Optional[int] = None, seed: Optional[int] = None, n: Optional[int] = None,
                    stream: bool = False, stream_options: Optional[Dict[str, Any]] = None,
                    extra_body: Optional[Dict[str, Any]] = None, extra_headers: Optional[Mapping[str, str]] = None,
                    timeout: Union[TimeoutLike, NotGiven] = NOT_GIVEN) -> Union[ChatCompletion, AsyncChatStream]:
         params = dict(messages=messages, model=model, search=search, prm=prm, return_trace=return_trace,
-                      temperature=temperature, top_p=top_p, max_tokens=max_tokens,
+                      budget=budget, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
                       max_completion_tokens=max_completion_tokens, seed=seed, n=n, stream_options=stream_options)
         spec = self._chat_spec(params, stream, extra_body, AsyncChatStream)
         return await self._request(spec, extra_headers=extra_headers, timeout=timeout)
+
+    async def pooling(self, *, input: Optional[PoolingInput] = None,
+                      messages: Optional[Sequence[MessageLike]] = None, model: Optional[str] = None,
+                      task: Optional[str] = None, use_activation: Optional[bool] = None,
+                      encoding_format: Optional[EncodingFormat] = None, embed_dtype: Optional[str] = None,
+                      endianness: Optional[str] = None, add_special_tokens: Optional[bool] = None,
+                      add_generation_prompt: Optional[bool] = None, continue_final_message: Optional[bool] = None,
+                      chat_template: Optional[str] = None, chat_template_kwargs: Optional[Dict[str, Any]] = None,
+                      dimensions: Optional[int] = None, truncate_prompt_tokens: Optional[int] = None,
+                      extra_body: Optional[Dict[str, Any]] = None, extra_headers: Optional[Mapping[str, str]] = None,
+                      timeout: Union[TimeoutLike, NotGiven] = NOT_GIVEN) -> PoolingResponse:
+        params = _pooling_kwargs(input, messages, model, use_activation, add_special_tokens, add_generation_prompt,
+                                 continue_final_message, chat_template, chat_template_kwargs, truncate_prompt_tokens,
+                                 task=task, encoding_format=encoding_format, embed_dtype=embed_dtype,
+                                 endianness=endianness, dimensions=dimensions)
+        return await self._request(self._pooling_spec("/pooling", params, extra_body), extra_headers=extra_headers,
+                                   timeout=timeout)
+
+    async def classify(self, *, input: Optional[PoolingInput] = None,
+                       messages: Optional[Sequence[MessageLike]] = None, model: Optional[str] = None,
+                       use_activation: Optional[bool] = None, add_special_tokens: Optional[bool] = None,
+                       add_generation_prompt: Optional[bool] = None, continue_final_message: Optional[bool] = None,
+                       chat_template: Optional[str] = None, chat_template_kwargs: Optional[Dict[str, Any]] = None,
+                       truncate_prompt_tokens: Optional[int] = None, extra_body: Optional[Dict[str, Any]] = None,
+                       extra_headers: Optional[Mapping[str, str]] = None,
+                       timeout: Union[TimeoutLike, NotGiven] = NOT_GIVEN) -> ClassificationResponse:
+        params = _pooling_kwargs(input, messages, model, use_activation, add_special_tokens, add_generation_prompt,
+                                 continue_final_message, chat_template, chat_template_kwargs, truncate_prompt_tokens)
+        return await self._request(self._pooling_spec("/classify", params, extra_body), extra_headers=extra_headers,
+                                   timeout=timeout)
 
     async def models(self, *, extra_headers: Optional[Mapping[str, str]] = None,
                      timeout: Union[TimeoutLike, NotGiven] = NOT_GIVEN) -> ModelList:

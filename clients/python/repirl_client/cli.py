@@ -9,12 +9,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import typing
 from pathlib import Path
 from typing import Any, List, Optional, Sequence
 
 from repirl_client._client import Client
 from repirl_client._exceptions import APIConnectionError, APIStatusError, RepirlError
 from repirl_client._version import __version__
+from repirl_client.types import Strategy
 
 EXAMPLES = """\
 examples:
@@ -114,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Sample solutions with the service's policy, scored step by step by the PRM. "
                                     "--stream prints one JSON line per search step, then the result.")
     add_question(sp)
-    sp.add_argument("--strategy", choices=["best-of-n", "beam", "dvts"])
+    sp.add_argument("--strategy", choices=list(typing.get_args(Strategy)))
     sp.add_argument("--n", type=int, help="samples (best-of-n) or candidates per step (beam/dvts)")
     sp.add_argument("--beam-width", type=int, help="beam/dvts: samples per kept beam (must divide n)")
     sp.add_argument("--max-steps", type=int)

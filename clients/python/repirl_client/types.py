@@ -9,18 +9,21 @@ from typing import Any, Dict, List, Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 Aggregation = Literal["mean-token", "min", "last", "prod", "sum"]
-Strategy = Literal["best-of-n", "beam", "dvts"]
+Strategy = Literal["best-of-n", "adaptive-best-of-n", "beam", "dvts", "particle-filtering", "particle-gibbs"]
+Resampling = Literal["systematic", "multinomial"]
 Select = Literal["naive", "weighted", "majority"]
 Voting = Literal["none", "weighted", "majority"]
 AggregateInput = Literal["raw", "probability"]  # what the aggregation reads: raw step rewards or p_correct
+EncodingFormat = Literal["float", "base64"]  # /pooling; vLLM's "bytes" forms are not JSON and are refused (400)
 
 __all__ = [
-    "AggregateInput", "Aggregation", "Strategy", "Select", "Voting", "RepirlModel", "ScoreResult", "ScoreUsage",
-    "ScoreResponse",
+    "AggregateInput", "Aggregation", "Resampling", "Strategy", "Select", "Voting", "RepirlModel", "ScoreResult",
+    "ScoreUsage", "ScoreResponse",
     "RerankResult", "RerankSelection", "RerankResponse", "SearchCandidate", "SearchResponse", "TreeCandidate",
     "SearchStepEvent", "SearchResultEvent", "SearchEvent", "ModelCard", "ModelList", "Health", "ChatMessage",
     "ChatResponseMessage", "ChatChoice", "ChatUsage", "SearchInfo", "ChatCompletion", "ChatDelta", "ChatChunkChoice",
-    "ChatCompletionChunk",
+    "ChatCompletionChunk", "EncodingFormat", "PoolingUsage", "PoolingResponseData", "PoolingResponse",
+    "ClassificationData", "ClassificationResponse",
 ]
 
 
@@ -145,13 +148,19 @@ class TreeCandidate(RepirlModel):
 
 
 class SearchStepEvent(RepirlModel):
-    """`event: step`: the candidates of one search step (kept beams, pruned ones, newly completed)."""
+    """`event: step`: the candidates of one search step (kept beams, pruned ones, newly completed). Particle
+    strategies: `beams` are the n particles, `weights` theirs, `ess` their effective sample size, `ancestors[i]` the
+    particle that new particle i copies (None: not resampled), `sweep` the particle-Gibbs sweep."""
 
     type: Literal["step"] = "step"
     step: int
     beams: List[TreeCandidate] = Field(default_factory=list)
     pruned: List[TreeCandidate] = Field(default_factory=list)
     completed: List[TreeCandidate] = Field(default_factory=list)
+    weights: Optional[List[float]] = None
+    ess: Optional[float] = None
+    ancestors: Optional[List[int]] = None
+    sweep: Optional[int] = None
 
 
 class SearchResultEvent(RepirlModel):
@@ -176,6 +185,9 @@ class ModelCard(RepirlModel):
     engine: Optional[str] = None
     default_aggregation: Optional[str] = None
     step_separator: Optional[str] = None
+    # the longest input in tokens, as vLLM's /v1/models says it: for a PRM the longest trajectory (prompt + steps)
+    # it scores (longer is a 413), for a policy prompt + generated tokens; None from servers that do not say
+    max_model_len: Optional[int] = None
 
 
 class ModelList(RepirlModel):
@@ -272,3 +284,65 @@ class ChatCompletionChunk(RepirlModel):
     usage: Optional[ChatUsage] = None
     search: Optional[SearchInfo] = None
     search_step: Optional[Dict[str, Any]] = None
+
+
+# ---- vLLM's /pooling and /classify (vllm/entrypoints/pooling/pooling/protocol.py, classify/protocol.py)
+class PoolingUsage(RepirlModel):
+    """vLLM's `UsageInfo`, plus repirl's `tokens_computed` and `cached_steps` (what the engine ran, what the step
+    cache gave)."""
+
+    prompt_tokens: int = 0
+    total_tokens: int = 0
+    completion_tokens: Optional[int] = 0
+    tokens_computed: int = 0
+    cached_steps: int = 0
+
+
+class PoolingResponseData(RepirlModel):
+    """One input's rows: step-tag PRMs `[1 - p, p]` per step tag, token formats `[value]` per token; with
+    `encoding_format="base64"` the rows flattened as float32 (`embed_dtype`) bytes in base64 (`decode()`)."""
+
+    index: int
+    object: str = "pooling"
+    data: Union[List[List[float]], List[float], str]
+
+    def decode(self, embed_dtype: Literal["float32", "float16"] = "float32",
+               endianness: Literal["native", "big", "little"] = "native") -> List[float]:
+        """The values, flattened: base64 decoded with the request's `embed_dtype` / `endianness`, float rows as is."""
+        if not isinstance(self.data, str):
+            return [v for row in self.data for v in (row if isinstance(row, list) else [row])]
+        import base64
+        import struct
+
+        raw = base64.b64decode(self.data)
+        code = {"float32": "f", "float16": "e"}[embed_dtype]
+        order = {"native": "=", "big": ">", "little": "<"}[endianness]
+        return list(struct.unpack(f"{order}{len(raw) // struct.calcsize(code)}{code}", raw))
+
+
+class PoolingResponse(RepirlModel):
+    id: str = ""  # always sent; the schema marks them optional (server-side defaults)
+    object: str = "list"
+    created: int = 0
+    model: str
+    data: List[PoolingResponseData]
+    usage: PoolingUsage
+
+
+class ClassificationData(RepirlModel):
+    """`probs`: `[1 - s, s]` for probability formats, `[s]` otherwise, s the PRM's score of the input (its default
+    aggregation); veRL's reward loop reads `probs[-1]`."""
+
+    index: int
+    label: Optional[str]
+    probs: List[float]
+    num_classes: int
+
+
+class ClassificationResponse(RepirlModel):
+    id: str = ""
+    object: str = "list"
+    created: int = 0
+    model: str
+    data: List[ClassificationData]
+    usage: PoolingUsage

@@ -9,7 +9,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from repirl.search import SearchParams
+from repirl.search import Budget, SearchParams
+from repirl.search.types import COUNT_LIMIT
 from server.api.types import Seed, Text
 
 
@@ -40,8 +41,8 @@ class ChatCompletionRequest(BaseModel):
     messages: list[ChatMessage] = Field(min_length=1)
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
-    max_tokens: int | None = Field(None, ge=1, description="caps each reasoning step (the search decides the steps)")
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(None, ge=1, le=COUNT_LIMIT, description="caps each reasoning step (the search decides the steps)")
+    max_completion_tokens: int | None = Field(None, ge=1, le=COUNT_LIMIT)
     seed: Seed | None = None
     n: int = Field(1, ge=1, le=1, description="one choice: the search's pick (use search.n for the sample budget)")
     stream: bool = Field(False, description="chat.completion.chunk events: the role at once, the chosen trajectory "
@@ -50,6 +51,8 @@ class ChatCompletionRequest(BaseModel):
     # repirl extensions
     search: SearchParams = Field(default_factory=lambda: SearchParams(strategy="best-of-n", n=4))
     prm: Text | None = Field(None, description="PRM name; default: the first loaded")
+    budget: Budget | None = Field(None, description="spending limits of the search (policy_tokens, prm_tokens, "
+                                  "seconds); replaces search.budget; `search.stats.stopped_by` names the one reached")
     return_trace: bool = False
 
 

@@ -46,6 +46,7 @@ def _make_job(state: AppState, req: ChatCompletionRequest) -> SearchJob:
         raise APIError(404, f"model {req.model!r} is not loaded (loaded: {loaded})", "model")
     overrides = {"temperature": req.temperature, "top_p": req.top_p, "seed": req.seed,
                  "max_step_tokens": req.max_completion_tokens or req.max_tokens}
+    overrides["budget"] = req.budget
     given = {k for k, v in overrides.items() if v is not None}
     params = req.search.model_copy(update={k: overrides[k] for k in given})
     try:

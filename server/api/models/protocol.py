@@ -16,6 +16,10 @@ class ModelCard(BaseModel):
     engine: str | None = None
     default_aggregation: str | None = None
     step_separator: str | None = None
+    # as vLLM's ModelCard (vllm/entrypoints/serve/engine/protocol.py): the longest input in tokens. A PRM: the longest
+    # trajectory (prompt + steps) it scores, its context or the service's `max_tokens` limit, whichever is smaller
+    # (longer is a 413); a policy: prompt + generated tokens
+    max_model_len: int | None = None
 
 
 class ModelList(BaseModel):

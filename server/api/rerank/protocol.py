@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from repirl.search.types import COUNT_LIMIT, TEMPERATURE_LIMIT
 from server.api.score.protocol import Aggregation
 from server.api.types import NonEmptyText, StrictModel, Text
 
@@ -21,9 +22,9 @@ class RerankRequest(StrictModel):
     candidates: list[NonEmptyText | StepsCandidate] = Field(min_length=1)
     aggregation: Aggregation | None = None
     voting: Literal["none", "weighted", "majority"] = "none"
-    vote_temperature: float = Field(1.0, gt=0.0, description="weighted vote with unbounded scores: weight = "
+    vote_temperature: float = Field(1.0, gt=0.0, le=TEMPERATURE_LIMIT, description="weighted vote with unbounded scores: weight = "
                                     "exp((score - max) / vote_temperature), as in search's `vote_temperature`")
-    top_n: int | None = Field(None, gt=0)
+    top_n: int | None = Field(None, gt=0, le=COUNT_LIMIT)
 
 
 class RerankResult(BaseModel):

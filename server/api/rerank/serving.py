@@ -5,6 +5,8 @@ answer beat those that do not."""
 
 from __future__ import annotations
 
+import asyncio
+
 from repirl.answers import extract_answer
 from repirl.scoring.aggregate import aggregate
 from repirl.scoring.formats import format_facts
@@ -16,12 +18,10 @@ from server.deps import AppState, get_runtime
 from server.errors import APIError
 
 
-async def serve_rerank(state: AppState, req: RerankRequest) -> RerankResponse:
-    limits = state.settings.limits
-    check_count("candidates", len(req.candidates), limits.max_candidates, "candidates")
-    runtime = get_runtime(state, req.model)
-    sep = runtime.config.step_separator
-    steps_list, texts = [], []
+def _parse_candidates(req: RerankRequest, limits, sep: str) -> tuple[list[list[str]], list[str | None]]:
+    """Each candidate's steps (a text is split at the PRM's separator) and its final answer (read one step per line,
+    whatever the PRM's separator)."""
+    steps_list, answers = [], []
     for i, cand in enumerate(req.candidates):
         if isinstance(cand, str):
             check_count(f"candidates[{i}]", len(cand), limits.max_chars * limits.max_steps, "characters")
@@ -30,14 +30,23 @@ async def serve_rerank(state: AppState, req: RerankRequest) -> RerankResponse:
                 raise APIError(422, f"candidates[{i}]: the text has no steps", f"candidates[{i}]")
         else:
             steps = cand.steps
-        texts.append("\n".join(steps))  # answers are read one step per line, whatever the PRM's separator
-        check_trajectory(limits, f"candidates[{i}]", req.question, steps)
+        check_trajectory(limits, f"candidates[{i}]", req.question, steps)  # lengths before any further parsing
+        answers.append(extract_answer("\n".join(steps)))
         steps_list.append(steps)
+    return steps_list, answers
+
+
+async def serve_rerank(state: AppState, req: RerankRequest) -> RerankResponse:
+    limits = state.settings.limits
+    check_count("candidates", len(req.candidates), limits.max_candidates, "candidates")
+    runtime = get_runtime(state, req.model)
+    # splitting and answer extraction parse user text: off the event loop (issue 22.1)
+    steps_list, answers = await asyncio.to_thread(_parse_candidates, req, limits, runtime.config.step_separator)
     how = req.aggregation or runtime.config.default_aggregation
     scored = await runtime.score([(req.question, s) for s in steps_list],
                                  [f"candidates[{i}]" for i in range(len(steps_list))])
     results = [RerankResult(index=i, score=aggregate(s.scores.step_rewards, how, s.scores.token_rewards),
-                            answer=extract_answer(texts[i]), step_rewards=s.scores.step_rewards)
+                            answer=answers[i], step_rewards=s.scores.step_rewards)
                for i, s in enumerate(scored)]
     ranked = sorted(results, key=lambda r: (-r.score, r.index))
     selected = _select(req, ranked, format_facts(runtime.config).is_probability)

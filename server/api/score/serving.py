@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from repirl.calibration import active_calibration
+from repirl.artifacts import active_calibration
 from repirl.scoring.aggregate import aggregate
 from server.api.limits import check_count, check_trajectory
 from server.api.score.protocol import ScoreRequest, ScoreResponse, ScoreResult, Usage
@@ -20,7 +20,7 @@ async def serve_score(state: AppState, req: ScoreRequest) -> ScoreResponse:
         check_trajectory(limits, param, item.question, item.steps)
     runtime = get_runtime(state, req.model)
     how = req.aggregation or runtime.config.default_aggregation
-    cal = calibration_for(runtime, req.aggregate_input)
+    cal = runtime.calibration_for(req.aggregate_input)
     scored = await runtime.score([(it.question, it.steps) for it in items], params)
     data = []
     for i, s in enumerate(scored):
@@ -36,12 +36,3 @@ async def serve_score(state: AppState, req: ScoreRequest) -> ScoreResponse:
                   cached_steps=sum(s.cached_steps for s in scored))
     return ScoreResponse(model=runtime.name, revision=runtime.scorer.revision, aggregation=how,
                          aggregate_input=req.aggregate_input, data=data, usage=usage)
-
-
-def calibration_for(runtime, aggregate_input: str):
-    """The PRM's calibration (None without one); 400 when the request aggregates probabilities and there is none."""
-    cal = active_calibration(runtime.config)
-    if cal is None and aggregate_input == "probability":
-        raise APIError(400, f"PRM {runtime.name!r} has no calibration (prm.json `calibration`; `repirl calibrate "
-                            "--prm DIR` fits one): aggregate_input 'probability' needs one", "aggregate_input")
-    return cal

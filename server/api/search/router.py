@@ -18,7 +18,8 @@ RESPONSES = {200: {"content": STREAM}, **responses(400, 404, 413, 422, 429, 499,
 
 @router.post("/v1/search", response_model=SearchResponse, responses=RESPONSES)
 async def search(req: SearchRequest, request: Request, state: StateDep):
-    """Step-level search (best-of-n | beam | dvts) with a policy and a PRM; `stream: true` answers with SSE."""
+    """Step-level search (best-of-n | adaptive-best-of-n | beam | dvts | particle-filtering | particle-gibbs) with a
+    policy and a PRM, optionally within a `budget`; `stream: true` answers with SSE."""
     return await serve_search(state, req, request)
 
 

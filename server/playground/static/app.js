@@ -9,7 +9,7 @@
   const state = { prms: {}, policy: null, connected: false, search: null, lastScore: {} };
   // What the page received and drew, for tests and debugging (counts only, never the key).
   const probe = (window.__playground = {
-    sseEvents: 0, stepEvents: 0, resultEvents: 0, errorEvents: 0, drawnAfterEvent: [],
+    sseEvents: 0, stepEvents: 0, resultEvents: 0, errorEvents: 0, drawnAfterEvent: [], resamplings: 0,
   });
 
   // ---- small DOM helpers (text goes in as text: steps and model output are never parsed as HTML) --------------
@@ -315,7 +315,12 @@
   }
   function onSearchEvent(event, data) {
     probe.sseEvents++;
-    if (event === "step") {
+    if (event === "step" && data.weights) {  // particle strategies: the n particles, their weights, resampling
+      probe.stepEvents++;
+      particleStep(data);
+      drawTree();
+      probe.drawnAfterEvent.push(drawnNodes());
+    } else if (event === "step") {
       probe.stepEvents++;
       for (const c of data.beams || []) upsert(c, "kept");
       for (const c of data.pruned || []) upsert(c, "pruned");
@@ -333,6 +338,22 @@
       setStatus("error", "error");
     }
     updateCounters();
+  }
+  // A particle's node carries its summed weight and, when the step resampled, how many copies it got: a particle
+  // without copies is drawn as pruned, references of particle Gibbs (the beams after the resampled ones) as kept.
+  function particleStep(data) {
+    const weight = new Map(), copies = new Map();
+    data.beams.forEach((c, i) => weight.set(c.id, (weight.get(c.id) || 0) + data.weights[i]));
+    const free = data.ancestors ? data.ancestors.length : data.beams.length;
+    for (const a of data.ancestors || []) copies.set(data.beams[a].id, (copies.get(data.beams[a].id) || 0) + 1);
+    data.beams.forEach((c, i) => {
+      const dropped = data.ancestors && i < free && !copies.has(c.id) && !c.finished;
+      upsert(c, c.finished ? "completed" : dropped ? "pruned" : "kept");
+      const n = tree.nodes.get(c.id);
+      n.weight = weight.get(c.id);
+      n.copies = data.ancestors ? copies.get(c.id) || 0 : undefined;
+    });
+    if (data.ancestors) probe.resamplings++;
   }
   function applyResult(r) {
     tree.result = r;
@@ -427,7 +448,10 @@
       t1.textContent = label.length > 20 ? label.slice(0, 19) + "\u2026" : label;
       const t2 = svgEl("text", { x: 6, y: 25, class: "r" });
       t2.textContent = n.root ? "" : (value !== undefined ? `${n.p !== undefined ? "p" : "r"} ${fmt(value)}` : "r …") +
-        (n.state === "completed" && n.answer ? `  \u2192 ${n.answer}` : "") + (n.pick ? "  \u2605" : "");
+        (n.state === "completed" && n.answer ? `  \u2192 ${n.answer}` : "") + (n.pick ? "  \u2605" : "") +
+        (n.weight !== undefined ? ` w${fmt(n.weight)}` : "") + (n.copies > 1 ? ` \u00d7${n.copies}` : "");
+      if (n.weight !== undefined) g.setAttribute("data-weight", String(n.weight));
+      if (n.copies !== undefined) g.setAttribute("data-copies", String(n.copies));
       g.append(t1, t2);
       boxes.append(g);
     }
@@ -484,10 +508,17 @@
       max_steps: num("search-max-steps"), temperature: num("search-temperature"), select: $("search-select").value,
       model: $("search-model").value, stream: true,
     };
-    if (body.strategy !== "best-of-n") body.beam_width = num("search-beam-width");
+    if (body.strategy === "beam" || body.strategy === "dvts") body.beam_width = num("search-beam-width");
+    if (body.strategy === "adaptive-best-of-n" && body.select === "naive") delete body.select;  // it needs a vote
+    if (body.strategy.startsWith("particle-")) {
+      body.ess_threshold = num("search-ess");
+      body.particle_temperature = num("search-ptemp");
+    }
+    if (body.strategy === "particle-gibbs") body.sweeps = 2;
     if ($("search-seed").value !== "") body.seed = num("search-seed");
     newTree(body.question);
-    Object.assign(probe, { sseEvents: 0, stepEvents: 0, resultEvents: 0, errorEvents: 0, drawnAfterEvent: [] });
+    Object.assign(probe, { sseEvents: 0, stepEvents: 0, resultEvents: 0, errorEvents: 0, drawnAfterEvent: [],
+      resamplings: 0 });
     $("search-result").replaceChildren();
     drawTree();
     updateCounters();
