@@ -37,6 +37,7 @@ _COMMANDS = {
     "train": ("trainer.train_cli", "train"),
     "eval": ("trainer.eval_cli", "eval_app"),  # a group: its callback is `repirl eval`, plus `eval processbench`
     "calibrate": ("trainer.calibrate_cli", "calibrate"),
+    "sweep": ("trainer.sweep_cli", "sweep"),
     "serve": ("server.cli", "serve"),
 }
 

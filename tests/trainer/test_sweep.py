@@ -1,0 +1,124 @@
+"""`repirl sweep` (issue 24): variants from --vary, recipes validated before anything trains, runs trained by the
+trainer's own CLI and found again on a re-run, and a table whose figures are the evaluation's own."""
+
+from __future__ import annotations
+
+import json
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from trainer.config import ConfigError
+from trainer.sweep import BASE, Row, baselines, best_variant, parse_vary, plan, render_table, slug, summarise
+
+
+def test_vary_makes_one_variant_per_value_with_yaml_values():
+    variants = parse_vary(["prm.lr=3e-6,3e-5", "prm.max_weight_ratio=null", "filters.accuracy_window=[0.1, 0.9]"])
+    assert [v.key for v in variants] == [BASE, "prm.lr=3e-6", "prm.lr=3e-5", "prm.max_weight_ratio=null",
+                                         "filters.accuracy_window=[0.1, 0.9]"]
+    assert variants[1].overrides == {"prm": {"lr": 3e-6}}
+    assert variants[3].overrides == {"prm": {"max_weight_ratio": None}}
+    assert variants[4].overrides == {"filters": {"accuracy_window": [0.1, 0.9]}}
+    assert slug(variants[1]) == "prm_lr-3e-6"
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        parse_vary(["prm.lr"])
+
+
+def test_a_bad_key_fails_the_plan_naming_the_variant_the_file_and_the_key(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"name": "x", "policy": "tiny"}))
+    runs = plan(recipe, parse_vary(["iterations=3"]), [0, 1], "sw", tmp_path / "runs")
+    assert [r.name for r in runs] == ["sw-base-s0", "sw-base-s1", "sw-iterations-3-s0", "sw-iterations-3-s1"]
+    assert [r.cfg.iterations for r in runs] == [10, 10, 3, 3] and runs[3].cfg.seed == 1
+    assert runs[0].run_dir == tmp_path / "runs" / "sw-base-s0"
+    with pytest.raises(ConfigError) as e:
+        plan(recipe, parse_vary(["prm.lrr=1e-5"]), [0], "sw", tmp_path / "runs")
+    assert "--vary prm.lrr=1e-5" in str(e.value) and str(recipe) in str(e.value) and "lrr" in str(e.value)
+
+
+def _results(curves_in: dict, curves_hard: dict, f1: dict) -> dict:
+    def setting(key, extra):
+        return {"task_key": key, "curves": {"majority vote": {"4": 0.2}, "policy likelihood rerank": {"4": 0.3},
+                                            "PRM rerank: untrained": {"4": 0.1},
+                                            **{f"PRM rerank: {k}": {"4": v} for k, v in extra.items()}}}
+    return {"bestofn": {"in-distribution, T=0.8": setting("in_dist", curves_in),
+                        "harder, T=0.8": setting("harder", curves_hard)},
+            "steperror": {"sources": {"corrupted references (in-distribution)": {"prms": {}},
+                                      "policy samples (in_dist + harder)": {"prms": {
+                                          "policy likelihood (baseline, no training)": {"f1": 0.5},
+                                          **{k: {"f1": v} for k, v in f1.items()}}}}}}
+
+
+def test_rows_average_each_variants_seeds_and_margins_use_the_better_baseline(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"name": "x", "policy": "tiny"}))
+    runs = plan(recipe, parse_vary(["iterations=3"]), [0, 1], "sw", tmp_path / "runs")
+    names = [r.name for r in runs]
+    results = _results(dict(zip(names, [0.4, 0.6, 0.3, 0.3])), dict(zip(names, [0.1, 0.2, 0.4, 0.2])),
+                       dict(zip(names, [0.6, 0.7, 0.4, 0.5])))
+    base = baselines(results, 4)
+    assert base["harder best baseline"] == 0.3 and base["F1 likelihood"] == 0.5  # max(majority, likelihood)
+    rows = summarise(results, runs, 4)
+    assert [r.variant for r in rows] == [BASE, "iterations=3"]
+    assert rows[0].bo_in == [0.4, 0.6] and rows[1].bo_hard == [0.4, 0.2] and rows[0].greedy_after == [None, None]
+    table = render_table(rows, base, 4).splitlines()
+    assert table[2].split("|")[3].strip() == "0.500 (0.400-0.600)"
+    assert table[2].split("|")[6].strip() == "+0.150" and table[3].split("|")[6].strip() == "-0.050"
+    assert best_variant(rows, base).variant == BASE  # (0.15 - 0.3) + 0.15 + (0.5 - 0.3) = 0.2 > 0 - 0.05 + 0
+
+
+def test_the_best_variant_is_the_largest_summed_margin():
+    base = {"harder best baseline": 0.1, "F1 likelihood": 0.5, "in-distribution best baseline": 0.4}
+    a = Row("a", [0, 1], bo_in=[0.5, 0.5], bo_hard=[0.1, 0.1], f1=[0.5, 0.5], greedy_after=[None, None])
+    b = Row("b", [0, 1], bo_in=[0.4, 0.4], bo_hard=[0.2, 0.2], f1=[0.55, 0.55], greedy_after=[None, None])
+    assert best_variant([a, b], base).variant == "b"  # 0.1 + 0.05 + 0 > 0 + 0 + 0.1
+
+
+def test_repirl_sweep_trains_evaluates_and_resumes(tmp_path, tiny_policy_dir, tiny_prm_dir):
+    """Two variants x one seed of a recipe that trains in seconds, then a fast evaluation on tiny problems. The
+    table's figures are checked against results.json (the evaluation's own record), and a second call trains
+    nothing."""
+    from repirl.cli import app
+    from tests.trainer.conftest import small_recipe
+
+    raw = small_recipe(tmp_path, tiny_policy_dir, iterations=1, eval_problems=2)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "docs" / "sweep.md"
+    args = ["sweep", "--config", str(recipe), "--vary", "prm.lr=3e-5", "--seeds", "0", "--prefix", "sw",
+            "--runs-dir", str(tmp_path / "runs"), "--untrained", str(tiny_prm_dir), "--policy", str(tiny_policy_dir),
+            "--problems", "2", "--dev-problems", "2", "--n", "2", "--subsets", "1", "--max-steps", "2",
+            "--max-step-tokens", "3", "--engine", "transformers",
+            "--out", str(out)]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    for name in ("sw-base-s0", "sw-prm_lr-3e-5-s0"):
+        assert (tmp_path / "runs" / name / "summary.json").is_file()
+    trained = yaml.safe_load((out.parent / "results" / "recipes" / "sw-prm_lr-3e-5-s0.yaml").read_text())
+    assert trained["prm"]["lr"] == 3e-5 and trained["iterations"] == 1
+    results = json.loads((out.parent / "results" / "results.json").read_text())
+    hard = next(s for s in results["bestofn"].values() if s["task_key"] == "harder")["curves"]
+    text = out.read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| prm.lr=3e-5 |"))
+    assert f"{hard['PRM rerank: sw-prm_lr-3e-5-s0']['2']:.3f}" in row.split("|")[4]
+    # a random policy is never right, so there is no balanced set of its samples to score F1 on: n/a, not a number
+    assert not any(k.startswith("policy samples") for k in results["steperror"]["sources"])
+    assert next(line for line in text.splitlines() if line.startswith("| base |")).split("|")[5].strip() == "n/a"
+    assert "Best variant" in text and (out.parent / "results" / "sweep.png").stat().st_size > 1000
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0, again.output
+    assert "2 of 2 runs already trained, 0 to train" in again.output
+    results2 = json.loads((out.parent / "results" / "results.json").read_text())  # the same cached samples
+    assert next(s for s in results2["bestofn"].values() if s["task_key"] == "harder")["curves"] == hard
+
+
+def test_sweep_errors_name_the_option(tmp_path):
+    from repirl.cli import app
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"name": "x", "policy": "tiny"}))
+    res = CliRunner().invoke(app, ["sweep", "--config", str(recipe), "--vary", "prm.lrr=1", "--runs-dir",
+                                   str(tmp_path)])
+    assert res.exit_code == 2 and "prm.lrr" in res.output
+    res = CliRunner().invoke(app, ["sweep", "--config", str(recipe), "--seeds", "a", "--runs-dir", str(tmp_path)])
+    assert res.exit_code == 2 and "--seeds" in res.output
