@@ -203,13 +203,29 @@ def _fmt(values: list) -> str:
     return f"{mean(got):.3f}{spread}"
 
 
+def summed_margin(r: Row, base: dict[str, float]) -> float:
+    """Harder best-of-n over the best baseline + F1 over the likelihood + in-distribution best-of-n over the best
+    baseline, means over seeds (a margin with no figure counts 0)."""
+    return (_margin(r.bo_hard, base["harder best baseline"]) + _margin(r.f1, base["F1 likelihood"])
+            + _margin(r.bo_in, base["in-distribution best baseline"]))
+
+
+def keeps_the_policy(r: Row) -> bool:
+    """The issue's policy target: greedy pass@1 after training at or above the SFT start (mean over seeds)."""
+    after = _mean(r.greedy_after)
+    return after is None or r.greedy_before is None or after >= r.greedy_before
+
+
 def best_variant(rows: list[Row], base: dict[str, float]) -> Row:
-    """The recipe the sweep recommends: the most targets' margins summed (harder best-of-n over the best baseline,
-    F1 over the likelihood, in-distribution best-of-n over the best baseline), means over seeds."""
-    def score(r: Row) -> float:
-        return (_margin(r.bo_hard, base["harder best baseline"]) + _margin(r.f1, base["F1 likelihood"])
-                + _margin(r.bo_in, base["in-distribution best baseline"]))
-    return max(rows, key=score)
+    """The recipe the sweep recommends: the largest summed margin among the variants that keep the policy at or
+    above its start (all variants when none does)."""
+    eligible = [r for r in rows if keeps_the_policy(r)] or rows
+    return max(eligible, key=lambda r: summed_margin(r, base))
+
+
+def standard_error(p: float, problems: int) -> float:
+    """Of one accuracy figure over `problems` problems (binomial): what a difference between variants must exceed."""
+    return (p * (1 - p) / problems) ** 0.5
 
 
 def _signed(values: list, ref: float | None) -> str:

@@ -6,6 +6,7 @@ import json
 import shlex
 import sys
 from pathlib import Path
+from statistics import mean
 
 import typer
 
@@ -43,7 +44,8 @@ def sweep(
     from repirl.artifacts import atomic_write_text
     from repirl.vllm_setup import quiet_logs
     from trainer.config import ConfigError
-    from trainer.sweep import best_variant, baselines, parse_vary, plan, plot, render_table, summarise, train_missing
+    from trainer.sweep import (baselines, best_variant, keeps_the_policy, parse_vary, plan, plot, render_table,
+                               standard_error, summarise, summed_margin, train_missing)
 
     console = Console(stderr=True)
     try:
@@ -95,7 +97,13 @@ def sweep(
         "the range in brackets.", "",
         render_table(rows, base, n), "",
         "![sweep](results/sweep.png)", "",
-        f"Best variant by the summed margins over the baselines (harder, F1, in distribution): **{best.variant}**.",
+        f"Best variant: **{best.variant}**, summed margin {summed_margin(best, base):+.3f} over the baselines "
+        f"(harder best-of-{n} + F1 - likelihood + in-distribution best-of-{n}; base "
+        f"{summed_margin(rows[0], base):+.3f}), among the variants whose policy ends at or above its SFT start "
+        f"(greedy){'' if keeps_the_policy(best) else ' (none does: all were eligible)'}. For scale: one best-of-{n} "
+        f"figure here has a standard error of about {standard_error(mean(rows[0].bo_in), problems):.3f} in "
+        f"distribution and {standard_error(max(mean(rows[0].bo_hard), 1 / problems), problems):.3f} on the harder "
+        "split, per seed.",
         "", "```bash", *results.get("commands", []), "```", ""])
     atomic_write_text(out, text)
     console.print(f"wrote {out} and {data_dir}/")

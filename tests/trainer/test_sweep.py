@@ -72,6 +72,9 @@ def test_the_best_variant_is_the_largest_summed_margin():
     a = Row("a", [0, 1], bo_in=[0.5, 0.5], bo_hard=[0.1, 0.1], f1=[0.5, 0.5], greedy_after=[None, None])
     b = Row("b", [0, 1], bo_in=[0.4, 0.4], bo_hard=[0.2, 0.2], f1=[0.55, 0.55], greedy_after=[None, None])
     assert best_variant([a, b], base).variant == "b"  # 0.1 + 0.05 + 0 > 0 + 0 + 0.1
+    b.greedy_before, b.greedy_after = 0.47, [0.45, 0.47]  # b's policy ends below its start: a is recommended
+    a.greedy_before, a.greedy_after = 0.47, [0.47, 0.48]
+    assert best_variant([a, b], base).variant == "a"
 
 
 def test_repirl_sweep_trains_evaluates_and_resumes(tmp_path, tiny_policy_dir, tiny_prm_dir):
