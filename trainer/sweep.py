@@ -112,7 +112,7 @@ def train_missing(runs: list[PlannedRun], recipes_dir: Path, log: Callable[[str]
         recipe = recipes_dir / f"{run.name}.yaml"
         atomic_write_text(recipe, yaml.safe_dump(run.cfg.model_dump(mode="json"), sort_keys=False))
         cmd = [sys.executable, "-m", "trainer.train_cli", "--config", str(recipe), "--no-progress"]
-        if (run.run_dir / "checkpoints").is_dir():
+        if (run.run_dir / "config.yaml").is_file():  # started before: resume (from scratch when no checkpoint yet)
             cmd.append("--resume")
         log(f"sweep: [{i}/{len(todo)}] training {run.name} ({run.variant.key}, seed {run.seed})")
         # the repo first on PYTHONPATH: `python -m trainer.train_cli` works from any working directory

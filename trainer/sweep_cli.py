@@ -30,8 +30,8 @@ def sweep(
     max_step_tokens: int = typer.Option(32, min=1, help="Tokens per step in the evaluation's samples."),
     max_steps: int = typer.Option(8, min=1, help="Steps before an evaluation sample is cut (and counted wrong)."),
     engine: str = typer.Option("auto", help="Policy engine of the evaluation: auto | vllm | transformers."),
-    out: Path = typer.Option(Path("docs/measurements/sweep/sweep.md"), help="Markdown table; the plot, results.json "
-                             "and the recipes go to <out dir>/results/."),
+    out: Path = typer.Option(Path("runs/sweep/sweep.md"), help="Markdown table; the plot, results.json and the "
+                             "recipes go to <out dir>/results/."),
     report_only: bool = typer.Option(False, "--report-only", help="Re-render from results.json; train nothing."),
 ) -> None:
     """Sweep a recipe one factor at a time: train every variant for every seed (skipping runs already trained;
@@ -69,7 +69,11 @@ def sweep(
             raise typer.BadParameter(f"--report-only: {results_json} does not exist; run `repirl sweep` first")
         results = json.loads(results_json.read_text())
     else:
-        train_missing(runs, data_dir / "recipes", log)
+        try:
+            train_missing(runs, data_dir / "recipes", log)
+        except RuntimeError as e:  # a run that failed: its recipe, exit code and last lines; the runs before it stay
+            console.print(f"[red]sweep error:[/red] {escape(str(e))}", soft_wrap=True)
+            raise typer.Exit(1)
         from trainer.evaluation.pipeline import EvalConfig, run_evaluation
 
         prms = {"untrained": str(untrained), **{r.name: str(r.run_dir / "prm") for r in runs}}

@@ -115,6 +115,19 @@ def test_repirl_sweep_trains_evaluates_and_resumes(tmp_path, tiny_policy_dir, ti
     assert next(s for s in results2["bestofn"].values() if s["task_key"] == "harder")["curves"] == hard
 
 
+def test_a_run_that_fails_stops_the_sweep_naming_its_recipe(tmp_path, tiny_prm_dir):
+    from repirl.cli import app
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"name": "x", "policy": str(tmp_path / "no-such-policy")}))
+    res = CliRunner().invoke(app, ["sweep", "--config", str(recipe), "--seeds", "0", "--prefix", "f", "--runs-dir",
+                                   str(tmp_path / "runs"), "--untrained", str(tiny_prm_dir), "--out",
+                                   str(tmp_path / "out" / "s.md")])
+    assert res.exit_code == 1, res.output
+    assert "training f-base-s0 failed" in res.output and "f-base-s0.yaml" in res.output
+    assert not (tmp_path / "out" / "s.md").exists()
+
+
 def test_sweep_errors_name_the_option(tmp_path):
     from repirl.cli import app
 
