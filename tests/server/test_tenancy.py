@@ -98,7 +98,11 @@ def test_api_key_scope_reaches_the_search_thread(tmp_path, redis_main):
         assert stats(API_KEY)["cache_hits"] > 0  # the same seeded search again: this key's own entries
         other = stats(HASHED_ONLY_KEY)
         assert other["cache_hits"] == 0, "the search thread read another key's cached steps"
-        # nor the PRM's KV prefix cache (issue 22.6): key B's search computes what key A's first one did
-        assert other["prm_tokens_computed"] == first["prm_tokens_computed"] > 0
+        # nor the PRM's KV prefix cache (issue 22.6): key B's search, on a cache cold for B, computes at least its own
+        # tree's unique tokens (stats.tree_tokens, the lower bound), as key A's first one did; reading A's cached
+        # prefixes it would compute almost none. Not an equality: how a search's candidates fall into micro-batches
+        # depends on timing and changes how much of its own tree one forward reuses (144 vs 108 measured under load)
+        assert first["prm_tokens_computed"] >= first["tree_tokens"] > 0
+        assert other["prm_tokens_computed"] >= other["tree_tokens"] == first["tree_tokens"]
     finally:
         srv.stop()
