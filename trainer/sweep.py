@@ -284,3 +284,29 @@ def plot(rows: list[Row], base: dict[str, float], n: int, path: Path) -> None:
     fig.savefig(tmp, dpi=110)
     plt.close(fig)
     tmp.replace(path)
+
+
+def render_report(rows: list[Row], base: dict[str, float], results: dict, *, config: Path, seeds: list[int],
+                  problems: int, n: int, temperature: float, dev_problems: int) -> str:
+    """The sweep's markdown: what was run, the table, the plot, the recommendation with the noise beside it, and the
+    command (from results.json)."""
+    best = best_variant(rows, base)
+    seconds = results.get("section_seconds", {})
+    return "\n".join([
+        "# rePIRL recipe sweep (written by `repirl sweep`)", "",
+        f"Recipe `{config}`, one factor at a time; seeds {', '.join(map(str, seeds))}; held-out problems: "
+        f"{problems} per split, {n} samples each at T={temperature} (the same samples for every PRM); F1 on the "
+        f"policy's own samples, thresholds from {dev_problems} dev problems. Evaluation time "
+        f"{sum(seconds.values()):.0f} s on this machine (per section: "
+        f"{', '.join(f'{k} {v} s' for k, v in seconds.items())}), training not counted. Means over seeds with "
+        "the range in brackets.", "",
+        render_table(rows, base, n), "",
+        "![sweep](results/sweep.png)", "",
+        f"Best variant: **{best.variant}**, summed margin {summed_margin(best, base):+.3f} over the baselines "
+        f"(harder best-of-{n} + F1 - likelihood + in-distribution best-of-{n}; base "
+        f"{summed_margin(rows[0], base):+.3f}), among the variants whose policy ends at or above its SFT start "
+        f"(greedy){'' if keeps_the_policy(best) else ' (none does: all were eligible)'}. For scale: one best-of-{n} "
+        f"figure here has a standard error of about {standard_error(mean(rows[0].bo_in), problems):.3f} in "
+        f"distribution and {standard_error(max(mean(rows[0].bo_hard), 1 / problems), problems):.3f} on the harder "
+        "split, per seed.",
+        "", "```bash", *results.get("commands", []), "```", ""])

@@ -6,7 +6,6 @@ import json
 import shlex
 import sys
 from pathlib import Path
-from statistics import mean
 
 import typer
 
@@ -44,8 +43,7 @@ def sweep(
     from repirl.artifacts import atomic_write_text
     from repirl.vllm_setup import quiet_logs
     from trainer.config import ConfigError
-    from trainer.sweep import (baselines, best_variant, keeps_the_policy, parse_vary, plan, plot, render_table,
-                               standard_error, summarise, summed_margin, train_missing)
+    from trainer.sweep import baselines, parse_vary, plan, plot, render_report, summarise, train_missing
 
     console = Console(stderr=True)
     try:
@@ -89,25 +87,7 @@ def sweep(
     base = baselines(results, n)
     rows = summarise(results, runs, n)
     plot(rows, base, n, data_dir / "sweep.png")
-    best = best_variant(rows, base)
-    seconds = results.get("section_seconds", {})
-    text = "\n".join([
-        "# rePIRL recipe sweep (written by `repirl sweep`)", "",
-        f"Recipe `{config}`, one factor at a time; seeds {', '.join(map(str, seed_list))}; held-out problems: "
-        f"{problems} per split, {n} samples each at T={temperature} (the same samples for every PRM); F1 on the "
-        f"policy's own samples, thresholds from {dev_problems} dev problems. Evaluation time "
-        f"{sum(seconds.values()):.0f} s on this machine (per section: "
-        f"{', '.join(f'{k} {v} s' for k, v in seconds.items())}), training not counted. Means over seeds with "
-        "the range in brackets.", "",
-        render_table(rows, base, n), "",
-        "![sweep](results/sweep.png)", "",
-        f"Best variant: **{best.variant}**, summed margin {summed_margin(best, base):+.3f} over the baselines "
-        f"(harder best-of-{n} + F1 - likelihood + in-distribution best-of-{n}; base "
-        f"{summed_margin(rows[0], base):+.3f}), among the variants whose policy ends at or above its SFT start "
-        f"(greedy){'' if keeps_the_policy(best) else ' (none does: all were eligible)'}. For scale: one best-of-{n} "
-        f"figure here has a standard error of about {standard_error(mean(rows[0].bo_in), problems):.3f} in "
-        f"distribution and {standard_error(max(mean(rows[0].bo_hard), 1 / problems), problems):.3f} on the harder "
-        "split, per seed.",
-        "", "```bash", *results.get("commands", []), "```", ""])
+    text = render_report(rows, base, results, config=config, seeds=seed_list, problems=problems, n=n,
+                         temperature=temperature, dev_problems=dev_problems)
     atomic_write_text(out, text)
     console.print(f"wrote {out} and {data_dir}/")
