@@ -70,6 +70,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     args = ap.parse_args()
 
+    from repirl.artifacts import load_prm_config, scoring_revision
     from repirl.policy import load_policy
     from repirl.scoring.loader import load_scorer
     from repirl.tasks.arithmetic import ArithmeticTask
@@ -130,6 +131,7 @@ def main() -> int:
     ok = b >= a - 2 * se
     figures = {"problems": m, "n": args.n, "temperature": args.temperature, "engine": args.engine,
                "task": "harder" if args.harder else "in-distribution", "policy": str(args.policy), "prm": str(args.prm),
+               "prm_revision": scoring_revision(load_prm_config(args.prm)),
                "evaluator_accuracy": a, "service_accuracy": b, "same_answer": same, "same_solution": same_pick, "difference": b - a,
                "two_se": 2 * se, "evaluator_seconds": round(t_eval, 1), "service_seconds": round(t_service, 1),
                "passed": ok}

@@ -59,13 +59,14 @@ def _nested(dotted: str, value) -> dict:
 
 def parse_vary(values: list[str]) -> list[Variant]:
     """`prm.lr=3e-6,3e-5` -> two variants. Values are YAML scalars (`null`, `false`, `60`, `[0.2, 0.8]` are what a
-    recipe would hold); a list value is written in brackets and is not split on its commas."""
+    recipe would hold); a list or mapping value is written in brackets or braces and is not split on its commas
+    (`task={max_ops: 4, max_operand: 40}`: one variant, merged into the recipe's task like any override)."""
     variants = [Variant(BASE)]
     for spec in values:
         key, sep, raw = spec.partition("=")
         if not sep or not key.strip() or not raw.strip():
             raise ValueError(f"--vary {spec!r}: expected KEY=VALUE[,VALUE...], e.g. prm.lr=3e-6,3e-5")
-        items = [raw] if raw.strip().startswith("[") else [v for v in raw.split(",") if v.strip()]
+        items = [raw] if raw.strip()[:1] in ("[", "{") else [v for v in raw.split(",") if v.strip()]
         for item in items:
             value = yaml.safe_load(item)
             if isinstance(value, str):  # YAML 1.1 reads 3e-6 (no dot) as a string; a recipe author means a number

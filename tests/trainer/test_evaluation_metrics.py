@@ -131,3 +131,25 @@ def test_policy_target_compares_seed_means():
     assert "(+1.5 points, spread 0.010 / 0.010): **met**" in text
     assert "(+1.0 points, spread 0.020 / 0.020): **missed**" in text
     assert policy_target([alg("repirl", 0.6, 0.5)]) == []  # no RLOO run: no verdict
+
+
+def test_service_section_compares_with_section_1_only_for_the_same_weights():
+    """docs/results.md section 6: service_check.json may come from an earlier training of the same run folder; its
+    accuracy is set beside section 1's only when the PRM revisions match."""
+    from trainer.evaluation.report_text import section_service
+
+    check = {"problems": 40, "n": 16, "temperature": 0.8, "engine": "hf", "task": "in-distribution",
+             "policy": "runs/demo/policy", "prm": "runs/demo-repirl/prm", "evaluator_accuracy": 0.5,
+             "service_accuracy": 0.5, "same_answer": 40, "same_solution": 40, "two_se": 0.2, "passed": True,
+             "prm_revision": "abc"}
+    curve = {"1": 0.3, "16": 0.55}
+    results = {"config": {"prms": {"rePIRL": "runs/demo-repirl/prm"}},
+               "bestofn": {"in-distribution, T=0.8": {"curves": {"PRM rerank: rePIRL": curve},
+                                                      "samples_per_problem": 32, "problems": 100}}}
+    same = "\n".join(section_service(check, {**results, "prm_revisions": {"rePIRL": "abc"}}))
+    other = "\n".join(section_service(check, {**results, "prm_revisions": {"rePIRL": "def"}}))
+    unrecorded = "\n".join(section_service({k: v for k, v in check.items() if k != "prm_revision"}, results))
+    assert "Section 1 reports 0.550 for the same PRM (revision abc)" in same
+    for text in (other, unrecorded):
+        assert "Section 1 reports" not in text and "is not compared with section 1's" in text
+    assert "revision abc" in other and "revision def" in other and "revision not recorded" in unrecorded

@@ -24,6 +24,17 @@ def test_vary_makes_one_variant_per_value_with_yaml_values():
         parse_vary(["prm.lr"])
 
 
+def test_a_mapping_value_is_one_variant_merged_into_the_recipe(tmp_path):
+    (base, wide) = parse_vary(["task={max_ops: 4, max_operand: 40}"])
+    assert wide.overrides == {"task": {"max_ops": 4, "max_operand": 40}}
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"name": "x", "policy": "tiny", "task": {"min_ops": 1, "train_size": 50}}))
+    runs = plan(recipe, [base, wide], [0], "sw", tmp_path / "runs")
+    task = runs[1].cfg.task
+    assert (task.min_ops, task.max_ops, task.max_operand, task.train_size) == (1, 4, 40, 50)
+    assert runs[0].cfg.task.max_ops == 3
+
+
 def test_a_bad_key_fails_the_plan_naming_the_variant_the_file_and_the_key(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(yaml.safe_dump({"name": "x", "policy": "tiny"}))

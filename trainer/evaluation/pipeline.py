@@ -69,6 +69,8 @@ def run_evaluation(cfg: EvalConfig, out_json: Path, log: Callable[[str], None] =
     policy = load_policy(cfg.policy, engine=cfg.policy_engine) if need_policy else None
     scorers = {name: load_scorer(path, engine=cfg.prm_engine, name=name) for name, path in cfg.prms.items()} \
         if {"bestofn", "steperror", "search"} & set(cfg.sections) else {}
+    if scorers:  # which weights each name meant in this run (section 6's check compares it with the one it served)
+        results["prm_revisions"] = {name: getattr(s, "revision", None) for name, s in scorers.items()}
     in_dist = bestofn.policy_task_config(policy) if policy is not None else None
 
     if "bestofn" in cfg.sections or "steperror" in cfg.sections:
