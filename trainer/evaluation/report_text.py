@@ -200,8 +200,9 @@ def section_service(c: dict, r: dict) -> list[str]:
                  f"problems, other seeds): they differ by {_f(abs(curve_n - c['service_accuracy']))}, against a "
                  f"standard error of the difference of about {_f(c['two_se'] / 2)} at {c['problems']} problems.", ""]
     else:
-        extra = [f"This check ran with the PRM at `{c['prm']}` as it was then (revision {checked or 'not recorded'}), "
-                 f"not necessarily the one section 1 evaluated (revision {evaluated or 'not recorded'}): its "
+        extra = [f"This check ran with the policy and PRM at those paths as they were then (PRM revision "
+                 f"{checked or 'not recorded'}), not necessarily the ones section 1 evaluated (revision "
+                 f"{evaluated or 'not recorded'}; `make report` and `make serve` retrain them on each machine): its "
                  "accuracy is not compared with section 1's; the agreement between evaluator and service above "
                  "is the check.", ""]
     return ["## 6. The service gives what the evaluator measures", "",
