@@ -166,13 +166,17 @@ class Row:
     bo_in: list[float]  # PRM rerank best-of-n, in distribution, one per seed
     bo_hard: list[float]
     f1: list[float | None]  # first-error F1 on policy samples (None: no balanced set)
-    greedy_after: list[float | None]  # the run's own held-out greedy pass@1 after training (summary.json)
-    greedy_before: float | None = None
+    # greedy pass@1 after training: on the evaluation's held-out problems (results.json `policies`, the same for
+    # every run) when it measured them, else the run's own held-out check (summary.json)
+    greedy_after: list[float | None]
+    greedy_before: float | None = None  # the start policy's, measured the same way
 
 
-def summarise(results: dict, runs: list[PlannedRun], n: int) -> list[Row]:
+def summarise(results: dict, runs: list[PlannedRun], n: int, start: str | None = None) -> list[Row]:
+    """start: the run folder name of the policy every recipe starts from, as results.json `policies` names it."""
     ins, hard = _setting(results, IN_DIST)["curves"], _setting(results, HARDER)["curves"]
     step = _steperror_prms(results)
+    measured = {r["run"]: r["greedy"] for r in (results.get("policies") or {}).get("runs", [])}
     rows: dict[str, Row] = {}
     for run in runs:
         row = rows.setdefault(run.variant.key, Row(run.variant.key, [], [], [], [], []))
@@ -181,9 +185,21 @@ def summarise(results: dict, runs: list[PlannedRun], n: int) -> list[Row]:
         row.bo_in.append(ins[f"PRM rerank: {run.name}"][str(n)])
         row.bo_hard.append(hard[f"PRM rerank: {run.name}"][str(n)])
         row.f1.append(step.get(run.name, {}).get("f1"))
-        row.greedy_after.append(summary.eval_accuracy_greedy if summary else None)
-        row.greedy_before = summary.eval_accuracy_greedy_before if summary else row.greedy_before
+        if run.name in measured:
+            row.greedy_after.append(measured[run.name])
+            row.greedy_before = measured.get(start, row.greedy_before)
+        else:
+            row.greedy_after.append(summary.eval_accuracy_greedy if summary else None)
+            row.greedy_before = summary.eval_accuracy_greedy_before if summary else row.greedy_before
     return list(rows.values())
+
+
+def greedy_source(results: dict) -> str:
+    pol = results.get("policies")
+    if pol:
+        return (f"greedy pass@1 on {pol['problems']} held-out problems of the start policy's task, the same for "
+                "every run (repirl eval's policies section)")
+    return "greedy pass@1 from each run's own held-out check (summary.json)"
 
 
 def _mean(values: list) -> float | None:
@@ -273,8 +289,9 @@ def plot(rows: list[Row], base: dict[str, float], n: int, path: Path) -> None:
         if base[ref] is not None:
             ax.axvline(base[ref], color="tab:red", linestyle="--",
                        label="best baseline" if attr != "f1" else "likelihood")
-            ax.legend(loc="lower right", fontsize=8)
+            ax.legend(loc="best", fontsize=8)  # not over a seed's dot
         ax.set_title(title)
+        ax.margins(x=0.1)  # a seed at the extreme stays inside the frame
         ax.grid(axis="x", alpha=0.3)
     axes[0].set_yticks(list(ys), [r.variant for r in rows])
     axes[0].invert_yaxis()
@@ -299,8 +316,8 @@ def render_report(rows: list[Row], base: dict[str, float], results: dict, *, con
         f"{problems} per split, {n} samples each at T={temperature} (the same samples for every PRM); F1 on the "
         f"policy's own samples, thresholds from {dev_problems} dev problems. Evaluation time "
         f"{sum(seconds.values()):.0f} s on this machine (per section: "
-        f"{', '.join(f'{k} {v} s' for k, v in seconds.items())}), training not counted. Means over seeds with "
-        "the range in brackets.", "",
+        f"{', '.join(f'{k} {v} s' for k, v in seconds.items())}), training not counted; "
+        f"{greedy_source(results)}. Means over seeds with the range in brackets.", "",
         render_table(rows, base, n), "",
         "![sweep](results/sweep.png)", "",
         f"Best variant: **{best.variant}**, summed margin {summed_margin(best, base):+.3f} over the baselines "

@@ -75,7 +75,12 @@ def sweep(
         from trainer.evaluation.pipeline import EvalConfig, run_evaluation
 
         prms = {"untrained": str(untrained), **{r.name: str(r.run_dir / "prm") for r in runs}}
-        cfg = EvalConfig(policy=policy, prms=prms, sections=("bestofn", "steperror"), problems=problems,
+        # every policy's greedy pass@1 on the same held-out problems of the start policy's task (a variant that
+        # changes `task` checks itself on other problems in summary.json), the start included when it is a run's
+        # policy/ folder
+        start = [str(Path(policy).parent)] if Path(policy).name == "policy" else []
+        cfg = EvalConfig(policy=policy, prms=prms, sections=("bestofn", "steperror", "policies"), problems=problems,
+                         runs=start + [str(r.run_dir) for r in runs], policy_problems=problems, policy_samples=1,
                          dev_problems=dev_problems, n=n, temperatures=(temperature,), n_subsets=subsets,
                          max_step_tokens=max_step_tokens, max_steps=max_steps, policy_engine=engine,
                          cache_dir=str(runs_dir / "eval-cache"),  # the samples `repirl eval` keeps, shared
@@ -85,7 +90,7 @@ def sweep(
         results["commands"] = ["repirl sweep " + " ".join(shlex.quote(a) for a in sys.argv[2:])]
         atomic_write_text(results_json, json.dumps(results, indent=1, default=str))
     base = baselines(results, n)
-    rows = summarise(results, runs, n)
+    rows = summarise(results, runs, n, start=Path(policy).parent.name if Path(policy).name == "policy" else None)
     plot(rows, base, n, data_dir / "sweep.png")
     text = render_report(rows, base, results, config=config, seeds=seed_list, problems=problems, n=n,
                          temperature=temperature, dev_problems=dev_problems)

@@ -78,6 +78,26 @@ def test_rows_average_each_variants_seeds_and_margins_use_the_better_baseline(tm
     assert best_variant(rows, base).variant == BASE  # (0.15 - 0.3) + 0.15 + (0.5 - 0.3) = 0.2 > 0 - 0.05 + 0
 
 
+def test_greedy_comes_from_the_evaluations_common_problems_when_it_measured_them(tmp_path):
+    """A variant that changes `task` checks its policy on other problems in summary.json (issue 24's wide-task run:
+    0.183 there, on 2-4 operations): the table uses the evaluation's policies section, the same problems for all."""
+    from trainer.sweep import greedy_source
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"name": "x", "policy": "tiny"}))
+    runs = plan(recipe, parse_vary(["task={max_ops: 4}"]), [0], "sw", tmp_path / "runs")
+    names = [r.name for r in runs]
+    results = _results(dict(zip(names, [0.4, 0.5])), dict(zip(names, [0.1, 0.2])), dict(zip(names, [0.6, 0.7])))
+    assert greedy_source(results).startswith("greedy pass@1 from each run's own")
+    results["policies"] = {"problems": 200, "runs": [{"run": "demo", "greedy": 0.72}, {"run": names[0], "greedy": 0.76},
+                                                     {"run": names[1], "greedy": 0.70}]}
+    rows = summarise(results, runs, 4, start="demo")
+    assert [r.greedy_after for r in rows] == [[0.76], [0.70]] and rows[1].greedy_before == 0.72
+    assert "200 held-out problems" in greedy_source(results)
+    table = render_table(rows, baselines(results, 4), 4)
+    assert "SFT start 0.720" in table and table.splitlines()[3].split("|")[7].strip() == "0.700"
+
+
 def test_the_best_variant_is_the_largest_summed_margin():
     base = {"harder best baseline": 0.1, "F1 likelihood": 0.5, "in-distribution best baseline": 0.4}
     a = Row("a", [0, 1], bo_in=[0.5, 0.5], bo_hard=[0.1, 0.1], f1=[0.5, 0.5], greedy_after=[None, None])
@@ -119,6 +139,12 @@ def test_repirl_sweep_trains_evaluates_and_resumes(tmp_path, tiny_policy_dir, ti
     assert not any(k.startswith("policy samples") for k in results["steperror"]["sources"])
     assert next(line for line in text.splitlines() if line.startswith("| base |")).split("|")[5].strip() == "n/a"
     assert "Best variant" in text and (out.parent / "results" / "sweep.png").stat().st_size > 1000
+    # every policy on the same problems, the start (the tiny policy's folder, <run>/policy) included
+    greedy = {r["run"]: r["greedy"] for r in results["policies"]["runs"]}
+    start = tiny_policy_dir.parent.name
+    assert set(greedy) == {start, "sw-base-s0", "sw-prm_lr-3e-5-s0"} and results["policies"]["problems"] == 2
+    assert row.split("|")[7].strip() == f"{greedy['sw-prm_lr-3e-5-s0']:.3f}"
+    assert f"SFT start {greedy[start]:.3f}" in text
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0, again.output
     assert "2 of 2 runs already trained, 0 to train" in again.output
