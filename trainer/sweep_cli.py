@@ -60,6 +60,7 @@ def sweep(
         raise typer.BadParameter(f"--untrained: {untrained} has no prm.json (make demo builds runs/demo/prm)")
     data_dir = out.parent / "results"
     results_json = data_dir / "results.json"
+    start_run = Path(policy).parent if Path(policy).name == "policy" else None  # the start's run folder, if one
     log = lambda m: console.print(escape(m), soft_wrap=True)  # noqa: E731
     quiet_logs()
     if report_only:
@@ -76,11 +77,10 @@ def sweep(
 
         prms = {"untrained": str(untrained), **{r.name: str(r.run_dir / "prm") for r in runs}}
         # every policy's greedy pass@1 on the same held-out problems of the start policy's task (a variant that
-        # changes `task` checks itself on other problems in summary.json), the start included when it is a run's
-        # policy/ folder
-        start = [str(Path(policy).parent)] if Path(policy).name == "policy" else []
+        # changes `task` checks itself on other problems in summary.json), the start included
         cfg = EvalConfig(policy=policy, prms=prms, sections=("bestofn", "steperror", "policies"), problems=problems,
-                         runs=start + [str(r.run_dir) for r in runs], policy_problems=problems, policy_samples=1,
+                         runs=[str(p) for p in [start_run, *(r.run_dir for r in runs)] if p is not None],
+                         policy_problems=problems, policy_samples=1,
                          dev_problems=dev_problems, n=n, temperatures=(temperature,), n_subsets=subsets,
                          max_step_tokens=max_step_tokens, max_steps=max_steps, policy_engine=engine,
                          cache_dir=str(runs_dir / "eval-cache"),  # the samples `repirl eval` keeps, shared
@@ -90,7 +90,7 @@ def sweep(
         results["commands"] = ["repirl sweep " + " ".join(shlex.quote(a) for a in sys.argv[2:])]
         atomic_write_text(results_json, json.dumps(results, indent=1, default=str))
     base = baselines(results, n)
-    rows = summarise(results, runs, n, start=Path(policy).parent.name if Path(policy).name == "policy" else None)
+    rows = summarise(results, runs, n, start=start_run.name if start_run else None)
     plot(rows, base, n, data_dir / "sweep.png")
     text = render_report(rows, base, results, config=config, seeds=seed_list, problems=problems, n=n,
                          temperature=temperature, dev_problems=dev_problems)
