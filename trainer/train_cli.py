@@ -63,7 +63,12 @@ def run_training(cfg, resume: bool = False, console=None, progress: bool = False
 
 
 def main() -> None:  # `python -m trainer.train_cli ...` (what torchrun launches)
-    typer.run(train)
+    from trainer import distributed
+
+    try:
+        typer.run(train)
+    finally:
+        distributed.teardown()
 
 
 if __name__ == "__main__":

@@ -96,4 +96,9 @@ def main(policy_dir, out_dir):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    from trainer import distributed
+
+    try:
+        main(sys.argv[1], sys.argv[2])
+    finally:
+        distributed.teardown()  # before exit, as train_cli does (trainer/distributed.py)

@@ -73,4 +73,9 @@ def main(policy_dir, out_dir, knobs):
 if __name__ == "__main__":
     from pathlib import Path
 
-    main(sys.argv[1], Path(sys.argv[2]), sys.argv[3] == "1")
+    from trainer import distributed
+
+    try:
+        main(sys.argv[1], Path(sys.argv[2]), sys.argv[3] == "1")
+    finally:
+        distributed.teardown()  # before exit, as train_cli does (trainer/distributed.py)

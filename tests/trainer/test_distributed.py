@@ -89,3 +89,28 @@ def test_two_process_training_run_resumes_exactly(recipe, tmp_path):
         assert a.keys() == init.keys(), sub  # full weights (tied embeddings once), as a single process saves them
         assert any(not torch.equal(a[k], init[k]) for k in a), f"{sub}: training changed nothing"
         assert all(torch.equal(a[k], b[k]) for k in a), sub
+
+
+def test_teardown_leaves_the_process_group_and_train_cli_calls_it(tmp_path, monkeypatch):
+    """A rank that exits with its gloo group still up can abort in interpreter shutdown ("terminate called without an
+    active exception", exit -6: a CI failure of a finished two-process run). trainer.distributed.teardown leaves the
+    group; train_cli.main calls it whatever the run's outcome."""
+    import torch.distributed as tdist
+
+    from trainer import distributed, train_cli
+
+    tdist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        assert tdist.is_initialized()
+        distributed.teardown()
+        assert not tdist.is_initialized()
+        distributed.teardown()  # a no-op without a group
+    finally:
+        if tdist.is_initialized():
+            tdist.destroy_process_group()
+    calls = []
+    monkeypatch.setattr(distributed, "teardown", lambda: calls.append(1))
+    monkeypatch.setattr(train_cli.typer, "run", lambda fn: (_ for _ in ()).throw(SystemExit(2)))
+    with pytest.raises(SystemExit):
+        train_cli.main()
+    assert calls == [1]
