@@ -26,10 +26,11 @@ import statistics
 from pathlib import Path
 
 from repirl.policy import load_policy
+from repirl.scoring import aggregate
 from repirl.scoring.loader import load_scorer
 from repirl.tasks.arithmetic import ArithmeticTask
 from trainer.evaluation import bestofn
-from trainer.evaluation.metrics import select, subset_indices
+from trainer.evaluation.metrics import first_below, select, subset_indices
 from trainer.evaluation.pipeline import EvalConfig, cached_samples, likelihood_scorer
 
 LIKELIHOOD = "likelihood"
@@ -41,13 +42,18 @@ def pick(samples, rule: str, name: str | None, threshold: float | None = None):
     if rule == "mean":
         return select(samples, "naive", name)
     if rule == "min":
-        for s in samples:
-            s.scores[f"{name}:min"] = min(s.step_rewards[name]) if s.step_rewards[name] else -1e9
-        return select(samples, "naive", f"{name}:min")
-    if rule == "filter":
-        kept = [s for s in samples if s.step_rewards[name] and min(s.step_rewards[name]) >= threshold]
+        return select(samples, "naive", f"{name}:min")  # add_min_scores wrote these once per sample
+    if rule == "filter":  # "flagged" as the first-error F1 flags a step (metrics.first_below)
+        kept = [s for s in samples if s.step_rewards[name] and first_below(s.step_rewards[name], threshold) is None]
         return select(kept or list(samples), "majority")
     raise ValueError(rule)
+
+
+def add_min_scores(problems, name: str) -> None:
+    """scores[name:min]: the lowest step reward (repirl.scoring's "min" aggregation), what rule "min" reranks by."""
+    for samples in problems:
+        for s in samples:
+            s.scores[f"{name}:min"] = aggregate(s.step_rewards[name], "min")
 
 
 def accuracy(problems, n: int, subsets: int, seed: int, rule: str, name: str | None, threshold=None) -> float:
@@ -94,6 +100,7 @@ def main() -> None:
             samples, _ = cached_samples(cfg, policy, task, problems, sample_cfg, key, print)
             for name, scorer in scorers.items():
                 bestofn.score_samples(scorer, name, [p.question for p in problems], samples)
+                add_min_scores(samples, name)
             sets[part] = samples
         test, dev = sets["test"], sets["dev"]
         row = {"majority": accuracy(test, args.n, args.subsets, 0, "majority", None),

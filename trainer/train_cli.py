@@ -41,8 +41,13 @@ def train(
         console.print(f"[red]config error:[/red] {escape(f'{config}: {e}')}", soft_wrap=True)
         raise typer.Exit(2)
     quiet_logs()
+    from trainer import distributed
+
     # the loop's last lines say the held-out accuracy before/after and where summary.json is: no JSON dump here
-    run_training(cfg, resume=resume, console=console, progress=not no_progress)
+    try:
+        run_training(cfg, resume=resume, console=console, progress=not no_progress)
+    finally:  # the command owns the process (`repirl train` or `-m trainer.train_cli` under torchrun): leave the
+        distributed.teardown()  # group the Trainer joined (run_training's in-process callers may own theirs)
 
 
 def run_training(cfg, resume: bool = False, console=None, progress: bool = False) -> dict:
@@ -63,12 +68,7 @@ def run_training(cfg, resume: bool = False, console=None, progress: bool = False
 
 
 def main() -> None:  # `python -m trainer.train_cli ...` (what torchrun launches)
-    from trainer import distributed
-
-    try:
-        typer.run(train)
-    finally:
-        distributed.teardown()
+    typer.run(train)
 
 
 if __name__ == "__main__":

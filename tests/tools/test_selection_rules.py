@@ -1,6 +1,6 @@
 """tools/selection_rules.py's rules on hand-made samples (the measurement in docs/trainer.md, issue 24, reads them)."""
 
-from tools.selection_rules import accuracy, best_threshold, pick
+from tools.selection_rules import accuracy, add_min_scores, best_threshold, pick
 from trainer.evaluation.metrics import Sample
 
 
@@ -15,6 +15,7 @@ def test_filter_drops_flagged_samples_before_the_vote_and_falls_back_to_all():
     assert pick(samples, "filter", "p", threshold=9.0).answer == "1"  # all flagged: the vote over all
     # min: the lowest step decides, where the mean would prefer the first sample
     mean_first = [_s("1", False, [9.0, 0.5]), _s("2", True, [3.0, 3.0])]
+    add_min_scores([mean_first], "p")
     assert pick(mean_first, "min", "p").answer == "2"
 
 

@@ -17,6 +17,7 @@ import pytest
 import torch
 import yaml
 
+from tests.conftest import REPO
 from tests.trainer.conftest import child_env, torchrun
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_dist_worker.py")
@@ -94,7 +95,7 @@ def test_two_process_training_run_resumes_exactly(recipe, tmp_path):
 def test_teardown_leaves_the_process_group_and_train_cli_calls_it(tmp_path, monkeypatch):
     """A rank that exits with its gloo group still up can abort in interpreter shutdown ("terminate called without an
     active exception", exit -6: a CI failure of a finished two-process run). trainer.distributed.teardown leaves the
-    group; train_cli.main calls it whatever the run's outcome."""
+    group; the `train` command (`repirl train`, `-m trainer.train_cli`) calls it whatever the run's outcome."""
     import torch.distributed as tdist
 
     from trainer import distributed, train_cli
@@ -110,7 +111,12 @@ def test_teardown_leaves_the_process_group_and_train_cli_calls_it(tmp_path, monk
             tdist.destroy_process_group()
     calls = []
     monkeypatch.setattr(distributed, "teardown", lambda: calls.append(1))
-    monkeypatch.setattr(train_cli.typer, "run", lambda fn: (_ for _ in ()).throw(SystemExit(2)))
-    with pytest.raises(SystemExit):
-        train_cli.main()
+
+    def failing_run(*args, **kwargs):
+        raise RuntimeError("the run failed")
+
+    monkeypatch.setattr(train_cli, "run_training", failing_run)
+    with pytest.raises(RuntimeError, match="the run failed"):  # the command behind `repirl train` and train_cli
+        train_cli.train(config=REPO / "configs" / "tiny.yaml", resume=False, iterations=None, seed=None, name=None,
+                        policy=None, no_progress=True)
     assert calls == [1]
