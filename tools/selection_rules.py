@@ -88,14 +88,14 @@ def main() -> None:
     scorers = {k: load_scorer(v, engine="hf", name=k) for k, v in (p.split("=", 1) for p in args.prm)}
     scorers[LIKELIHOOD] = likelihood_scorer(cfg, print)
     in_dist = bestofn.policy_task_config(policy)
+    sample_cfg = bestofn.SampleConfig(n=args.n, temperature=args.temperature, seed=cfg.seed,
+                                      max_step_tokens=cfg.max_step_tokens, max_steps=cfg.max_steps)
     out = {}
     for split, task_cfg in (("in-distribution", in_dist), ("harder", bestofn.harder(in_dist))):
         task = ArithmeticTask(task_cfg)
         sets = {}
         for part, problems in (("test", bestofn.heldout_problems(task_cfg, args.problems)),
                                ("dev", bestofn.heldout_problems(task_cfg, args.dev_problems, "dev"))):
-            sample_cfg = bestofn.SampleConfig(n=args.n, temperature=args.temperature, seed=cfg.seed,
-                                              max_step_tokens=cfg.max_step_tokens, max_steps=cfg.max_steps)
             key = f"{split}, T={args.temperature}" + ("" if part == "test" else ", dev")
             samples, _ = cached_samples(cfg, policy, task, problems, sample_cfg, key, print)
             for name, scorer in scorers.items():
