@@ -13,21 +13,22 @@ from __future__ import annotations
 
 import argparse
 import glob
-import json
 from pathlib import Path
 from statistics import mean
+
+from trainer.metrics import read_rows
+from trainer.summary import RunSummary
 
 
 def run_series(run_dir: Path) -> dict:
     """{iteration: sampled held-out accuracy} (0 = before training) and the greedy figures of one run."""
-    summary = json.loads((run_dir / "summary.json").read_text())
-    sampled = {0: summary["eval_accuracy_before"]}
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        row = json.loads(line)
+    summary = RunSummary.read(run_dir)
+    sampled = {0: summary.eval_accuracy_before}
+    for row in read_rows(run_dir / "metrics.jsonl"):
         if "eval_accuracy" in row:
             sampled[row["iter"] + 1] = row["eval_accuracy"]  # checked after iteration `iter` (0-based)
-    return {"sampled": sampled, "greedy_before": summary.get("eval_accuracy_greedy_before"),
-            "greedy_after": summary.get("eval_accuracy_greedy"), "iterations": summary["iterations"]}
+    return {"sampled": sampled, "greedy_before": summary.eval_accuracy_greedy_before,
+            "greedy_after": summary.eval_accuracy_greedy, "iterations": summary.iterations}
 
 
 def group_series(run_dirs: list[Path]) -> dict:

@@ -5,13 +5,14 @@ import json
 import pytest
 
 from tools.policy_curves import main
+from trainer.summary import RunSummary
 
 
 def _run(path, before, checks, greedy, iterations=20):
     path.mkdir()
-    (path / "summary.json").write_text(json.dumps({
-        "iterations": iterations, "eval_accuracy_before": before, "eval_accuracy_greedy_before": 0.4,
-        "eval_accuracy_greedy": greedy}))
+    RunSummary(name=path.name, kind="train", algorithm="repirl", seed=0, iterations=iterations, train_seconds=1.0,
+               eval_accuracy_before=before, eval_accuracy_greedy_before=0.4,
+               eval_accuracy_greedy=greedy).write(path)
     rows = [{"iter": i, "accuracy": 0.5} for i in range(iterations)]
     for it, acc in checks.items():
         rows[it - 1]["eval_accuracy"] = acc  # checked after 0-based iteration it - 1
