@@ -13,6 +13,8 @@ reports best-of-n for four rules, every rule applied the same way to the likelih
   filter   drop the samples with a step below a threshold, majority vote among the rest (all, if none is left);
            the threshold maximises this rule's best-of-n on a dev split of other problems (never the test split)
   majority plain majority vote (no scorer)
+  dev pick the one of mean / min / filter with the best best-of-n on the dev split, applied to the test split: a
+           rule chosen without looking at the test problems
 
 Subsets, seeds and problems are the same for every rule and scorer (metrics.subset_indices, one seed).
 """
@@ -107,17 +109,21 @@ def main() -> None:
                "oracle": statistics.fmean(any(s.correct for s in ss) for ss in test)}
         for name in scorers:
             t = best_threshold(dev, args.n, args.subsets, 0, name)
-            row[name] = {rule: accuracy(test, args.n, args.subsets, 0, rule, name, t) for rule in ("mean", "min",
-                                                                                                  "filter")}
+            rules = ("mean", "min", "filter")
+            row[name] = {rule: accuracy(test, args.n, args.subsets, 0, rule, name, t) for rule in rules}
             row[name]["threshold"] = t
+            on_dev = {rule: accuracy(dev, args.n, args.subsets, 0, rule, name, t) for rule in rules}
+            row[name]["dev"] = on_dev
+            row[name]["dev_pick"] = max(rules, key=lambda r: (on_dev[r], -rules.index(r)))  # ties: the simpler rule
         out[split] = row
         print(f"\n{split}: best-of-{args.n} on {args.problems} problems (majority {row['majority']:.3f}, "
               f"any correct among the {args.n} {row['oracle']:.3f})")
-        print("| scorer | mean (default) | min step | filter + majority (dev threshold) |")
-        print("|---|---|---|---|")
+        print("| scorer | mean (default) | min step | filter + majority (dev threshold) | rule picked on dev: test |")
+        print("|---|---|---|---|---|")
         for name in scorers:
             r = row[name]
-            print(f"| {name} | {r['mean']:.3f} | {r['min']:.3f} | {r['filter']:.3f} ({r['threshold']:.3f}) |")
+            print(f"| {name} | {r['mean']:.3f} | {r['min']:.3f} | {r['filter']:.3f} ({r['threshold']:.3f}) | "
+                  f"{r['dev_pick']}: {r[r['dev_pick']]:.3f} |")
     if args.out:
         args.out.write_text(json.dumps(out, indent=1))
 

@@ -127,8 +127,15 @@ def irl_prm_step(prm, opt, experts: Sequence[Rollout], negatives: Sequence[Rollo
 def prime_prm_step(prm, ref_model, opt, rollouts: Sequence[Rollout], cfg_prime, cfg_prm, pad_id: int,
                    n_global_rollouts: int) -> tuple[torch.Tensor, Batch, dict]:
     """PRIME: implicit PRM r_t = beta * log(pi_phi / pi_ref) trained with BCE on outcome labels. Returns the token
-    rewards (computed in the loss's forward pass, before the update, as PRIME does), the batch and metrics.
-    Micro-batches: each one's loss is its rows' share of the global mean BCE, so the gradients add up exactly."""
+    rewards, the batch and metrics.
+
+    As PRIME's `update_rm` (veRL recipe/prime/prime_dp_rm.py): the rollouts are split, in batch order, into
+    mini-batches of `cfg_prime.mini_batch_size` questions (None: the whole batch) as the policy's are
+    (`minibatch_parts`: ceil(questions / size) equal parts), one optimizer step each, each step
+    on its mini-batch's mean BCE. `cfg_prime.update` "after" (PRIME's single forward) returns the rewards of the forward
+    pass that preceded each step; "before" (PRIME's default, double forward) scores the batch again with the updated
+    PRM. Micro-batches: each one's loss is its rows' share of its mini-batch's global mean BCE, so gradients add up
+    exactly; every rank splits its rows into the same number of mini-batches (from the global question count)."""
     batch = batch_of(rollouts, pad_id)
     with torch.no_grad():
         ref_lp = token_logprobs(ref_model, batch)
@@ -136,27 +143,43 @@ def prime_prm_step(prm, ref_model, opt, rollouts: Sequence[Rollout], cfg_prime, 
     update = cfg_prm.updates_per_iter > 0 and not cfg_prm.frozen
     dev = compute_of(prm.model).device
     logratio, value = torch.zeros_like(ref_lp), torch.zeros((), dtype=torch.float64, device=dev)
-    micros = micro_slices(len(rollouts), compute_of(prm.model).micro_batch_size)
-    for k, sl in enumerate(micros):
-        mb = batch.rows(sl).to(dev)  # log-probs, loss and backward on the model's device
-        width = mb.ids.shape[1]
-        with torch.set_grad_enabled(update):
-            lr = (token_logprobs(prm.model, mb) - ref_lp[sl, :width].to(dev)) * mb.step_mask
-            loss = (prime_ce_loss(lr.sum(-1), labels[sl].to(dev), cfg_prime.beta) * len(mb.ids)
-                    / max(n_global_rollouts, 1))
+    questions = round(dist.all_sum(float(len({r.group for r in rollouts}))))  # each rank holds its own questions
+    parts = minibatch_parts(torch.arange(len(rollouts)), questions, cfg_prime.mini_batch_size, 0, 0)
+    for part in parts:
+        rows_global = dist.all_sum(len(part))
+        if rows_global == 0:
+            continue
+        first = int(part[0]) if len(part) else 0
+        micros = [slice(first + sl.start, first + sl.stop)
+                  for sl in micro_slices(len(part), compute_of(prm.model).micro_batch_size)] if len(part) else []
+        for k, sl in enumerate(micros):
+            mb = batch.rows(sl).to(dev)  # log-probs, loss and backward on the model's device
+            width = mb.ids.shape[1]
+            with torch.set_grad_enabled(update):
+                lr = (token_logprobs(prm.model, mb) - ref_lp[sl, :width].to(dev)) * mb.step_mask
+                loss = prime_ce_loss(lr.sum(-1), labels[sl].to(dev), cfg_prime.beta) * len(mb.ids) / rows_global
+            if update:
+                dist.set_grad_sync(prm.model, k == len(micros) - 1)
+                loss.backward()
+            logratio[sl, :width] = lr.detach().to(logratio.device)
+            value += loss.detach() * rows_global / max(n_global_rollouts, 1)
         if update:
-            dist.set_grad_sync(prm.model, k == len(micros) - 1)
-            loss.backward()
-        logratio[sl, :width] = lr.detach().to(logratio.device)
-        value += loss.detach()
+            _step(prm, opt, cfg_prm.grad_clip)
     value = float(value)
-    if update:
-        _step(prm, opt, cfg_prm.grad_clip)
+    if update and cfg_prime.update == "before":  # PRIME's double forward: the rewards of the updated PRM
+        with torch.no_grad():
+            for sl in micro_slices(len(rollouts), compute_of(prm.model).micro_batch_size):
+                mb = batch.rows(sl).to(dev)
+                width = mb.ids.shape[1]
+                logratio[sl] = 0.0
+                logratio[sl, :width] = ((token_logprobs(prm.model, mb) - ref_lp[sl, :width].to(dev))
+                                        * mb.step_mask).to(logratio.device)
     rewards = cfg_prime.beta * logratio
     rbar = masked_mean(rewards, batch.step_mask)
     ok = labels > 0
     margin = float(rbar[ok].mean() - rbar[~ok].mean()) if ok.any() and (~ok).any() else None
-    return rewards, batch, {"prm_loss": dist.all_sum(value), "margin": margin}
+    return rewards, batch, {"prm_loss": dist.all_sum(value), "margin": margin, "prm_steps": len(parts) if update
+                            else 0}
 
 
 def minibatch_parts(rows: torch.Tensor, kept_questions: int, questions_per_minibatch: int | None, epoch: int,

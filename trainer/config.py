@@ -118,6 +118,12 @@ class PolicyTrainConfig(_Strict):
 
 class PrimeConfig(_Strict):
     beta: float = Field(0.05, gt=0)  # implicit PRM: r = beta * log(pi_phi / pi_ref)
+    # PRM optimizer steps: one per mini-batch of this many questions (PRIME's reward_model.mini_batch_size, which its
+    # recipe sets to the actor's ppo_mini_batch_size); None: one step per iteration (what runs before the key did)
+    mini_batch_size: int | None = Field(None, ge=1)
+    # "before": PRIME's default (double forward: update, then score the batch with the updated PRM); "after": the
+    # rewards of the forward pass before each step (PRIME's single forward; what runs before the key did)
+    update: Literal["after", "before"] = "after"
 
 
 class OfflineConfig(_Strict):

@@ -246,3 +246,52 @@ def test_heldout_seed_has_one_home():
     root = Path(__file__).resolve().parents[2] / "trainer"
     hits = [p for p in root.rglob("*.py") if any(s in p.read_text() for s in ("12345", "987654"))]
     assert [p.name for p in hits] == ["data.py"]
+
+
+@pytest.mark.parametrize("update", ["after", "before"])
+def test_prime_prm_steps_per_mini_batch_like_primes_update_rm(tiny_policy_dir, update):
+    """PRIME's `update_rm` (veRL recipe/prime/prime_dp_rm.py: `batch.split(self.config.mini_batch_size)`, then one
+    `_optimizer_step()` per mini-batch on its mean CE loss; its recipe, recipe/prime/config/prime_trainer.yaml, sets
+    `reward_model.mini_batch_size: ${actor_rollout_ref.actor.ppo_mini_batch_size}` and `update: before`, which
+    prime_ray_trainer.py follows with a second `compute_rm_score` on the updated PRM). Reference: plain SGD steps by
+    hand, mini-batch after mini-batch, in batch order. Before PRM mini-batches, a run took one step per iteration."""
+    from trainer.algorithms import prime_prm_step
+    from trainer.config import PrimeConfig
+    from trainer.losses import prime_ce_loss
+
+    rs = _rollouts(n_groups=4, n=2)  # 4 questions, mini-batches of 2 questions: 2 steps of 4 rows
+    b = batch_of(rs, 256)
+    labels = torch.tensor([float(r.correct) for r in rs])
+    ref = load_causal_lm(tiny_policy_dir).eval()
+    prm = RewardModel("logprob", tiny_policy_dir).train()
+    start = copy.deepcopy(prm.model.state_dict())
+    cfg = PrimeConfig(beta=0.5, mini_batch_size=2, update=update)
+    rewards, _, metrics = prime_prm_step(prm, ref, torch.optim.SGD(prm.parameters(), lr=0.5), rs, cfg,
+                                         PRMTrainConfig(grad_clip=1e9), 256, len(rs))
+    assert metrics["prm_steps"] == 2
+
+    hand = RewardModel("logprob", tiny_policy_dir).train()
+    hand.model.load_state_dict(start)
+    opt = torch.optim.SGD(hand.parameters(), lr=0.5)
+    with torch.no_grad():
+        ref_lp = token_logprobs(ref, b)
+    seen = []
+    for rows in (slice(0, 4), slice(4, 8)):
+        sub = b.rows(rows)
+        width = sub.ids.shape[1]
+        lr = (token_logprobs(hand.model, sub) - ref_lp[rows, :width]) * sub.step_mask
+        seen.append(0.5 * lr.detach())
+        prime_ce_loss(lr.sum(-1), labels[rows], 0.5).backward()
+        opt.step()
+        opt.zero_grad()
+    for k, v in hand.model.state_dict().items():
+        assert torch.allclose(prm.model.state_dict()[k], v, atol=1e-6), k
+    moved = max(float((prm.model.state_dict()[k] - start[k]).abs().max()) for k in start)
+    assert moved > 1e-3  # two real steps, not a no-op
+    if update == "after":  # each mini-batch's rewards come from the forward pass before its step
+        want = torch.zeros_like(rewards)
+        want[0:4, :seen[0].shape[1]], want[4:8, :seen[1].shape[1]] = seen[0], seen[1]
+    else:  # the updated PRM scores the whole batch again
+        with torch.no_grad():
+            want = 0.5 * (token_logprobs(hand.model, b) - ref_lp) * b.step_mask
+    assert torch.allclose(rewards, want, atol=1e-5)
