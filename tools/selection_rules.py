@@ -14,7 +14,8 @@ reports best-of-n for four rules, every rule applied the same way to the likelih
            the threshold maximises this rule's best-of-n on a dev split of other problems (never the test split)
   majority plain majority vote (no scorer)
   dev pick the one of mean / min / filter with the best best-of-n on the dev split, applied to the test split: a
-           rule chosen without looking at the test problems
+           rule chosen without looking at the test problems (filter's dev figure uses the threshold fitted on that
+           same dev split, so it is optimistic there; ties go to the simpler rule)
 
 Subsets, seeds and problems are the same for every rule and scorer (metrics.subset_indices, one seed).
 """
@@ -73,6 +74,11 @@ def best_threshold(dev, n, subsets, seed, name) -> float:
     return max(grid, key=lambda t: (accuracy(dev, n, subsets, seed, "filter", name, t), -t))
 
 
+def dev_pick(on_dev: dict[str, float], rules: tuple[str, ...]) -> str:
+    """The rule with the best dev best-of-n; ties go to the one listed first (the simpler rule)."""
+    return max(rules, key=lambda r: (on_dev[r], -rules.index(r)))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--policy", default="runs/demo/policy")
@@ -114,7 +120,7 @@ def main() -> None:
             row[name]["threshold"] = t
             on_dev = {rule: accuracy(dev, args.n, args.subsets, 0, rule, name, t) for rule in rules}
             row[name]["dev"] = on_dev
-            row[name]["dev_pick"] = max(rules, key=lambda r: (on_dev[r], -rules.index(r)))  # ties: the simpler rule
+            row[name]["dev_pick"] = dev_pick(on_dev, rules)
         out[split] = row
         print(f"\n{split}: best-of-{args.n} on {args.problems} problems (majority {row['majority']:.3f}, "
               f"any correct among the {args.n} {row['oracle']:.3f})")

@@ -1,6 +1,6 @@
 """tools/selection_rules.py's rules on hand-made samples (the measurement in docs/trainer.md, issue 24, reads them)."""
 
-from tools.selection_rules import accuracy, add_min_scores, best_threshold, pick
+from tools.selection_rules import accuracy, add_min_scores, best_threshold, dev_pick, pick
 from trainer.evaluation.metrics import Sample
 
 
@@ -25,3 +25,10 @@ def test_dev_threshold_is_the_one_that_makes_the_filter_pick_right():
     assert 2.0 < t <= 5.0
     assert accuracy([problem], 3, 1, 0, "filter", "p", t) == 1.0
     assert accuracy([problem], 3, 1, 0, "majority", None) == 0.0
+
+
+def test_the_rule_is_picked_on_dev_and_ties_go_to_the_simpler_one():
+    rules = ("mean", "min", "filter")
+    assert dev_pick({"mean": 0.10, "min": 0.20, "filter": 0.15}, rules) == "min"
+    assert dev_pick({"mean": 0.20, "min": 0.20, "filter": 0.20}, rules) == "mean"
+    assert dev_pick({"mean": 0.10, "min": 0.20, "filter": 0.20}, rules) == "min"
