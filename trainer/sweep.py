@@ -304,10 +304,17 @@ def plot(rows: list[Row], base: dict[str, float], n: int, path: Path) -> None:
     tmp.replace(path)
 
 
+def results_dir(out: Path) -> Path:
+    """Where a sweep's plot, results.json and recipes go: `results/` beside a report named sweep.md (every sweep
+    before this rule), `<stem>-results/` beside any other name, so two sweeps reported in one folder never write
+    over each other's results (a second sweep used to replace the first one's results.json and plot)."""
+    return out.parent / ("results" if out.name == "sweep.md" else f"{out.stem}-results")
+
+
 def render_report(rows: list[Row], base: dict[str, float], results: dict, *, config: Path, seeds: list[int],
-                  problems: int, n: int, temperature: float, dev_problems: int) -> str:
-    """The sweep's markdown: what was run, the table, the plot, the recommendation with the noise beside it, and the
-    command (from results.json)."""
+                  problems: int, n: int, temperature: float, dev_problems: int, data_dir: str = "results") -> str:
+    """The sweep's markdown: what was run, the table, the plot (in data_dir, relative to the report), the
+    recommendation with the noise beside it, and the command (from results.json)."""
     best = best_variant(rows, base)
     seconds = results.get("section_seconds", {})
     return "\n".join([
@@ -319,7 +326,7 @@ def render_report(rows: list[Row], base: dict[str, float], results: dict, *, con
         f"{', '.join(f'{k} {v} s' for k, v in seconds.items())}), training not counted; "
         f"{greedy_source(results)}. Means over seeds with the range in brackets.", "",
         render_table(rows, base, n), "",
-        "![sweep](results/sweep.png)", "",
+        f"![sweep]({data_dir}/sweep.png)", "",
         f"Best variant: **{best.variant}**, summed margin {summed_margin(best, base):+.3f} over the baselines "
         f"(harder best-of-{n} + F1 - likelihood + in-distribution best-of-{n}; base "
         f"{summed_margin(rows[0], base):+.3f}), among the variants whose policy ends at or above its SFT start "

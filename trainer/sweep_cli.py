@@ -30,7 +30,8 @@ def sweep(
     max_steps: int = typer.Option(8, min=1, help="Steps before an evaluation sample is cut (and counted wrong)."),
     engine: str = typer.Option("auto", help="Policy engine of the evaluation: auto | vllm | transformers."),
     out: Path = typer.Option(Path("runs/sweep/sweep.md"), help="Markdown table; the plot, results.json and the "
-                             "recipes go to <out dir>/results/."),
+                             "recipes go to <out dir>/results/ (for sweep.md; <out dir>/<name>-results/ for any "
+                             "other name, so sweeps reported in one folder keep their own)."),
     report_only: bool = typer.Option(False, "--report-only", help="Re-render from results.json; train nothing."),
 ) -> None:
     """Sweep a recipe one factor at a time: train every variant for every seed (skipping runs already trained;
@@ -43,7 +44,8 @@ def sweep(
     from repirl.artifacts import atomic_write_text
     from repirl.vllm_setup import quiet_logs
     from trainer.config import ConfigError
-    from trainer.sweep import baselines, parse_vary, plan, plot, render_report, summarise, train_missing
+    from trainer.sweep import (baselines, parse_vary, plan, plot, render_report, results_dir, summarise,
+                               train_missing)
 
     console = Console(stderr=True)
     try:
@@ -58,7 +60,7 @@ def sweep(
         raise typer.Exit(2)
     if not (untrained / "prm.json").is_file():
         raise typer.BadParameter(f"--untrained: {untrained} has no prm.json (make demo builds runs/demo/prm)")
-    data_dir = out.parent / "results"
+    data_dir = results_dir(out)
     results_json = data_dir / "results.json"
     start_run = Path(policy).parent if Path(policy).name == "policy" else None  # the start's run folder, if one
     log = lambda m: console.print(escape(m), soft_wrap=True)  # noqa: E731
@@ -93,6 +95,7 @@ def sweep(
     rows = summarise(results, runs, n, start=start_run.name if start_run else None)
     plot(rows, base, n, data_dir / "sweep.png")
     text = render_report(rows, base, results, config=config, seeds=seed_list, problems=problems, n=n,
-                         temperature=temperature, dev_problems=dev_problems)
+                         temperature=temperature, dev_problems=dev_problems,
+                         data_dir=data_dir.name)
     atomic_write_text(out, text)
     console.print(f"wrote {out} and {data_dir}/")

@@ -78,6 +78,24 @@ def test_rows_average_each_variants_seeds_and_margins_use_the_better_baseline(tm
     assert best_variant(rows, base).variant == BASE  # (0.15 - 0.3) + 0.15 + (0.5 - 0.3) = 0.2 > 0 - 0.05 + 0
 
 
+def test_two_sweeps_reported_in_one_folder_keep_their_own_results(tmp_path):
+    """Issue 24's PRIME measurement wrote sweep.md and recipe_sweep.md into one folder: the second sweep replaced the
+    first one's results.json, plot and recipes (both went to results/). Each report now links its own folder."""
+    from trainer.sweep import render_report, results_dir
+
+    assert results_dir(tmp_path / "sweep.md") == tmp_path / "results"  # every earlier sweep's layout
+    other = results_dir(tmp_path / "recipe_sweep.md")
+    assert other == tmp_path / "recipe_sweep-results" and other != results_dir(tmp_path / "sweep.md")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"name": "x", "policy": "tiny"}))
+    runs = plan(recipe, parse_vary([]), [0], "sw", tmp_path / "runs")
+    results = _results({runs[0].name: 0.4}, {runs[0].name: 0.1}, {runs[0].name: 0.6})
+    rows = summarise(results, runs, 4)
+    text = render_report(rows, baselines(results, 4), results, config=recipe, seeds=[0], problems=40, n=4,
+                         temperature=0.8, dev_problems=30, data_dir=other.name)
+    assert "![sweep](recipe_sweep-results/sweep.png)" in text and "](results/" not in text
+
+
 def test_greedy_comes_from_the_evaluations_common_problems_when_it_measured_them(tmp_path):
     """A variant that changes `task` checks its policy on other problems in summary.json (issue 24's wide-task run:
     0.183 there, on 2-4 operations): the table uses the evaluation's policies section, the same problems for all."""
