@@ -19,16 +19,36 @@ def child_env(**extra) -> dict:
     return {**os.environ, "PYTHONPATH": path, **extra}
 
 
-def torchrun(*args) -> subprocess.CompletedProcess:
-    """`torchrun --nproc_per_node 2 ARGS` on loopback (a free port, one thread per process); must exit 0."""
+# A rank killed by gloo's C++ runtime (std::terminate with no exception, SIGABRT) rather than by our code: seen in
+# 2 of 2 full CI runs on 2026-12-07 (test_two_process_step_equals_single_process, rank 1, with the other xdist worker
+# busy), never in 9 runs of that test alone or beside test_scaling.py. Cause not found (trainer/distributed.py
+# `teardown` already destroys the group before exit); issue 24's note records it.
+GLOO_ABORT = "terminate called without an active exception"
+
+
+def _torchrun_once(args) -> subprocess.CompletedProcess:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
-                          "127.0.0.1", "--master_port", str(port), *args],
-                         env=child_env(OMP_NUM_THREADS="1"), cwd=REPO,
-                         capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
+                           "127.0.0.1", "--master_port", str(port), *args],
+                          env=child_env(OMP_NUM_THREADS="1"), cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+
+
+def torchrun(*args) -> subprocess.CompletedProcess:
+    """`torchrun --nproc_per_node 2 ARGS` on loopback (a free port, one thread per process); must exit 0. One rerun,
+    with a warning in the test report, when a rank died of the gloo abort above: the rerun must pass on its own,
+    so every assertion on its output still holds; any other failure fails at once."""
+    out = _torchrun_once(args)
+    if out.returncode != 0 and GLOO_ABORT in out.stderr:
+        import warnings
+
+        warnings.warn(f"torchrun {os.path.basename(str(args[0]))}: a rank aborted in gloo ({GLOO_ABORT!r}); "
+                      f"rerun once. stdout: {out.stdout[-500:]}", RuntimeWarning, stacklevel=2)
+        out = _torchrun_once(args)
+    # stdout too: whether rank 0 got to its last line tells a crash mid-run from an abort at process exit
+    assert out.returncode == 0, f"exit {out.returncode}\nstdout: {out.stdout[-1500:]}\nstderr: {out.stderr[-3000:]}"
     return out
 
 
