@@ -20,7 +20,7 @@ def child_env(**extra) -> dict:
 
 
 # A rank killed by gloo's C++ runtime (std::terminate with no exception, SIGABRT) rather than by our code: seen in
-# 2 of 2 full CI runs on 2026-12-07 (test_two_process_step_equals_single_process, rank 1, with the other xdist worker
+# 2 of 3 full CI runs on 2026-12-07 (test_two_process_step_equals_single_process, rank 1, with the other xdist worker
 # busy), never in 9 runs of that test alone or beside test_scaling.py. Cause not found (trainer/distributed.py
 # `teardown` already destroys the group before exit); issue 24's note records it.
 GLOO_ABORT = "terminate called without an active exception"
