@@ -143,6 +143,13 @@ def prime_prm_step(prm, ref_model, opt, rollouts: Sequence[Rollout], cfg_prime, 
     update = cfg_prm.updates_per_iter > 0 and not cfg_prm.frozen
     dev = compute_of(prm.model).device
     logratio, value = torch.zeros_like(ref_lp), torch.zeros((), dtype=torch.float64, device=dev)
+    micro_size = compute_of(prm.model).micro_batch_size
+
+    def logratio_of(sl: slice) -> tuple[torch.Tensor, int]:  # rows sl: log(pi_phi / pi_ref) on response steps
+        mb = batch.rows(sl).to(dev)  # log-probs, loss and backward on the model's device
+        width = mb.ids.shape[1]
+        return (token_logprobs(prm.model, mb) - ref_lp[sl, :width].to(dev)) * mb.step_mask, width
+
     questions = round(dist.all_sum(float(len({r.group for r in rollouts}))))  # each rank holds its own questions
     parts = minibatch_parts(torch.arange(len(rollouts)), questions, cfg_prime.mini_batch_size, 0, 0)
     for part in parts:
@@ -150,14 +157,12 @@ def prime_prm_step(prm, ref_model, opt, rollouts: Sequence[Rollout], cfg_prime, 
         if rows_global == 0:
             continue
         first = int(part[0]) if len(part) else 0
-        micros = [slice(first + sl.start, first + sl.stop)
-                  for sl in micro_slices(len(part), compute_of(prm.model).micro_batch_size)] if len(part) else []
+        micros = [slice(first + sl.start, first + sl.stop) for sl in micro_slices(len(part), micro_size)] \
+            if len(part) else []
         for k, sl in enumerate(micros):
-            mb = batch.rows(sl).to(dev)  # log-probs, loss and backward on the model's device
-            width = mb.ids.shape[1]
             with torch.set_grad_enabled(update):
-                lr = (token_logprobs(prm.model, mb) - ref_lp[sl, :width].to(dev)) * mb.step_mask
-                loss = prime_ce_loss(lr.sum(-1), labels[sl].to(dev), cfg_prime.beta) * len(mb.ids) / rows_global
+                lr, width = logratio_of(sl)
+                loss = prime_ce_loss(lr.sum(-1), labels[sl].to(dev), cfg_prime.beta) * len(lr) / rows_global
             if update:
                 dist.set_grad_sync(prm.model, k == len(micros) - 1)
                 loss.backward()
@@ -167,13 +172,10 @@ def prime_prm_step(prm, ref_model, opt, rollouts: Sequence[Rollout], cfg_prime, 
             _step(prm, opt, cfg_prm.grad_clip)
     value = float(value)
     if update and cfg_prime.update == "before":  # PRIME's double forward: the rewards of the updated PRM
-        with torch.no_grad():
-            for sl in micro_slices(len(rollouts), compute_of(prm.model).micro_batch_size):
-                mb = batch.rows(sl).to(dev)
-                width = mb.ids.shape[1]
-                logratio[sl] = 0.0
-                logratio[sl, :width] = ((token_logprobs(prm.model, mb) - ref_lp[sl, :width].to(dev))
-                                        * mb.step_mask).to(logratio.device)
+        with torch.no_grad():  # columns past a micro-batch's width are padding, already 0 in logratio
+            for sl in micro_slices(len(rollouts), micro_size):
+                lr, width = logratio_of(sl)
+                logratio[sl, :width] = lr.to(logratio.device)
     rewards = cfg_prime.beta * logratio
     rbar = masked_mean(rewards, batch.step_mask)
     ok = labels > 0
