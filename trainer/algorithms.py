@@ -99,10 +99,13 @@ def irl_prm_step(prm, opt, experts: Sequence[Rollout], negatives: Sequence[Rollo
             if train and n_global > 0:
                 dev = compute_of(prm.model).device
                 value = torch.zeros((), dtype=torch.float64, device=dev)
-                micros = micro_slices(len(items), compute_of(prm.model).micro_batch_size)
+                micros = micro_slices(len(items), compute_of(prm.model).micro_batch_size, prm.model)
                 for k, sl in enumerate(micros):
+                    real = sl.start < sl.stop  # else: another rank has more rows; row 0 joins, counting nothing
+                    sl = sl if real else slice(0, 1)
                     mb = batch.rows(sl).to(dev)  # rewards, loss and backward on the model's device
-                    part = (coef[sl].to(dev) * (prm.token_rewards(mb) * mb.step_mask).sum(-1)).sum()
+                    c = coef[sl].to(dev) * float(real)
+                    part = (c * (prm.token_rewards(mb) * mb.step_mask).sum(-1)).sum()
                     dist.set_grad_sync(prm.model, k == len(micros) - 1)
                     part.backward()  # also on a rank without usable questions (zeros): FSDP's collectives pair up
                     value += part.detach()
@@ -152,36 +155,43 @@ def prime_prm_step(prm, ref_model, opt, rollouts: Sequence[Rollout], cfg_prime, 
 
     questions = round(dist.all_sum(float(len({r.group for r in rollouts}))))  # each rank holds its own questions
     parts = minibatch_parts(torch.arange(len(rollouts)), questions, cfg_prime.mini_batch_size, 0, 0)
+    steps = 0
     for part in parts:
         rows_global = dist.all_sum(len(part))
         if rows_global == 0:
             continue
         first = int(part[0]) if len(part) else 0
-        micros = [slice(first + sl.start, first + sl.stop) for sl in micro_slices(len(part), micro_size)] \
-            if len(part) else []
-        for k, sl in enumerate(micros):
+        micros = micro_slices(len(part), micro_size, prm.model)  # as many on every rank (FSDP); empty ones join
+        for k, sl in enumerate(micros):  # with row 0, counting nothing (a rank may have no row in this mini-batch)
+            real = sl.start < sl.stop
+            sl = slice(first + sl.start, first + sl.stop) if real else slice(0, 1)
             with torch.set_grad_enabled(update):
                 lr, width = logratio_of(sl)
                 loss = prime_ce_loss(lr.sum(-1), labels[sl].to(dev), cfg_prime.beta) * len(lr) / rows_global
+                loss = loss * float(real)
             if update:
                 dist.set_grad_sync(prm.model, k == len(micros) - 1)
                 loss.backward()
-            logratio[sl, :width] = lr.detach().to(logratio.device)
-            value += loss.detach() * rows_global / max(n_global_rollouts, 1)
+            if real:
+                logratio[sl, :width] = lr.detach().to(logratio.device)
+                value += loss.detach() * rows_global / max(n_global_rollouts, 1)
         if update:
             _step(prm, opt, cfg_prm.grad_clip)
+            steps += 1
     value = float(value)
     if update and cfg_prime.update == "before":  # PRIME's double forward: the rewards of the updated PRM
         with torch.no_grad():  # columns past a micro-batch's width are padding, already 0 in logratio
-            for sl in micro_slices(len(rollouts), micro_size):
-                lr, width = logratio_of(sl)
-                logratio[sl, :width] = lr.to(logratio.device)
+            for sl in micro_slices(len(rollouts), micro_size, prm.model):
+                if sl.start < sl.stop:
+                    lr, width = logratio_of(sl)
+                    logratio[sl, :width] = lr.to(logratio.device)
+                else:  # another rank has more rows: FSDP needs this rank's forward too
+                    logratio_of(slice(0, 1))
     rewards = cfg_prime.beta * logratio
     rbar = masked_mean(rewards, batch.step_mask)
     ok = labels > 0
     margin = float(rbar[ok].mean() - rbar[~ok].mean()) if ok.any() and (~ok).any() else None
-    return rewards, batch, {"prm_loss": dist.all_sum(value), "margin": margin, "prm_steps": len(parts) if update
-                            else 0}
+    return rewards, batch, {"prm_loss": dist.all_sum(value), "margin": margin, "prm_steps": steps}
 
 
 def minibatch_parts(rows: torch.Tensor, kept_questions: int, questions_per_minibatch: int | None, epoch: int,
@@ -228,7 +238,7 @@ def policy_step(policy, opt, batch: Batch, old_lp: torch.Tensor, advantages: tor
                 continue
             # gradient accumulation: each micro-batch's loss is its share of the mini-batch's token-mean (divided by
             # the mini-batch's GLOBAL token count), so the summed gradients are the whole mini-batch's, exactly
-            micros = micro_slices(len(part), compute.micro_batch_size)
+            micros = micro_slices(len(part), compute.micro_batch_size, policy)  # as many on every rank (FSDP)
             for k, ms in enumerate(micros):
                 idx = part[ms]
                 empty = len(idx) == 0  # other ranks have rows here: this one joins with a row that counts for nothing

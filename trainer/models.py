@@ -13,6 +13,7 @@ from typing import Sequence
 import torch
 
 from repirl.artifacts import PolicyConfig, PRMConfig, Provenance, load_policy_config, save_model_folder
+from trainer import distributed as dist
 from trainer.device import compute_of
 
 
@@ -58,34 +59,49 @@ def collate(seqs: Sequence[Sequence[int]], prompt_lens: Sequence[int], step_ends
     return Batch(ids, attn, resp, step)
 
 
-def micro_slices(rows: int, size: int | None) -> list[slice]:
-    """Consecutive row ranges of at most `size` rows (None: one range)."""
+def micro_slices(rows: int, size: int | None, model=None) -> list[slice]:
+    """Consecutive row ranges of at most `size` rows (None: one range). With `model` sharded by FSDP over several
+    ranks, the list is padded with empty ranges (slice(rows, rows)) to the largest count on any rank: FSDP2
+    all-gathers the weights in every forward, so every rank must run as many forwards and backwards as the others,
+    and ranks hold unequal shares (failed rollouts, filtered questions). The caller runs an empty range as one row
+    whose result counts for nothing."""
     size = size or max(rows, 1)
-    return [slice(i, min(i + size, rows)) for i in range(0, rows, size)] or [slice(0, 0)]
+    slices = [slice(i, min(i + size, rows)) for i in range(0, rows, size)] or [slice(0, 0)]
+    if model is not None and dist.world() > 1 and dist.is_sharded(model):
+        slices += [slice(rows, rows)] * (int(dist.all_max(len(slices))) - len(slices))
+    return slices
 
 
-def map_micro_batches(batch: Batch, size: int | None, fn) -> tuple[torch.Tensor, ...]:
+def map_micro_batches(batch: Batch, size: int | None, fn, model=None) -> tuple[torch.Tensor, ...]:
     """fn(sub-batch) -> tuple of [b, t] tensors, per micro-batch of `size` rows (each cut to its longest row), put
     back together as [B, T] tensors (zeros past each row's end). Memory: one micro-batch's activations at a time
     when no gradient is kept; training loops call this one micro-batch at a time and backward each. With several
     micro-batches the rows are grouped by length (longest first), so each micro-batch pads to rows of its own length
-    rather than to the batch's longest: a row's result does not depend on the rows beside it."""
+    rather than to the batch's longest: a row's result does not depend on the rows beside it. `model` (the module fn
+    runs): when FSDP-sharded, as many forwards on every rank (micro_slices); an extra one runs the first row and
+    enters the result times 0, so a backward through the result also reaches it (FSDP2's hooks pair up)."""
     rows, width = batch.ids.shape
-    if not size or size >= rows:
-        out = fn(batch.rows(slice(0, rows)))
+    one = not size or size >= rows
+    slices = micro_slices(rows, None if one else size, model)
+    order = torch.arange(rows) if one else torch.argsort(batch.attn.sum(-1), descending=True, stable=True)
+    parts, extra = [], []
+    for sl in slices:  # an empty range: another rank runs more micro-batches, and FSDP needs this rank's forward too
+        (parts if sl.start < sl.stop else extra).append(fn(batch.select(order[sl] if sl.start < sl.stop else order[:1])))
+    if one:
         pad = lambda x: torch.nn.functional.pad(x, (0, width - x.shape[1]))  # noqa: E731
-        return tuple(pad(x) for x in out)
-    order = torch.argsort(batch.attn.sum(-1), descending=True, stable=True)
-    parts = [fn(batch.select(order[sl])) for sl in micro_slices(rows, size)]
-    result = []
-    for k in range(len(parts[0])):
-        like = parts[0][k]
-        full = torch.zeros((rows, width), dtype=like.dtype, device=like.device)
-        start = 0
-        for p in parts:
-            full[order[start : start + p[k].shape[0]].to(like.device), : p[k].shape[1]] = p[k]
-            start += p[k].shape[0]
-        result.append(full)
+        result = [pad(x) for x in parts[0]]
+    else:
+        result = []
+        for k in range(len(parts[0])):
+            like = parts[0][k]
+            full = torch.zeros((rows, width), dtype=like.dtype, device=like.device)
+            start = 0
+            for p in parts:
+                full[order[start : start + p[k].shape[0]].to(like.device), : p[k].shape[1]] = p[k]
+                start += p[k].shape[0]
+            result.append(full)
+    if extra:
+        result[0] = result[0] + 0.0 * sum(x[0].sum() for x in extra)
     return tuple(result)
 
 
@@ -102,7 +118,8 @@ def token_logprobs(model, batch: Batch, with_entropy: bool = False, temperature:
     bf16 autocast if asked, and with `chunk_tokens` the vocabulary projection runs per chunk of token positions.
     The result is float32, on the batch's device."""
     c = compute_of(model)
-    out = map_micro_batches(batch, c.micro_batch_size, lambda mb: _token_logprobs(model, mb, c, temperature, with_entropy))
+    out = map_micro_batches(batch, c.micro_batch_size,
+                            lambda mb: _token_logprobs(model, mb, c, temperature, with_entropy), model)
     return (out[0], out[1]) if with_entropy else out[0]
 
 
@@ -225,7 +242,7 @@ class RewardModel(torch.nn.Module):
         if self.parameterization == "logprob":
             return self.beta * token_logprobs(self.model, batch)
         c = compute_of(self.model)
-        raw = map_micro_batches(batch, c.micro_batch_size, lambda mb: (self._head(mb, c),))[0]
+        raw = map_micro_batches(batch, c.micro_batch_size, lambda mb: (self._head(mb, c),), self.model)[0]
         return raw if self.bound is None else self.bound * torch.tanh(raw / self.bound)
 
     def _head(self, mb: Batch, c) -> torch.Tensor:

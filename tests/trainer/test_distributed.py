@@ -92,6 +92,36 @@ def test_two_process_training_run_resumes_exactly(recipe, tmp_path):
         assert all(torch.equal(a[k], b[k]) for k in a), sub
 
 
+
+@pytest.mark.slow
+def test_ranks_with_unequal_shares_keep_fsdp_collectives_paired(tiny_policy_dir, tmp_path):
+    """Micro-batches of 2 rows under FSDP2 when rank 0 holds two questions and rank 1 one (tests/trainer/
+    _uneven_worker.py): FSDP2 all-gathers the weights in every forward, so every rank must run as many forwards
+    (and backwards) as the others. The rePIRL PRM step, the PPO step and PRIME's PRM update, the last with a
+    mini-batch in which rank 1 has no row, give the weights one process computes on the same global mini-batches.
+    Before the ranks' micro-batch counts were matched, the first uneven scoring pass left the collectives unpaired."""
+    worker = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_uneven_worker.py")
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    one = subprocess.run([sys.executable, worker, str(tiny_policy_dir), str(tmp_path / "one"), "0"], env=ENV, cwd=REPO,
+                         capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = torchrun(worker, str(tiny_policy_dir), str(tmp_path / "two"), "1")
+    assert "uneven ok" in two.stdout
+    a, b = (torch.load(tmp_path / d / "weights.pt", weights_only=False) for d in ("one", "two"))
+    from safetensors.torch import load_file
+
+    init = load_file(str(tiny_policy_dir / "model.safetensors"))
+    for sub in ("policy", "prm", "prime"):
+        assert any(k in init and (a[sub][k] - init[k]).abs().max() > 1e-4 for k in a[sub]), f"{sub}: no step"
+        for k in a[sub]:
+            assert torch.allclose(a[sub][k], b[sub][k], atol=1e-5, rtol=1e-4), (sub, k)
+    assert b["policy_steps"] == a["policy_steps"] == 2
+    assert b["prime_steps"] == 2  # PRIME's third mini-batch is empty on every rank: no step
+    for key in ("prm_loss", "policy_loss", "entropy", "clip_frac"):
+        assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-7), key
+
+
 def test_teardown_leaves_the_process_group_and_train_cli_calls_it(tmp_path, monkeypatch):
     """A rank that exits with its gloo group still up can abort in interpreter shutdown ("terminate called without an
     active exception", exit -6: a CI failure of a finished two-process run). trainer.distributed.teardown leaves the
