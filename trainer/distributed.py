@@ -47,13 +47,27 @@ def setup(device_type: str = "cpu") -> None:
             dist.init_process_group("gloo")
 
 
+# How long a leaving rank lets gloo's worker threads finish with their last collective before the interpreter shuts
+# down (see teardown). A thread needs the CPU for microseconds; 0.5 s covers a thread kept off a busy CPU.
+GLOO_EXIT_GRACE_S = 0.5
+
+
 def teardown() -> None:
-    """Leave the process group before the interpreter exits (torch asks for `destroy_process_group()`): left to
-    interpreter shutdown, gloo's worker threads were destroyed while still joinable and a rank aborted with
-    "terminate called without an active exception" (exit -6) after a finished run (a CI failure of
-    test_two_process_bf16_checkpoint_loads_into_one_process). Local, no collective: safe on an error path too."""
+    """Leave the process group before the interpreter exits (torch asks for `destroy_process_group()`), then wait
+    GLOO_EXIT_GRACE_S with the GIL released. Why the wait: gloo's C++ worker threads outlive destroy_process_group
+    (FSDP's modules still hold the group), and a worker that has just completed a collective drops its last reference
+    to the output tensor AFTER the main thread has woken from wait(); freeing that tensor's Python object needs the
+    GIL. If the main thread has meanwhile reached interpreter shutdown, Python ends the worker thread inside that
+    C++ destructor and the rank dies of SIGABRT, "terminate called without an active exception" (a core of one such
+    rank, 2026-12-07: thread in ProcessGroupGloo::runLoop -> ~AsyncAllgatherCoalescedWork -> decref_pyobject ->
+    take_gil -> PyThread_exit_thread while the main thread was in Py_FinalizeEx; seen in 2-process tests under
+    load, after the run had finished and written everything; pytorch/pytorch#179291 describes the same race). The
+    wait lets the worker take the GIL while Python is still whole. Local, no collective: safe on an error path too."""
     if dist.is_initialized():
         dist.destroy_process_group()
+        import time
+
+        time.sleep(GLOO_EXIT_GRACE_S)
 
 
 def world() -> int:
