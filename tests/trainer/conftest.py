@@ -54,6 +54,23 @@ def torchrun(*args) -> subprocess.CompletedProcess:
     return out
 
 
+
+def one_and_two_processes(worker: str, policy_dir, tmp_path) -> tuple[subprocess.CompletedProcess, dict, dict]:
+    """Run tests/trainer/<worker> alone (argv `policy_dir tmp_path/one 0`) and under torchrun with 2 processes
+    (`... tmp_path/two 1`); both must exit 0. Returns the torchrun result and the two `weights.pt` each run's rank 0
+    saved (single process, two processes)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), worker)
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    one = subprocess.run([sys.executable, path, str(policy_dir), str(tmp_path / "one"), "0"],
+                         env=child_env(OMP_NUM_THREADS="1"), cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = torchrun(path, str(policy_dir), str(tmp_path / "two"), "1")
+    import torch
+
+    a, b = (torch.load(tmp_path / d / "weights.pt", weights_only=False) for d in ("one", "two"))
+    return two, a, b
+
 def small_recipe(tmp_path, policy_dir, **over) -> dict:
     """A recipe small enough that a whole run takes a few seconds on 2 CPU cores; `over` replaces top-level keys
     and merges into the nested ones (`rollouts={"n": 4}` keeps the other rollout settings)."""

@@ -18,7 +18,7 @@ import torch
 import yaml
 
 from tests.conftest import REPO
-from tests.trainer.conftest import child_env, torchrun
+from tests.trainer.conftest import child_env, one_and_two_processes, torchrun
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_dist_worker.py")
 ENV = child_env(OMP_NUM_THREADS="1")
@@ -100,15 +100,8 @@ def test_ranks_with_unequal_shares_keep_fsdp_collectives_paired(tiny_policy_dir,
     (and backwards) as the others. The rePIRL PRM step, the PPO step and PRIME's PRM update, the last with a
     mini-batch in which rank 1 has no row, give the weights one process computes on the same global mini-batches.
     Before the ranks' micro-batch counts were matched, the first uneven scoring pass left the collectives unpaired."""
-    worker = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_uneven_worker.py")
-    (tmp_path / "one").mkdir()
-    (tmp_path / "two").mkdir()
-    one = subprocess.run([sys.executable, worker, str(tiny_policy_dir), str(tmp_path / "one"), "0"], env=ENV, cwd=REPO,
-                         capture_output=True, text=True, timeout=300)
-    assert one.returncode == 0, one.stderr[-3000:]
-    two = torchrun(worker, str(tiny_policy_dir), str(tmp_path / "two"), "1")
+    two, a, b = one_and_two_processes("_uneven_worker.py", tiny_policy_dir, tmp_path)
     assert "uneven ok" in two.stdout
-    a, b = (torch.load(tmp_path / d / "weights.pt", weights_only=False) for d in ("one", "two"))
     from safetensors.torch import load_file
 
     init = load_file(str(tiny_policy_dir / "model.safetensors"))

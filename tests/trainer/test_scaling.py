@@ -14,7 +14,6 @@ trainer/checkpoint.py): each result is compared with the same quantity computed 
 
 import copy
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -28,7 +27,7 @@ from trainer.config import ConfigError, PolicyTrainConfig, PrimeConfig, PRMTrain
 from trainer.device import Compute, attach, resolve_device
 from trainer.models import RewardModel, collate, load_causal_lm, token_logprobs
 
-from tests.trainer.conftest import REPO, child_env, small_recipe, torchrun
+from tests.trainer.conftest import REPO, one_and_two_processes, small_recipe, torchrun
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -284,16 +283,8 @@ def test_two_process_memory_options_give_the_single_process_step(tiny_policy_dir
     (one file per rank) loads into one process bit-identical to the gathered weights; a bf16 FSDP2 step runs."""
     from trainer import checkpoint
 
-    worker = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_scaling_worker.py")
-    env = child_env(OMP_NUM_THREADS="1")
-    (tmp_path / "one").mkdir()
-    (tmp_path / "two").mkdir()
-    one = subprocess.run([sys.executable, worker, str(tiny_policy_dir), str(tmp_path / "one"), "0"], env=env, cwd=REPO,
-                         capture_output=True, text=True, timeout=300)
-    assert one.returncode == 0, one.stderr[-3000:]
-    two = torchrun(worker, str(tiny_policy_dir), str(tmp_path / "two"), "1")
+    two, a, b = one_and_two_processes("_scaling_worker.py", tiny_policy_dir, tmp_path)
     assert "bf16 ok" in two.stdout
-    a, b = (torch.load(tmp_path / d / "weights.pt", weights_only=False) for d in ("one", "two"))
     init = load_causal_lm(tiny_policy_dir).state_dict()
     for sub in ("policy", "prm"):
         assert any((a[sub][k] - init[k]).abs().max() > 1e-3 for k in init), f"{sub}: the step changed nothing"
