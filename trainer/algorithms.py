@@ -21,7 +21,7 @@ from trainer.losses import (
     rloo_advantages,
 )
 from trainer.device import compute_of
-from trainer.models import Batch, collate, micro_slices, token_logprobs
+from trainer.models import Batch, collate, micro_rows, micro_slices, token_logprobs
 from trainer.rollouts import Rollout
 
 
@@ -101,10 +101,9 @@ def irl_prm_step(prm, opt, experts: Sequence[Rollout], negatives: Sequence[Rollo
                 value = torch.zeros((), dtype=torch.float64, device=dev)
                 micros = micro_slices(len(items), compute_of(prm.model).micro_batch_size, prm.model)
                 for k, sl in enumerate(micros):
-                    real = sl.start < sl.stop  # else: another rank has more rows; row 0 joins, counting nothing
-                    sl = sl if real else slice(0, 1)
+                    sl, counts = micro_rows(sl)  # padding: another rank has more rows; row 0 joins, counting nothing
                     mb = batch.rows(sl).to(dev)  # rewards, loss and backward on the model's device
-                    c = coef[sl].to(dev) * float(real)
+                    c = coef[sl].to(dev) * float(counts)
                     part = (c * (prm.token_rewards(mb) * mb.step_mask).sum(-1)).sum()
                     dist.set_grad_sync(prm.model, k == len(micros) - 1)
                     part.backward()  # also on a rank without usable questions (zeros): FSDP's collectives pair up
@@ -163,16 +162,15 @@ def prime_prm_step(prm, ref_model, opt, rollouts: Sequence[Rollout], cfg_prime, 
         first = int(part[0]) if len(part) else 0
         micros = micro_slices(len(part), micro_size, prm.model)  # as many on every rank (FSDP); empty ones join
         for k, sl in enumerate(micros):  # with row 0, counting nothing (a rank may have no row in this mini-batch)
-            real = sl.start < sl.stop
-            sl = slice(first + sl.start, first + sl.stop) if real else slice(0, 1)
+            sl, counts = micro_rows(slice(first + sl.start, first + sl.stop))
             with torch.set_grad_enabled(update):
                 lr, width = logratio_of(sl)
                 loss = prime_ce_loss(lr.sum(-1), labels[sl].to(dev), cfg_prime.beta) * len(lr) / rows_global
-                loss = loss * float(real)
+                loss = loss * float(counts)
             if update:
                 dist.set_grad_sync(prm.model, k == len(micros) - 1)
                 loss.backward()
-            if real:
+            if counts:
                 logratio[sl, :width] = lr.detach().to(logratio.device)
                 value += loss.detach() * rows_global / max(n_global_rollouts, 1)
         if update:
@@ -182,11 +180,10 @@ def prime_prm_step(prm, ref_model, opt, rollouts: Sequence[Rollout], cfg_prime, 
     if update and cfg_prime.update == "before":  # PRIME's double forward: the rewards of the updated PRM
         with torch.no_grad():  # columns past a micro-batch's width are padding, already 0 in logratio
             for sl in micro_slices(len(rollouts), micro_size, prm.model):
-                if sl.start < sl.stop:
-                    lr, width = logratio_of(sl)
+                sl, counts = micro_rows(sl)  # padding: another rank has more rows, FSDP needs this rank's forward too
+                lr, width = logratio_of(sl)
+                if counts:
                     logratio[sl, :width] = lr.to(logratio.device)
-                else:  # another rank has more rows: FSDP needs this rank's forward too
-                    logratio_of(slice(0, 1))
     rewards = cfg_prime.beta * logratio
     rbar = masked_mean(rewards, batch.step_mask)
     ok = labels > 0

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import os
+import time
 
 import torch
 import torch.distributed as dist
@@ -65,8 +66,6 @@ def teardown() -> None:
     wait lets the worker take the GIL while Python is still whole. Local, no collective: safe on an error path too."""
     if dist.is_initialized():
         dist.destroy_process_group()
-        import time
-
         time.sleep(GLOO_EXIT_GRACE_S)
 
 

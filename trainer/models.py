@@ -65,11 +65,19 @@ def micro_slices(rows: int, size: int | None, model=None) -> list[slice]:
     all-gathers the weights in every forward, so every rank must run as many forwards and backwards as the others,
     and ranks hold unequal shares (failed rollouts, filtered questions). The caller runs an empty range as one row
     whose result counts for nothing."""
+    # no micro-batches configured (size None, the same on every rank): one forward everywhere, nothing to agree on
+    padded = size is not None and model is not None and dist.world() > 1 and dist.is_sharded(model)
     size = size or max(rows, 1)
     slices = [slice(i, min(i + size, rows)) for i in range(0, rows, size)] or [slice(0, 0)]
-    if model is not None and dist.world() > 1 and dist.is_sharded(model):
+    if padded:
         slices += [slice(rows, rows)] * (int(dist.all_max(len(slices))) - len(slices))
     return slices
+
+
+def micro_rows(sl: slice) -> tuple[slice, bool]:
+    """The rows a range from micro_slices runs, and whether they count: an empty range (padding for another rank's
+    extra micro-batch) runs row 0, whose result the caller weighs by 0."""
+    return (sl, True) if sl.start < sl.stop else (slice(0, 1), False)
 
 
 def map_micro_batches(batch: Batch, size: int | None, fn, model=None) -> tuple[torch.Tensor, ...]:
@@ -81,12 +89,13 @@ def map_micro_batches(batch: Batch, size: int | None, fn, model=None) -> tuple[t
     runs): when FSDP-sharded, as many forwards on every rank (micro_slices); an extra one runs the first row and
     enters the result times 0, so a backward through the result also reaches it (FSDP2's hooks pair up)."""
     rows, width = batch.ids.shape
-    one = not size or size >= rows
-    slices = micro_slices(rows, None if one else size, model)
+    slices = micro_slices(rows, size, model)
+    one = slices[0].stop == rows  # the whole batch in one forward: its rows in their own order
     order = torch.arange(rows) if one else torch.argsort(batch.attn.sum(-1), descending=True, stable=True)
     parts, extra = [], []
-    for sl in slices:  # an empty range: another rank runs more micro-batches, and FSDP needs this rank's forward too
-        (parts if sl.start < sl.stop else extra).append(fn(batch.select(order[sl] if sl.start < sl.stop else order[:1])))
+    for sl in slices:  # padding: another rank runs more micro-batches, and FSDP needs this rank's forward too
+        sl, counts = micro_rows(sl)
+        (parts if counts else extra).append(fn(batch.rows(sl) if one else batch.select(order[sl])))
     if one:
         pad = lambda x: torch.nn.functional.pad(x, (0, width - x.shape[1]))  # noqa: E731
         result = [pad(x) for x in parts[0]]

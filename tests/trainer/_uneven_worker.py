@@ -1,4 +1,4 @@
-"""Run alone or under torchrun (2 processes, gloo), for test_scaling.py: the three update steps with micro-batches of
+"""Run alone or under torchrun (2 processes, gloo), for test_distributed.py: the three update steps with micro-batches of
 2 rows when the ranks hold UNEQUAL shares, as a real run's ranks do (failed rollouts, filtered questions and
 uneven question counts differ by rank): 3 questions, so rank 0 holds two and rank 1 one.
 

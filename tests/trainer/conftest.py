@@ -54,7 +54,6 @@ def torchrun(*args) -> subprocess.CompletedProcess:
     return out
 
 
-
 def one_and_two_processes(worker: str, policy_dir, tmp_path) -> tuple[subprocess.CompletedProcess, dict, dict]:
     """Run tests/trainer/<worker> alone (argv `policy_dir tmp_path/one 0`) and under torchrun with 2 processes
     (`... tmp_path/two 1`); both must exit 0. Returns the torchrun result and the two `weights.pt` each run's rank 0
@@ -70,6 +69,7 @@ def one_and_two_processes(worker: str, policy_dir, tmp_path) -> tuple[subprocess
 
     a, b = (torch.load(tmp_path / d / "weights.pt", weights_only=False) for d in ("one", "two"))
     return two, a, b
+
 
 def small_recipe(tmp_path, policy_dir, **over) -> dict:
     """A recipe small enough that a whole run takes a few seconds on 2 CPU cores; `over` replaces top-level keys

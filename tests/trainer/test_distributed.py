@@ -92,7 +92,6 @@ def test_two_process_training_run_resumes_exactly(recipe, tmp_path):
         assert all(torch.equal(a[k], b[k]) for k in a), sub
 
 
-
 @pytest.mark.slow
 def test_ranks_with_unequal_shares_keep_fsdp_collectives_paired(tiny_policy_dir, tmp_path):
     """Micro-batches of 2 rows under FSDP2 when rank 0 holds two questions and rank 1 one (tests/trainer/
