@@ -66,8 +66,12 @@ class APIError(Exception):
 
 
 class LimitExceeded(APIError):
-    def __init__(self, param: str, value: int, limit: int, what: str):
-        super().__init__(413, f"{param}: {value} {what} exceeds the limit of {limit}", param)
+    """`at_least`: `value` is where counting stopped, past the limit (the service does not count a refused
+    trajectory to its end: that would cost the whole request's tokenizing)."""
+
+    def __init__(self, param: str, value: int, limit: int, what: str, at_least: bool = False):
+        super().__init__(413, f"{param}: {'at least ' if at_least else ''}{value} {what} exceeds the limit of {limit}",
+                         param)
 
 
 class QueueFull(APIError):

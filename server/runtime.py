@@ -119,8 +119,9 @@ class PRMRuntime:
         trajs = []
         for (question, steps), param in zip(items, params):
             traj = self.scorer.encoder.encode(question, steps, token_limit=self.max_tokens)
-            if len(traj.ids) > self.max_tokens:
-                raise LimitExceeded(param, len(traj.ids), self.max_tokens, self._max_what)
+            if len(traj.ids) > self.max_tokens:  # counted up to the step that went past it (encode's doc)
+                raise LimitExceeded(param, len(traj.ids), self.max_tokens, self._max_what,
+                                    at_least=len(traj.step_spans) < len(steps))
             trajs.append(traj)
         return trajs
 
