@@ -150,7 +150,10 @@ def build_toy_policy(root: str | Path | None = None, question: str = TOY_QUESTIO
 
 
 def main() -> None:
-    """Build the toy policies the tests use into a fresh folder and say whether each converged (exit 1 if not)."""
+    """Build the toy policies the tests use into a fresh folder and say whether each converged (exit 1 if not).
+    `--keep`: then put it in the tests' cache (toy_cache_dir), so the suite does not train the same one again (CI
+    checks each CPU kernel set from scratch and keeps the one the suite runs on)."""
+    import shutil
     import sys
     import time
 
@@ -169,6 +172,13 @@ def main() -> None:
     metrics = json.loads((path / "policy.json").read_text())["provenance"]["metrics"]
     print(f"ok [{torch.backends.cpu.get_cpu_capability()}] toy policy memorised its solutions: loss "
           f"{metrics['loss']}, {metrics['rounds']} start(s), {time.time() - t0:.1f} s")
+    kept = toy_cache_dir() / path.name
+    if "--keep" in sys.argv[1:] and not (kept / "config.json").is_file():
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=kept.parent))
+        shutil.copytree(path, tmp, dirs_exist_ok=True)
+        os.replace(tmp, kept)  # whole or not at all: a test may be reading the cache
+        print(f"kept for the tests: {kept}")
 
 
 if __name__ == "__main__":
