@@ -104,7 +104,7 @@ def irl_prm_step(prm, opt, experts: Sequence[Rollout], negatives: Sequence[Rollo
                     sl, counts = micro_rows(sl)  # padding: another rank has more rows; row 0 joins, counting nothing
                     mb = batch.rows(sl).to(dev)  # rewards, loss and backward on the model's device
                     c = coef[sl].to(dev) * float(counts)
-                    part = (c * (prm.token_rewards(mb) * mb.step_mask).sum(-1)).sum()
+                    part = (c * (prm.token_rewards(mb, one_forward=True) * mb.step_mask).sum(-1)).sum()
                     dist.set_grad_sync(prm.model, k == len(micros) - 1)
                     part.backward()  # also on a rank without usable questions (zeros): FSDP's collectives pair up
                     value += part.detach()
@@ -150,7 +150,7 @@ def prime_prm_step(prm, ref_model, opt, rollouts: Sequence[Rollout], cfg_prime, 
     def logratio_of(sl: slice) -> tuple[torch.Tensor, int]:  # rows sl: log(pi_phi / pi_ref) on response steps
         mb = batch.rows(sl).to(dev)  # log-probs, loss and backward on the model's device
         width = mb.ids.shape[1]
-        return (token_logprobs(prm.model, mb) - ref_lp[sl, :width].to(dev)) * mb.step_mask, width
+        return (token_logprobs(prm.model, mb, one_forward=True) - ref_lp[sl, :width].to(dev)) * mb.step_mask, width
 
     questions = round(dist.all_sum(float(len({r.group for r in rollouts}))))  # each rank holds its own questions
     parts = minibatch_parts(torch.arange(len(rollouts)), questions, cfg_prime.mini_batch_size, 0, 0)
@@ -248,7 +248,7 @@ def policy_step(policy, opt, batch: Batch, old_lp: torch.Tensor, advantages: tor
                 mb = host.to(dev)
                 old = old_lp[idx, :width].to(dev, non_blocking=True)
                 adv = (advantages[idx] if advantages.dim() == 1 else advantages[idx, :width]).to(dev, non_blocking=True)
-                lp, ent = token_logprobs(policy, mb, with_entropy=True, temperature=temperature)
+                lp, ent = token_logprobs(policy, mb, with_entropy=True, temperature=temperature, one_forward=True)
                 pg = ppo_clip_loss_sum(lp, old, adv, mb.resp_mask, cfg.clip)
                 ent_sum = (ent * mb.resp_mask).sum()
                 loss = (pg - cfg.entropy_coef * ent_sum) / tokens

@@ -114,7 +114,8 @@ def map_micro_batches(batch: Batch, size: int | None, fn, model=None) -> tuple[t
     return tuple(result)
 
 
-def token_logprobs(model, batch: Batch, with_entropy: bool = False, temperature: float = 1.0):
+def token_logprobs(model, batch: Batch, with_entropy: bool = False, temperature: float = 1.0,
+                   one_forward: bool = False):
     """log pi(ids[t] | ids[<t]) at every position (0 at t=0), and optionally each position's predictive entropy
     (of the distribution that produced ids[t]).
 
@@ -125,9 +126,13 @@ def token_logprobs(model, batch: Batch, with_entropy: bool = False, temperature:
 
     How it computes comes from the model's trainer.device.Compute: on its device, in micro-batches of rows, under
     bf16 autocast if asked, and with `chunk_tokens` the vocabulary projection runs per chunk of token positions.
-    The result is float32, on the batch's device."""
+    The result is float32, on the batch's device.
+
+    `one_forward`: `batch` is a training loop's micro-batch, which the loop already cut to the micro-batch size and
+    ran as many of on every rank: one forward, without asking the other ranks (under FSDP with a micro-batch size,
+    each call otherwise agrees on a count with a collective: one per micro-batch, always answering 1 here)."""
     c = compute_of(model)
-    out = map_micro_batches(batch, c.micro_batch_size,
+    out = map_micro_batches(batch, None if one_forward else c.micro_batch_size,
                             lambda mb: _token_logprobs(model, mb, c, temperature, with_entropy), model)
     return (out[0], out[1]) if with_entropy else out[0]
 
@@ -247,11 +252,13 @@ class RewardModel(torch.nn.Module):
             sq += float(local(diff).double().pow(2).sum())
         return dist.all_sum(sq) ** 0.5
 
-    def token_rewards(self, batch: Batch) -> torch.Tensor:
+    def token_rewards(self, batch: Batch, one_forward: bool = False) -> torch.Tensor:
+        """`one_forward`: a training loop's micro-batch (token_logprobs)."""
         if self.parameterization == "logprob":
-            return self.beta * token_logprobs(self.model, batch)
+            return self.beta * token_logprobs(self.model, batch, one_forward=one_forward)
         c = compute_of(self.model)
-        raw = map_micro_batches(batch, c.micro_batch_size, lambda mb: (self._head(mb, c),), self.model)[0]
+        size = None if one_forward else c.micro_batch_size
+        raw = map_micro_batches(batch, size, lambda mb: (self._head(mb, c),), self.model)[0]
         return raw if self.bound is None else self.bound * torch.tanh(raw / self.bound)
 
     def _head(self, mb: Batch, c) -> torch.Tensor:

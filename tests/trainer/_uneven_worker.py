@@ -30,8 +30,16 @@ def _wrapped(model, hf):
     return model
 
 
+def _count_all_max() -> list:
+    """Every `dist.all_max` call from here on (micro_slices' agreement on the forward count among them)."""
+    calls, inner = [], dist.all_max
+    dist.all_max = lambda x: calls.append(x) or inner(x)
+    return calls
+
+
 def main(policy_dir, out_dir, sharded):
     dist.setup("cpu")
+    agreements = _count_all_max()
     torch.manual_seed(0)
     mine = [r for r in fixed_rollouts(n_groups=3) if r.group % dist.world() == dist.rank()]
     experts, negatives = [r for r in mine if r.correct], [r for r in mine if not r.correct]
@@ -68,7 +76,8 @@ def main(policy_dir, out_dir, sharded):
             prime_prm_step(implicit, ref, prime_opt, rows, PrimeConfig(beta=0.5), prm_cfg, 256, len(rows))
         steps = None
     weights = {"policy": dist.model_state(policy), "prm": dist.model_state(prm.model),
-               "prime": dist.model_state(implicit.model), "prm_loss": m["prm_loss"], "prime_steps": steps, **s}
+               "prime": dist.model_state(implicit.model), "prm_loss": m["prm_loss"], "prime_steps": steps,
+               "all_max_calls": len(agreements), **s}
     if dist.rank() == 0:
         torch.save(weights, f"{out_dir}/weights.pt")
         print("uneven ok", flush=True)

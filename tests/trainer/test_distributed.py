@@ -98,7 +98,8 @@ def test_ranks_with_unequal_shares_keep_fsdp_collectives_paired(tiny_policy_dir,
     _uneven_worker.py): FSDP2 all-gathers the weights in every forward, so every rank must run as many forwards
     (and backwards) as the others. The rePIRL PRM step, the PPO step and PRIME's PRM update, the last with a
     mini-batch in which rank 1 has no row, give the weights one process computes on the same global mini-batches.
-    Before the ranks' micro-batch counts were matched, the first uneven scoring pass left the collectives unpaired."""
+    Before the ranks' micro-batch counts were matched, the first uneven scoring pass left the collectives unpaired.
+    The training loops' micro-batches then each agreed on a count again (a collective per micro-batch): no more."""
     two, a, b = one_and_two_processes("_uneven_worker.py", tiny_policy_dir, tmp_path)
     assert "uneven ok" in two.stdout
     from safetensors.torch import load_file
@@ -110,6 +111,10 @@ def test_ranks_with_unequal_shares_keep_fsdp_collectives_paired(tiny_policy_dir,
             assert torch.allclose(a[sub][k], b[sub][k], atol=1e-5, rtol=1e-4), (sub, k)
     assert b["policy_steps"] == a["policy_steps"] == 2
     assert b["prime_steps"] == 2  # PRIME's third mini-batch is empty on every rank: no step
+    # the forward-count agreements, one per split into micro-batches, on rank 0: the worker's two scoring passes, the
+    # PRM step's scoring pass and update, 2 PPO mini-batches, PRIME's 2 non-empty mini-batches. Each micro-batch of
+    # those loops asked again before its forward (18 in all here; always 1 forward then)
+    assert b["all_max_calls"] == 8 and a["all_max_calls"] == 0
     for key in ("prm_loss", "policy_loss", "entropy", "clip_frac"):
         assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-7), key
 
