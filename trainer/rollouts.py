@@ -215,8 +215,8 @@ class VLLMEngine:
 
         from repirl.vllm_setup import start_llm
 
-        # collective_rpc with a function (the weight push, refresh_cpu_gemm) needs it; this engine is private to the
-        # trainer process.
+        # collective_rpc with a function (the weight push, weight_sync.refresh_cpu_gemm) needs it; this engine is
+        # private to the trainer process.
         os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"
         on_gpu = torch.cuda.is_available()
         self.sleep_level = sleep_level if on_gpu else 0  # CPU: no-op (see the class docstring)
@@ -307,21 +307,6 @@ def choose_engine(setting: str, world: int, device_type: str = "cpu") -> tuple[s
     if vllm_available():
         return "vllm", None
     return "transformers", "rollouts: vLLM is not installed (or does not import); using transformers generate"
-
-
-def refresh_cpu_gemm(worker) -> int:
-    """Runs inside each vLLM worker after `reload_weights`. vLLM-CPU keeps a prepacked copy of some weights for its
-    GEMM (`cpu_linear`); reload refreshed the linear layers but not the tied LM head, whose stale copy gave log-prob
-    errors of 2-4 nats after an embedding change (measured; see docs/trainer.md). Re-dispatching makes the reload
-    exact (max |diff| ~1e-6). A no-op on GPU (no `cpu_linear`)."""
-    from vllm.model_executor.layers.utils import dispatch_cpu_unquantized_gemm
-
-    n = 0
-    for mod in worker.model_runner.get_model().modules():
-        if hasattr(mod, "cpu_linear") and getattr(mod, "weight", None) is not None:
-            dispatch_cpu_unquantized_gemm(mod, remove_weight=False)
-            n += 1
-    return n
 
 
 def build_rollouts(problems: Sequence[Problem], generations, encoder: TrajectoryEncoder, tokenizer, task,

@@ -16,7 +16,7 @@ themselves are passed: nothing is copied, which is TRL's "colocate" mode.
 
 The weights are cast to the engine's dtype before they leave (a bf16 engine gets half the bytes of an fp32 trainer).
 vLLM-CPU keeps a prepacked copy of some GEMM weights (`cpu_linear`) that a reload does not refresh; the same worker
-call re-dispatches them (trainer.rollouts.refresh_cpu_gemm, see docs/trainer.md "Rollouts").
+call re-dispatches them (refresh_cpu_gemm below, see docs/trainer.md "Rollouts").
 
 Measured with load_tests/bench_weight_sync.py (figures in docs/trainer.md "Scaling up").
 """
@@ -159,7 +159,6 @@ def _views(table, raw: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
 def load_weights_in_worker(worker, table=None, buf=None, tensors=None, shm=None, partial: bool = False) -> dict:
     """Runs inside each vLLM worker (sent with collective_rpc): load the weights in place, then refresh vLLM-CPU's
     prepacked GEMM copies. Returns what it did (the caller checks that every worker loaded every tensor)."""
-    from trainer.rollouts import refresh_cpu_gemm
 
     t0 = time.perf_counter()
     if tensors is not None:
@@ -288,9 +287,22 @@ def _send(llm, bucket: dict[str, torch.Tensor], dtype, inproc: bool, partial: bo
 def reload_from_disk(llm, folder) -> None:
     """The previous way (kept for `rollouts.weight_sync: disk` and the benchmark): the caller saved the policy to
     `folder`; every worker re-reads it in place."""
-    from trainer.rollouts import refresh_cpu_gemm
 
     llm.collective_rpc("reload_weights", kwargs={"weights_path": str(folder)})
     llm.collective_rpc(refresh_cpu_gemm)
     llm.reset_prefix_cache()
 
+
+def refresh_cpu_gemm(worker) -> int:
+    """Runs inside each vLLM worker after `reload_weights`. vLLM-CPU keeps a prepacked copy of some weights for its
+    GEMM (`cpu_linear`); reload refreshed the linear layers but not the tied LM head, whose stale copy gave log-prob
+    errors of 2-4 nats after an embedding change (measured; see docs/trainer.md). Re-dispatching makes the reload
+    exact (max |diff| ~1e-6). A no-op on GPU (no `cpu_linear`)."""
+    from vllm.model_executor.layers.utils import dispatch_cpu_unquantized_gemm
+
+    n = 0
+    for mod in worker.model_runner.get_model().modules():
+        if hasattr(mod, "cpu_linear") and getattr(mod, "weight", None) is not None:
+            dispatch_cpu_unquantized_gemm(mod, remove_weight=False)
+            n += 1
+    return n
