@@ -22,7 +22,8 @@ import yaml
 
 from repirl.artifacts import atomic_write_text
 from trainer.config import ConfigError, TrainConfig, load_config
-from trainer.evaluation.pipeline import HARDER, IN_DIST, LIKELIHOOD_BASELINE as LIKELIHOOD
+from trainer.evaluation.bestofn import HARDER, IN_DIST
+from trainer.evaluation.pipeline import LIKELIHOOD_BASELINE as LIKELIHOOD
 from trainer.summary import RunSummary
 
 BASE = "base"

@@ -153,7 +153,7 @@ def test_report_section_measures_ece_on_the_test_samples(tmp_path):
                       step_rewards={"cal": [2.0, 0.0], "plain": [2.0, 0.0]}),
                Sample(answer="2", correct=False, steps=["a", "c"], first_wrong_step=1,
                       step_rewards={"cal": [2.0, -2.0], "plain": [2.0, -2.0]})]
-    from trainer.evaluation.pipeline import HARDER, IN_DIST
+    from trainer.evaluation.bestofn import HARDER, IN_DIST
 
     # the section picks the in-distribution setting at the highest temperature by its key, not by its label
     settings = {"in-distribution, T=1.0": {"temperature": 1.0, "task_key": IN_DIST, "_samples": [samples]},

@@ -16,6 +16,11 @@ from repirl.tasks.base import Problem
 from trainer.data import DEV_SEED, HELDOUT_SEED  # noqa: F401  (one home: trainer/data.py; used by the evaluator)
 from trainer.evaluation.metrics import NS, Sample, curve, pass_at_k
 
+# the task settings of the best-of-N and step-error sections: code selects them by these stable keys (kept in each
+# setting as `task_key`, with `temperature`), the report shows the labels (the settings' keys in results.json)
+IN_DIST, HARDER = "in_dist", "harder"
+TASK_LABELS = {IN_DIST: "in-distribution", HARDER: "harder"}
+
 LIKELIHOOD = "likelihood"  # score key of the policy's own mean token log-likelihood
 
 

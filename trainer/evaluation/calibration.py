@@ -10,12 +10,11 @@ from pathlib import Path
 
 from repirl.artifacts import active_calibration
 from trainer.calibration import ece, raw_as_probability, reliability, step_labels
+from trainer.evaluation.bestofn import IN_DIST
 
 
 def section(scorers: dict, settings: dict, log=print) -> dict:
     """settings: the best-of-N settings with their scored samples (`_samples`, step_rewards per PRM name)."""
-    from trainer.evaluation.pipeline import IN_DIST
-
     key = next((k for k in sorted(settings, key=lambda k: -settings[k]["temperature"])
                 if settings[k].get("task_key") == IN_DIST), None)
     if key is None:

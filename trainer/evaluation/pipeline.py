@@ -12,6 +12,7 @@ from typing import Callable
 from repirl.artifacts import atomic_write_text
 from repirl.tasks.arithmetic import ArithmeticTask
 from trainer.evaluation import bestofn, gsm8k_rerank, policies, search_cost, steperror
+from trainer.evaluation.bestofn import HARDER, IN_DIST, TASK_LABELS
 from trainer.evaluation.metrics import NS
 
 SECTIONS = ("bestofn", "steperror", "gsm8k", "policies", "search")
@@ -182,10 +183,6 @@ def cached_samples(cfg, policy, task, problems, sample_cfg, key, log):
 
 
 LIKELIHOOD_BASELINE = "policy likelihood (baseline, no training)"  # a scorer's name, shown as is
-# the task settings of the best-of-N and step-error sections: code selects them by these stable keys (kept in each
-# setting as `task_key`, with `temperature`), the report shows the labels (the settings' keys in results.json)
-IN_DIST, HARDER = "in_dist", "harder"
-TASK_LABELS = {IN_DIST: "in-distribution", HARDER: "harder"}
 
 
 def find_setting(settings: dict, task_key: str, temperature: float) -> str | None:

@@ -6,14 +6,7 @@ import math
 from pathlib import Path
 
 from repirl.artifacts import atomic_write_text
-
-
-def _f(x, digits: int = 3) -> str:
-    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
-
-
-def _curve_at(c: dict, n: int):
-    return c.get(str(n), c.get(n))
+from trainer.evaluation.report_text import curve_at, fmt, markdown
 
 
 def plot_bestofn(bestofn: dict, path: Path) -> None:
@@ -30,7 +23,7 @@ def plot_bestofn(bestofn: dict, path: Path) -> None:
         for method, c in bestofn[key]["curves"].items():
             ns = sorted(int(n) for n in c)
             style = "--" if method.startswith("oracle") else ":" if "weighted" in method else "-"
-            ax.plot(ns, [_curve_at(c, n) for n in ns], style, marker="o", ms=3, label=method)
+            ax.plot(ns, [curve_at(c, n) for n in ns], style, marker="o", ms=3, label=method)
         ax.set_xscale("log", base=2)
         ax.set_ylim(0, 1)
         ax.set_xlabel("N (samples)")
@@ -62,7 +55,7 @@ def plot_confusions(source: dict, path: Path) -> None:
         ax.set_yticks(range(len(table)), labels)
         ax.set_xlabel("predicted first wrong step")
         ax.set_ylabel("true first wrong step")
-        ax.set_title(f"{name}: F1 {_f(source['prms'][name]['f1'], 2)}", fontsize=9)
+        ax.set_title(f"{name}: F1 {fmt(source['prms'][name]['f1'], 2)}", fontsize=9)
         for i, row in enumerate(table):
             for j, v in enumerate(row):
                 if v:
@@ -119,7 +112,6 @@ def render(results: dict, md_path: Path, plot_dir: Path, commands: list[str] | N
     """Writes the markdown and the plots; returns the markdown."""
     import json
 
-    from trainer.evaluation.report_text import markdown
 
     plot_dir.mkdir(parents=True, exist_ok=True)
     check = plot_dir / "service_check.json"  # written by load_tests/check_service_vs_eval.py --out

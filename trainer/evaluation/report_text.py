@@ -6,7 +6,16 @@ from __future__ import annotations
 import math
 
 from trainer.data import DEV_SEED, HELDOUT_SEED
-from trainer.evaluation.report import _curve_at, _f
+
+
+def fmt(x, digits: int = 3) -> str:
+    """A figure for the report's tables: `digits` decimals, "n/a" for a missing or NaN one."""
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def curve_at(c: dict, n: int):
+    """A best-of-N curve's value at N (results.json keys are strings, fresh results' ints)."""
+    return c.get(str(n), c.get(n))
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -27,19 +36,19 @@ def bestofn_targets(bestofn: dict) -> list[str]:
     out = []
     for key, s in bestofn.items():
         c = s["curves"]
-        base = max(_curve_at(c["majority vote"], 16) or 0, _curve_at(c["policy likelihood rerank"], 16) or 0)
+        base = max(curve_at(c["majority vote"], 16) or 0, curve_at(c["policy likelihood rerank"], 16) or 0)
         for method, cur in c.items():
             if not method.startswith("PRM rerank"):
                 continue
-            at16 = _curve_at(cur, 16)
+            at16 = curve_at(cur, 16)
             if at16 is None:
                 continue
             ns = sorted(int(n) for n in cur)
-            rising = _curve_at(cur, ns[-1]) > _curve_at(cur, 1)
+            rising = curve_at(cur, ns[-1]) > curve_at(cur, 1)
             ok = at16 >= base + 0.03 and rising
             verdict = "control, no target" if "untrained" in method else "met" if ok else "missed"
-            out.append(f"- {key}, {method[len('PRM rerank: '):]}: best-of-16 {_f(at16)} vs the better baseline "
-                       f"{_f(base)} ({'+' if at16 >= base else ''}{100 * (at16 - base):.1f} points), curve "
+            out.append(f"- {key}, {method[len('PRM rerank: '):]}: best-of-16 {fmt(at16)} vs the better baseline "
+                       f"{fmt(base)} ({'+' if at16 >= base else ''}{100 * (at16 - base):.1f} points), curve "
                        f"{'rises' if rising else 'does not rise'} from N=1 to N={ns[-1]}: "
                        f"**{verdict}**")
     return out
@@ -54,9 +63,9 @@ def section_bestofn(r: dict, plots: dict) -> list[str]:
     ns = sorted(int(n) for n in first["curves"]["oracle (pass@N)"])
     for key, s in b.items():
         lines += [f"**{key}** ({s['problems']} problems, {s['samples_per_problem']} samples each, mean sample "
-                  f"accuracy {_f(s['mean_sample_accuracy'])}; {_task(s['task'])}; sampling {s['sample_seconds']} s, "
+                  f"accuracy {fmt(s['mean_sample_accuracy'])}; {_task(s['task'])}; sampling {s['sample_seconds']} s, "
                   f"PRM scoring {s['score_seconds']} s)", ""]
-        rows = [[m] + [_f(_curve_at(c, n)) for n in ns] for m, c in s["curves"].items()]
+        rows = [[m] + [fmt(curve_at(c, n)) for n in ns] for m, c in s["curves"].items()]
         lines += _table(["method"] + [f"N={n}" for n in ns], rows) + [""]
     p = first["problems"]
     lines += [f"Standard error of one accuracy over {p} problems: up to {0.5 / math.sqrt(p):.3f} (at 50%); "
@@ -83,8 +92,8 @@ def section_steperror(r: dict, plots: dict) -> list[str]:
             mark = (" met" if f1 - base >= 0.03 else " missed") if "rePIRL" in name and "samples" in label else ""
             return f"{f1 - base:+.3f}{mark}"
 
-        rows = [[name, _f(v["threshold"], 4), _f(v["dev_f1"]), _f(v["acc_erroneous"]), _f(v["acc_correct"]),
-                 f"**{_f(v['f1'])}**",
+        rows = [[name, fmt(v["threshold"], 4), fmt(v["dev_f1"]), fmt(v["acc_erroneous"]), fmt(v["acc_correct"]),
+                 f"**{fmt(v['f1'])}**",
                  "control" if "untrained" in name else "baseline" if "baseline" in name
                  else "met" if v["f1"] >= 0.7 else "missed", vs_base(name, v["f1"])]
                 for name, v in s["prms"].items()]
@@ -113,12 +122,12 @@ def section_gsm8k(r: dict) -> list[str]:
               "`offline.max_tokens`; about half of these solutions are longer than the model's 512 positions.", ""]
     keys = ["PRM rerank", "PRM-weighted vote", "majority vote", "random (mean candidate accuracy)", "first candidate",
             "oracle"]
-    lines += _table(["method", "accuracy"], [[k, _f(g[k]) + _se(g[k], n)] for k in keys if k in g]) + [""]
+    lines += _table(["method", "accuracy"], [[k, fmt(g[k]) + _se(g[k], n)] for k in keys if k in g]) + [""]
     fe = g.get("first_error")
     if fe:
         lines += [f"First-error localisation from calculator notes (dev/test = first/second half of the labelled "
-                  f"solutions, balanced): threshold {_f(fe['threshold'], 4)}, accuracy erroneous "
-                  f"{_f(fe['acc_erroneous'])}, correct {_f(fe['acc_correct'])}, F1 {_f(fe['f1'])} "
+                  f"solutions, balanced): threshold {fmt(fe['threshold'], 4)}, accuracy erroneous "
+                  f"{fmt(fe['acc_erroneous'])}, correct {fmt(fe['acc_correct'])}, F1 {fmt(fe['f1'])} "
                   f"({fe['n_erroneous']} + {fe['n_correct']} solutions).", ""]
     return lines
 
@@ -126,7 +135,7 @@ def section_gsm8k(r: dict) -> list[str]:
 def _before_after(before, after) -> str:
     if after is None:
         return "n/a"
-    return f"{_f(before)} -> {_f(after)}" if before is not None else _f(after)
+    return f"{fmt(before)} -> {fmt(after)}" if before is not None else fmt(after)
 
 
 def section_policies(r: dict, plots: dict) -> list[str]:
@@ -136,11 +145,11 @@ def section_policies(r: dict, plots: dict) -> list[str]:
              f"accuracy of {p['samples_per_problem']} samples at T={p['sampled_temperature']} per problem. "
              "Spread = standard deviation over the training seeds available (0 with one seed).", ""]
     rows = [[a["algorithm"], ", ".join(a["runs"]), ", ".join(map(str, a["seeds"])),
-             f"{_f(a['greedy_mean'])} ± {_f(a['greedy_std'])}", f"{_f(a['sampled_mean'])} ± {_f(a['sampled_std'])}"]
+             f"{fmt(a['greedy_mean'])} ± {fmt(a['greedy_std'])}", f"{fmt(a['sampled_mean'])} ± {fmt(a['sampled_std'])}"]
             for a in p["by_algorithm"]]
     lines += _table(["algorithm", "runs", "seeds", "greedy", "sampled"], rows) + [""]
     lines += _table(["run", "algorithm", "seed", "greedy", "sampled"],
-                    [[x["run"], x["algorithm"], str(x["seed"]), _f(x["greedy"]), _f(x["sampled"])] for x in p["runs"]])
+                    [[x["run"], x["algorithm"], str(x["seed"]), fmt(x["greedy"]), fmt(x["sampled"])] for x in p["runs"]])
     lines += [""] + policy_target(p["by_algorithm"])
     if "policies" in plots:
         lines += [f"![policies]({plots['policies']})", ""]
@@ -158,8 +167,8 @@ def policy_target(by_alg: list[dict]) -> list[str]:
     for kind in ("greedy", "sampled"):
         d = r[f"{kind}_mean"] - o[f"{kind}_mean"]
         spread = max(r[f"{kind}_std"], o[f"{kind}_std"])
-        verdict.append(f"{kind} {_f(r[f'{kind}_mean'])} vs {_f(o[f'{kind}_mean'])} ({d * 100:+.1f} points, "
-                       f"spread {_f(r[f'{kind}_std'])} / {_f(o[f'{kind}_std'])}): "
+        verdict.append(f"{kind} {fmt(r[f'{kind}_mean'])} vs {fmt(o[f'{kind}_mean'])} ({d * 100:+.1f} points, "
+                       f"spread {fmt(r[f'{kind}_std'])} / {fmt(o[f'{kind}_std'])}): "
                        f"**{'met' if d > spread else 'missed'}**")
     return [f"Target (issue 12), rePIRL above RLOO by more than the spread, seeds {', '.join(map(str, r['seeds']))}: "
             + "; ".join(verdict) + ".", ""]
@@ -177,7 +186,7 @@ def section_search(r: dict, plots: dict) -> list[str]:
         lines += [f"PRM: {prm}", ""]
         lines += _table(["strategy", "accuracy", "policy tokens", "PRM tokens handed", "PRM tokens computed",
                          "wall s"],
-                        [[k, _f(v["accuracy"]) + _se(v["accuracy"], v["problems"]),
+                        [[k, fmt(v["accuracy"]) + _se(v["accuracy"], v["problems"]),
                           f"{v['policy_tokens_per_problem']:.0f}", f"{v['prm_tokens_total_per_problem']:.0f}",
                           f"{v['prm_tokens_computed_per_problem']:.0f}", f"{v['wall_time_s_per_problem']:.2f}"]
                          for k, v in rows.items()]) + [""]
@@ -189,16 +198,16 @@ def section_search(r: dict, plots: dict) -> list[str]:
 def section_service(c: dict, r: dict) -> list[str]:
     names = [k for k, v in (r.get("config", {}).get("prms") or {}).items() if v.rstrip("/") == c["prm"].rstrip("/")]
     setting = (r.get("bestofn") or {}).get(f"{c['task']}, T={c['temperature']}", {})
-    curve_n = _curve_at(setting.get("curves", {}).get(f"PRM rerank: {names[0]}", {}), c["n"]) if names else None
+    curve_n = curve_at(setting.get("curves", {}).get(f"PRM rerank: {names[0]}", {}), c["n"]) if names else None
     # the same path can hold another training of that run: compare only when the weights are the ones section 1 saw
     checked, evaluated = c.get("prm_revision"), (r.get("prm_revisions") or {}).get(names[0]) if names else None
     if curve_n is None:
         extra = []
     elif checked and checked == evaluated:
-        extra = [f"Section 1 reports {_f(curve_n)} for the same PRM (revision {checked}) and setting at N={c['n']} "
+        extra = [f"Section 1 reports {fmt(curve_n)} for the same PRM (revision {checked}) and setting at N={c['n']} "
                  f"(subsampled from {setting.get('samples_per_problem')} samples on {setting.get('problems')} "
-                 f"problems, other seeds): they differ by {_f(abs(curve_n - c['service_accuracy']))}, against a "
-                 f"standard error of the difference of about {_f(c['two_se'] / 2)} at {c['problems']} problems.", ""]
+                 f"problems, other seeds): they differ by {fmt(abs(curve_n - c['service_accuracy']))}, against a "
+                 f"standard error of the difference of about {fmt(c['two_se'] / 2)} at {c['problems']} problems.", ""]
     else:
         extra = [f"This check ran with the policy and PRM at those paths as they were then (PRM revision "
                  f"{checked or 'not recorded'}), not necessarily the ones section 1 evaluated (revision "
@@ -211,8 +220,8 @@ def section_service(c: dict, r: dict) -> list[str]:
             f"best-of-{c['n']} (PRM rerank, T={c['temperature']}) on {c['problems']} held-out {c['task']} problems, "
             "once through the evaluator's code in-process and once through `POST /v1/best-of-n` of a service "
             "started with the same PRM and policy.", "",
-            *_table(["", "accuracy"], [["evaluator", _f(c["evaluator_accuracy"])],
-                                       ["service", _f(c["service_accuracy"])]]), "",
+            *_table(["", "accuracy"], [["evaluator", fmt(c["evaluator_accuracy"])],
+                                       ["service", fmt(c["service_accuracy"])]]), "",
             f"Same answer on {c['same_answer']}/{c['problems']} problems, same solution on "
             f"{c.get('same_solution', 'n/a')}/{c['problems']} (seeded sampling, {c['engine']} engines on both "
             f"sides); check {'passed' if c['passed'] else 'FAILED'}.", "", *extra]
@@ -250,7 +259,7 @@ def markdown(r: dict, plots: dict, commands: list[str]) -> str:
         lines += _table(["run", "algorithm", "seed", "iterations / steps", "training time (s)",
                          "held-out greedy pass@1 (before -> after)", "held-out sampled (T, before -> after)"],
                         [[f"`{x['run']}`", x["algorithm"], str(x["seed"]), str(x["iterations"] or "n/a"),
-                          _f(x["train_seconds"], 0) if x["train_seconds"] is not None else "n/a",
+                          fmt(x["train_seconds"], 0) if x["train_seconds"] is not None else "n/a",
                           _before_after(x.get("greedy_before"), x.get("greedy")),
                           (f"T={x['eval_temperature']}: " if x.get("eval_temperature") is not None else "")
                           + _before_after(x.get("accuracy_before"), x.get("accuracy"))]
