@@ -1,7 +1,8 @@
 """No import circles among the project's modules (repirl/, server/, trainer/), counting imports inside functions
-too: a lazy import that closes a circle still ties the two modules' designs together. The last five circles were
-broken one by one (the contributor notes list them); this keeps new ones out. Static: it reads the sources (ast), so
-it imports nothing."""
+too: a lazy import that closes a circle still ties the two modules' designs together. The last ones (repirl/artifacts
+<-> calibration, server score -> deps -> searching, trainer/rollouts <-> weight_sync, evaluation pipeline <->
+calibration, report <-> report_text) were broken one at a time; this keeps new ones out. Static: it reads the sources
+(ast) and imports nothing."""
 
 from __future__ import annotations
 
