@@ -1,6 +1,6 @@
 """Latency figures for issue 22, items 5 and 7 (the tests assert behaviour, not timings; this prints the ratios).
 
-    python load_tests/bench_hostile.py [--part abandoned|fairness|both]
+    python load_tests/bench_hostile.py [--part abandoned|fairness|textflood|both]
 
 abandoned: a normal best-of-n (n=4, 2 steps of 8 tokens) unloaded, then right after 50 clients abandoned long
   best-of-n requests (n=8, one step of up to 1000 tokens) once all 50 were admitted: median and worst of 5, and
@@ -10,6 +10,9 @@ fairness: a light key's single-item /v1/score latency alone, then while a heavy 
   p99 ratio (issue target: <= 3x), the light key's statuses, the heavy key's 200/429 counts, and the heavy key's
   throughput (items and computed tokens answered per second) alone and while the light key runs. One server per
   `--fair-quantum-ms` value (0: no time quantum, the batcher before it), one after the other on the same machine.
+textflood: a small /v1/score's latency alone, then while `--flood-clients` clients (no API keys: one caller) send
+  ~900 KB /pooling inputs over and over (a second or so of tokenizing each, then a 413): p50/p99 and the ratio
+  (server/text_work.py; before it the small request queued behind the flood's tokenizing: p50 11.0 s with 24).
 
 The service runs as in the tests (`python -m server`, transformers engines, tiny random models, torch_threads 1),
 on this machine's shared CPU: figures move with its load; both sides of each ratio come from the same run."""
@@ -176,9 +179,49 @@ def fairness(root: Path, n: int, max_batch_tokens: int, quantum_ms: float, heavy
         srv.stop()
 
 
+def textflood(root: Path, n: int, clients: int) -> None:
+    import json
+    import threading
+
+    prm = root / "prm"
+    if not prm.exists():
+        build_tiny_prm(prm, "token-reward")
+    srv = ServerProc(["--engine", "hf", "--prm", f"tr={prm}"], log=root / "textflood.log").wait_ready()
+    unit = "12 + 3 = 15\n\n"  # the largest such input under the 1 MB body limit (JSON escapes the newlines)
+    body = {"model": "tr", "input": unit * ((1_000_000 - 100) // len(json.dumps(unit)))}
+    small = {"question": "What is 2+3?", "steps": ["2+3 = 5", "Answer: 5"]}
+    stop, flooded = threading.Event(), []
+
+    def flood():
+        with httpx.Client(base_url=srv.url, timeout=600) as c:
+            while not stop.is_set():
+                flooded.append(c.post("/pooling", json=body).status_code)
+
+    try:
+        with httpx.Client(base_url=srv.url, timeout=600) as c:
+            alone = [_timed(c, "/v1/score", {**small, "question": f"What is 2+{k}?"}) for k in range(n)]
+            threads = [threading.Thread(target=flood, daemon=True) for _ in range(clients)]
+            for t in threads:
+                t.start()
+            assert poll(lambda: metric(c, "repirl_text_work_queued_bytes") > 0, timeout=120)
+            during = [_timed(c, "/v1/score", {**small, "question": f"What is 3+{k}?"}) for k in range(n)]
+            stop.set()
+            for t in threads:
+                t.join(600)
+        a50, a99, d50, d99 = _p(alone, 0.5), _p(alone, 0.99), _p(during, 0.5), _p(during, 0.99)
+        print(f"[textflood] small /v1/score alone: p50 {a50 * 1000:.0f} ms, p99 {a99 * 1000:.0f} ms")
+        print(f"[textflood] while {clients} clients send {len(json.dumps(body)) / 1e6:.2f} MB /pooling inputs: p50 "
+              f"{d50 * 1000:.0f} ms, p99 {d99 * 1000:.0f} ms; ratio p50 {d50 / a50:.1f}x, p99 {d99 / a99:.1f}x; "
+              f"flood answered {len(flooded)} ({', '.join(f'{k}: {flooded.count(k)}' for k in sorted(set(flooded)))})")
+    finally:
+        srv.stop()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--part", choices=["abandoned", "fairness", "both"], default="both")
+    ap.add_argument("--part", choices=["abandoned", "fairness", "textflood", "both"], default="both",
+                    help="both: abandoned and fairness (textflood runs alone)")
+    ap.add_argument("--flood-clients", type=int, default=24)
     ap.add_argument("--light-requests", type=int, default=50)
     # a light request waits for the engine call in flight: its size bounds the light key's latency under load
     ap.add_argument("--max-batch-tokens", type=int, default=16384)
@@ -192,6 +235,8 @@ def main() -> None:
         if args.part in ("fairness", "both"):
             for quantum_ms in args.fair_quantum_ms:
                 fairness(Path(d), args.light_requests, args.max_batch_tokens, quantum_ms, args.heavy_seconds)
+        if args.part == "textflood":
+            textflood(Path(d), args.light_requests, args.flood_clients)
 
 
 if __name__ == "__main__":

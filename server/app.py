@@ -37,6 +37,7 @@ from server.middleware import (BodyLimitMiddleware, DrainMiddleware, MetricsMidd
 from server.runtime import GuardedCache, PRMRuntime
 from server.policies import as_loaded, load_policies
 from server.settings import Settings
+from server.text_work import TextWork
 
 log = logging.getLogger("repirl.server")
 
@@ -118,9 +119,10 @@ def create_app(settings: Settings, scorers: dict | None = None,
 
             torch.set_num_threads(settings.torch_threads)
         loaded = scorers if scorers is not None else build_scorers(settings)
+        state.text_work = TextWork(settings.text_work_threads, settings.limits.max_text_work_bytes, metrics)
         for name, scorer in loaded.items():
             rt = PRMRuntime(name, scorer, state.cache, metrics, settings.limits, ttl_s=settings.cache_ttl_s,
-                            salt=settings.cache_salt)
+                            salt=settings.cache_salt, text_work=state.text_work)
             rt.batcher.start()
             state.runtimes[name] = rt
         state.policies.update(as_loaded(policies) if policies is not None else load_policies(settings))
@@ -136,6 +138,7 @@ def create_app(settings: Settings, scorers: dict | None = None,
             key_watch()
             for rt in state.runtimes.values():
                 await rt.batcher.stop()
+            state.text_work.close()
             await raw_cache.close()
             if close_engines:  # engines this app owns (vLLM: its engine-core process) stop with it
                 _close_all([*loaded.values(), *state.policies.values()])

@@ -13,6 +13,7 @@ from server.metrics import Metrics
 from server.policies import LoadedPolicy
 from server.runtime import CALLER, TENANT, GuardedCache, PRMRuntime
 from server.settings import Settings
+from server.text_work import TextWork
 
 
 @dataclass
@@ -32,6 +33,7 @@ class AppState:
     on_fatal: Callable[[], None] | None = None  # `repirl serve` sets it: drain, then exit non-zero
     draining: bool = False  # SIGTERM received (server/drain.py): /readyz 503 "draining", new requests 503
     in_flight: int = 0  # requests being served, health routes aside (DrainMiddleware): the drain waits for 0
+    text_work: TextWork | None = None  # tokenizing and parsing request text, in turns (server/text_work.py)
 
 
 async def get_state(request: Request) -> AppState:  # async: a sync dependency costs a thread hop per request

@@ -33,6 +33,9 @@ class Metrics:
         self.searches_in_flight = Gauge("repirl_searches_in_flight", "searches holding admission budget "
                                         "(/v1/search, /v1/best-of-n, chat): admitted, and their work not ended",
                                         registry=r)
+        self.text_work_bytes = Gauge("repirl_text_work_queued_bytes", "request bytes waiting to be tokenized or "
+                                     "parsed (server/text_work.py), against limits.max_text_work_bytes", registry=r)
+        self.text_work_running = Gauge("repirl_text_work_running", "tokenizing or parsing jobs running", registry=r)
         self.search_samples_in_flight = Gauge("repirl_search_samples_in_flight", "policy samples those searches "
                                               "hold, against max_search_samples_in_flight", registry=r)
         self.write_timeouts = Counter("repirl_write_timeouts_total", "connections closed because a response "

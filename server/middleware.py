@@ -11,6 +11,7 @@ import time
 import uuid
 
 from server.errors import BodyTooLarge, error_body
+from server.text_work import REQUEST_BYTES
 
 log = logging.getLogger("repirl.server")
 
@@ -27,6 +28,8 @@ class BodyLimitMiddleware:
         length = dict(scope.get("headers") or []).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
             return await _send_413(send, int(length), self.max_bytes)
+        # what its text work costs in the turns of server/text_work.py: a body without a length may be the largest
+        REQUEST_BYTES.set(int(length) if length is not None and length.isdigit() else self.max_bytes)
         seen = 0
         started = False
 

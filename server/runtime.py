@@ -24,6 +24,7 @@ from server.batching import MicroBatcher
 from server.errors import APIError, LimitExceeded
 from server.metrics import Metrics
 from server.settings import Limits
+from server.text_work import TextWork
 
 log = logging.getLogger("repirl.server")
 
@@ -80,9 +81,10 @@ class ItemScore:
 
 class PRMRuntime:
     def __init__(self, name: str, scorer, cache: GuardedCache, metrics: Metrics, limits: Limits, *,
-                 ttl_s: int, salt: str | None):
+                 ttl_s: int, salt: str | None, text_work: TextWork | None = None):
         self.name, self.scorer, self.cache, self.metrics, self.limits = name, scorer, cache, metrics, limits
         self.ttl_s, self.salt = ttl_s, salt
+        self.text_work = text_work  # the app's (server/text_work.py); None: asyncio's default executor
         self.has_token_rewards = format_facts(scorer.config).has_token_rewards
         # the longest trajectory this PRM takes: the limit, or the model's own context when shorter (past it vLLM
         # failed the whole batch and transformers scored positions the model never saw)
@@ -114,6 +116,13 @@ class PRMRuntime:
         """The deployment salt, plus the tenant's key hash when the cache is scoped per key (prefix_keys hashes it)."""
         return self.salt if tenant is None else f"{self.salt or ''}\0tenant\0{tenant}"
 
+    async def off_loop(self, fn, *args):
+        """fn(*args) off the event loop: CPU work on request text (tokenizing, templates, parsing), in the app's
+        turns by caller (server/text_work.py) when it has them."""
+        if self.text_work is None:
+            return await asyncio.to_thread(fn, *args)
+        return await self.text_work.run(CALLER.get(), fn, *args)
+
     def _encode_checked(self, items: list[tuple[str, list[str]]], params: list[str]) -> list[TrajectoryIds]:
         """Each item's ids; the first over the token limit is a 413 naming it, and leaves nothing memoised."""
         trajs = []
@@ -137,7 +146,7 @@ class PRMRuntime:
         if not admitted and self.batcher.refuses(len(items), 0, caller):
             self.batcher.refuse()
         # tokenizing user text is CPU work: off the event loop (issue 22.1)
-        trajs = await asyncio.to_thread(self._encode_checked, items, params)
+        trajs = await self.off_loop(self._encode_checked, items, params)
         return await self.score_trajectories(trajs, params, tenant, admitted, items=items, caller=caller)
 
     async def score_trajectories(self, trajs: list[TrajectoryIds], params: list[str], tenant: str | None = None,

@@ -46,6 +46,10 @@ class Limits(BaseModel):
     # policy gets this many pooled connections, so an admitted search never waits for one (it waited up to 120 s
     # and failed with PoolTimeout behind ~100 abandoned calls)
     max_searches_in_flight: int = Field(64, gt=0, le=4096, description="searches admitted at once (429 beyond)")
+    # request bytes whose text waits to be tokenized or parsed (server/text_work.py: in turns by key, smallest first;
+    # a key with nothing waiting is admitted over it)
+    max_text_work_bytes: int = Field(64 << 20, gt=0, description="request bytes waiting for tokenizing and parsing "
+                                     "across all requests (429 beyond)")
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -81,6 +85,8 @@ class Settings(BaseSettings):
     # torch intra-op threads for the transformers engine (None: torch's default, one per core). On a small, shared
     # CPU fewer threads than cores can be much faster: the engine thread shares the cores with the event loop.
     torch_threads: int | None = Field(None, gt=0)
+    # threads that tokenize and parse request text (server/text_work.py); large requests use all but one
+    text_work_threads: int = Field(4, ge=2, le=64)
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     # none: an in-process cache. redis:// or rediss:// (TLS; a private CA: `?ssl_ca_certs=/path/ca.pem`). Whoever

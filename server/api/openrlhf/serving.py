@@ -6,8 +6,6 @@ batch: OpenRLHF's client retries a failed request five times and then drops the 
 
 from __future__ import annotations
 
-import asyncio
-
 from repirl.answers import answers_match, extract_answer
 from repirl.scoring.unit_values import unit_score
 from repirl.scoring.aggregate import aggregate
@@ -140,8 +138,8 @@ async def serve_openrlhf_reward(state: AppState, req: OpenRLHFRewardRequest, mod
     prompts = req.prompts if req.prompts is not None else [None] * n
 
     # parsing user text is CPU work: off the event loop, so /livez and other requests never wait for it (issue 22.1)
-    items, responses = await asyncio.to_thread(_parse_queries, req.query, prompts, special, runtime.config.step_separator,
-                                               runtime.scorer.encoder.template, limits)
+    items, responses = await runtime.off_loop(_parse_queries, req.query, prompts, special, runtime.config.step_separator,
+                                            runtime.scorer.encoder.template, limits)
 
     scored: dict[int, tuple[float, float, int]] = {}  # query index -> (raw score, value in [0, 1], steps)
     while items:  # an item over the token limit fails alone: drop it, score the rest
@@ -161,7 +159,7 @@ async def serve_openrlhf_reward(state: AppState, req: OpenRLHFRewardRequest, mod
         break
 
     labels = req.labels if req.labels is not None else [None] * n
-    answers, outcome = await asyncio.to_thread(_outcomes, responses, labels)  # parsing and math-verify: off the loop
+    answers, outcome = await runtime.off_loop(_outcomes, responses, labels)  # parsing and math-verify: off the loop
     raw, unit, steps = zip(*(scored.get(i, (0.0, 0.0, 0)) for i in range(n)))
     labelled = [a is not None for a in answers]
     # per sample, so a sample's answer never depends on what else shares its request

@@ -19,8 +19,6 @@ Outputs (docs/service.md, "vLLM's pooling API"):
 
 from __future__ import annotations
 
-import asyncio
-
 import base64
 import math
 import sys
@@ -132,7 +130,7 @@ async def _score(state: AppState, req: PoolingRequest) -> tuple[PRMRuntime, list
     _unsupported(req)
     runtime = find_runtime(state, req.model)
     # chat templates and tokenization are CPU work on user text: off the event loop (issue 22.1)
-    seqs, params, trajs = await asyncio.to_thread(_prepare, runtime, req, state.settings.limits.max_items)
+    seqs, params, trajs = await runtime.off_loop(_prepare, runtime, req, state.settings.limits.max_items)
     todo = [i for i, t in enumerate(trajs) if t.step_spans]  # no step (a step-tag PRM, no tag): no rows
     scored = await runtime.score_trajectories([trajs[i] for i in todo], [params[i] for i in todo]) if todo else []
     out: list[ItemScore | None] = [None] * len(trajs)

@@ -5,8 +5,6 @@ answer beat those that do not."""
 
 from __future__ import annotations
 
-import asyncio
-
 from repirl.answers import extract_answer
 from repirl.scoring.aggregate import aggregate
 from repirl.scoring.formats import format_facts
@@ -41,7 +39,7 @@ async def serve_rerank(state: AppState, req: RerankRequest) -> RerankResponse:
     check_count("candidates", len(req.candidates), limits.max_candidates, "candidates")
     runtime = get_runtime(state, req.model)
     # splitting and answer extraction parse user text: off the event loop (issue 22.1)
-    steps_list, answers = await asyncio.to_thread(_parse_candidates, req, limits, runtime.config.step_separator)
+    steps_list, answers = await runtime.off_loop(_parse_candidates, req, limits, runtime.config.step_separator)
     how = req.aggregation or runtime.config.default_aggregation
     scored = await runtime.score([(req.question, s) for s in steps_list],
                                  [f"candidates[{i}]" for i in range(len(steps_list))])
