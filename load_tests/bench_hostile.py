@@ -11,7 +11,7 @@ fairness: a light key's single-item /v1/score latency alone, then while a heavy 
   throughput (items and computed tokens answered per second) alone and while the light key runs. One server per
   `--fair-quantum-ms` value (0: no time quantum, the batcher before it), one after the other on the same machine.
 textflood: a small /v1/score's latency alone, then while `--flood-clients` clients (no API keys: one caller) send
-  ~900 KB /pooling inputs over and over (a second or so of tokenizing each, then a 413): p50/p99 and the ratio
+  the largest /pooling input the 1 MB limit allows, over and over (a second or so of tokenizing each, then a 413): p50/p99 and the ratio
   (server/text_work.py; before it the small request queued behind the flood's tokenizing: p50 11.0 s with 24).
 
 The service runs as in the tests (`python -m server`, transformers engines, tiny random models, torch_threads 1),
@@ -38,6 +38,7 @@ from tests.server.conftest import ServerProc, metric, poll  # noqa: E402
 from tests.server.test_abandoned_work import ABANDONED, LONG, NORMAL  # noqa: E402
 from tests.server.test_cancellation import Victim  # noqa: E402
 from tests.server.test_fairness import HEAVY, HEAVY_CLIENTS, LIGHT, items  # noqa: E402
+from tests.server.test_hostile_parsing import _fill  # noqa: E402
 
 
 def _timed(c: httpx.Client, path: str, body: dict) -> float:
@@ -187,8 +188,7 @@ def textflood(root: Path, n: int, clients: int) -> None:
     if not prm.exists():
         build_tiny_prm(prm, "token-reward")
     srv = ServerProc(["--engine", "hf", "--prm", f"tr={prm}"], log=root / "textflood.log").wait_ready()
-    unit = "12 + 3 = 15\n\n"  # the largest such input under the 1 MB body limit (JSON escapes the newlines)
-    body = {"model": "tr", "input": unit * ((1_000_000 - 100) // len(json.dumps(unit)))}
+    body = _fill(lambda s: {"model": "tr", "input": s}, "12 + 3 = 15\n\n")  # the largest under the 1 MB limit
     small = {"question": "What is 2+3?", "steps": ["2+3 = 5", "Answer: 5"]}
     stop, flooded = threading.Event(), []
 

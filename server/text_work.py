@@ -5,8 +5,9 @@ threads and one unbounded FIFO queue. A client sending large bodies with many co
 900 KB /pooling inputs, each about a second of tokenizing) queued that work ahead of everyone's, and a 100-byte
 /v1/score from another client waited 11 s (p50; 11 ms alone). Here the work waits in a queue bounded in request
 bytes (`limits.max_text_work_bytes`; 429 + Retry-After beyond it, except for a caller with nothing waiting) and is
-taken in turns: a free thread goes to the caller (API key; one caller without keys) whose last job started longest
-ago, to that caller's smallest request, and large requests (over 64 KB) never hold the last thread. So a small
+taken in turns as the PRM queue takes keys (server/batching.py): a caller (API key; one caller without keys) with
+nothing waiting goes first, a caller whose job just started goes to the back; each turn starts that caller's
+smallest request, and large requests (over 64 KB) never hold the last thread. So a small
 request waits for no one's backlog, with or without keys, and a key's flood delays another key's large requests by
 about one job, not by the flood.
 
@@ -43,8 +44,7 @@ class TextWork:
         self.executor = ThreadPoolExecutor(threads, thread_name_prefix="repirl-text")
         self.running = self.running_large = 0
         self.queued_bytes = 0
-        self._queues: dict[str, list] = {}  # caller -> heap of (bytes, seq, job)
-        self._last_turn: dict[str, int] = {}  # caller -> when its last job started (turns go to the longest wait)
+        self._queues: dict[str, list] = {}  # caller -> heap of (bytes, seq, job); dict order = whose turn comes first
         self._seq = itertools.count()
 
     async def run(self, caller: str, fn: Callable[..., T], *args) -> T:
@@ -56,7 +56,9 @@ class TextWork:
                                     f"(max_text_work_bytes {self.max_queued_bytes}); retry later")
         loop = asyncio.get_running_loop()
         job = (loop.create_future(), contextvars.copy_context(), fn, args, cost)
-        heapq.heappush(self._queues.setdefault(caller, []), (cost, next(self._seq), job))
+        if caller not in self._queues:  # nothing waiting: its turn comes first
+            self._queues = {caller: [], **self._queues}
+        heapq.heappush(self._queues[caller], (cost, next(self._seq), job))
         self.queued_bytes += cost
         self._dispatch(loop)
         try:
@@ -77,44 +79,36 @@ class TextWork:
             self._queues[caller] = kept
         else:
             del self._queues[caller]
+        self._report()
+
+    def _report(self) -> None:
         if self.metrics is not None:
             self.metrics.text_work_bytes.set(self.queued_bytes)
+            self.metrics.text_work_running.set(self.running)
 
     def _dispatch(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start jobs while threads are free: callers in turn order, each caller's smallest job; a large job never
         takes the last thread, so a small request never waits for large ones to finish."""
-        try:
-            self._start_free(loop)
-        finally:
-            if self.metrics is not None:
-                self.metrics.text_work_bytes.set(self.queued_bytes)
-                self.metrics.text_work_running.set(self.running)
-
-    def _start_free(self, loop: asyncio.AbstractEventLoop) -> None:
-        started = True
-        while started and self.running < self.threads:
-            started = False
-            # the caller whose last job started longest ago (or never) first: a heavy caller that just took a
-            # thread waits behind every other caller with work waiting
-            for caller in sorted(self._queues, key=lambda c: self._last_turn.get(c, -1)):
-                if self.running >= self.threads:
-                    return
-                heap = self._queues[caller]
-                large = heap[0][0] > SMALL_BYTES  # its smallest: all of this caller's waiting jobs are large
-                if large and self.running_large >= self.threads - 1:
-                    continue
-                _, _, (future, ctx, fn, args, cost) = heapq.heappop(heap)
-                if not heap:
-                    del self._queues[caller]
-                self.queued_bytes -= cost
-                self._last_turn[caller] = next(self._seq)
-                self.running += 1
-                self.running_large += large
-                done = loop.run_in_executor(self.executor, ctx.run, fn, *args)
-                done.add_done_callback(lambda d, f=future, big=large: self._finished(loop, d, f, big))
-                started = True
-        if len(self._last_turn) > 4096:  # many keys over time: forget those with nothing waiting
-            self._last_turn = {c: t for c, t in self._last_turn.items() if c in self._queues}
+        blocked: set[str] = set()  # callers whose smallest waiting job is large while the large threads are taken
+        while self.running < self.threads:
+            caller = next((c for c in self._queues if c not in blocked), None)
+            if caller is None:
+                break
+            heap = self._queues[caller]
+            large = heap[0][0] > SMALL_BYTES  # its smallest: all of this caller's waiting jobs are large
+            if large and self.running_large >= self.threads - 1:
+                blocked.add(caller)
+                continue
+            _, _, (future, ctx, fn, args, cost) = heapq.heappop(heap)
+            del self._queues[caller]
+            if heap:  # served: to the back of the turn order
+                self._queues[caller] = heap
+            self.queued_bytes -= cost
+            self.running += 1
+            self.running_large += large
+            done = loop.run_in_executor(self.executor, ctx.run, fn, *args)
+            done.add_done_callback(lambda d, f=future, big=large: self._finished(loop, d, f, big))
+        self._report()
 
     def _finished(self, loop: asyncio.AbstractEventLoop, done: asyncio.Future, future: asyncio.Future,
                   large: bool) -> None:

@@ -25,7 +25,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
-from repirl.artifacts import PolicyConfig, Provenance, save_model_folder
+from repirl.artifacts import PolicyConfig, Provenance, atomic_dir, save_model_folder
 from repirl.trajectory import TrajectoryEncoder
 
 TOY_QUESTION = "Start with 3. Add 4, then multiply by 2. What is the result?"
@@ -174,10 +174,8 @@ def main() -> None:
           f"{metrics['loss']}, {metrics['rounds']} start(s), {time.time() - t0:.1f} s")
     kept = toy_cache_dir() / path.name
     if "--keep" in sys.argv[1:] and not (kept / "config.json").is_file():
-        kept.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=kept.parent))
-        shutil.copytree(path, tmp, dirs_exist_ok=True)
-        os.replace(tmp, kept)  # whole or not at all: a test may be reading the cache
+        with atomic_dir(kept) as tmp:  # whole or not at all: a test may be reading the cache
+            shutil.copytree(path, tmp, dirs_exist_ok=True)
         print(f"kept for the tests: {kept}")
 
 
