@@ -11,8 +11,9 @@ fairness: a light key's single-item /v1/score latency alone, then while a heavy 
   throughput (items and computed tokens answered per second) alone and while the light key runs. One server per
   `--fair-quantum-ms` value (0: no time quantum, the batcher before it), one after the other on the same machine.
 textflood: a small /v1/score's latency alone, then while `--flood-clients` clients (no API keys: one caller) send
-  the largest /pooling input the 1 MB limit allows, over and over (a second or so of tokenizing each, then a 413): p50/p99 and the ratio
-  (server/text_work.py; before it the small request queued behind the flood's tokenizing: p50 11.0 s with 24).
+  the largest /pooling input the 1 MB limit allows, over and over (a second or so of tokenizing each, then a 413):
+  p50/p99 and the ratio (server/text_work.py; before it the small request queued behind the flood's tokenizing:
+  p50 11.0 s with 24).
 
 The service runs as in the tests (`python -m server`, transformers engines, tiny random models, torch_threads 1),
 on this machine's shared CPU: figures move with its load; both sides of each ratio come from the same run."""
