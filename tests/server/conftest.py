@@ -4,6 +4,7 @@ in a subprocess (`python -m server`, i.e. `repirl serve`) under uvicorn, reached
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -21,10 +22,32 @@ API_KEY = "test-key-123"
 HASHED_ONLY_KEY = "second-key-456"
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free loopback port BELOW the ephemeral range. A port from bind(0) is an ephemeral one, and a server given it
+    binds it only once its engines are up (a minute for vLLM); meanwhile vLLM's own sockets and every outgoing
+    connection on the machine take ephemeral ports, and one took it: two vLLM services of one CI run (stop 40) exited
+    with "address already in use". Below the range only another test's pick can collide (a random one of ~20,000)."""
+    rng, low = random.Random(), _ephemeral_low()
+    if low <= 11_000:  # a machine whose ephemeral range starts low: take one of those, as before
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+    for _ in range(1000):
+        port = rng.randrange(10_000, low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free loopback port in 10000-{low}")
 
 
 class RedisProc:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 
@@ -29,11 +28,10 @@ GLOO_ABORT = "terminate called without an active exception"
 
 
 def _torchrun_once(args) -> subprocess.CompletedProcess:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from tests.server.conftest import free_port  # below the ephemeral range, which the workers' sockets use
+
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
-                           "127.0.0.1", "--master_port", str(port), *args],
+                           "127.0.0.1", "--master_port", str(free_port()), *args],
                           env=child_env(OMP_NUM_THREADS="1"), cwd=REPO,
                           capture_output=True, text=True, timeout=300)
 
