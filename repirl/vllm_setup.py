@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -162,6 +163,26 @@ def _free_memory() -> tuple[float, float]:
 
     vm = psutil.virtual_memory()
     return vm.available / GIB, vm.total / GIB
+
+
+@contextmanager
+def engine_core_in_process():
+    """Engines built inside run vLLM's engine core in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0, TRL's colocate
+    mode: no spawned process that imports vLLM again; start and close about 20 s shorter on 2 CPU cores). vLLM reads
+    the variable when an engine is built, and an in-process engine core then freezes vllm.envs at what it read
+    (vllm/v1/engine/core.py calls `enable_envs_cache()`): the variable and that cache are both restored on the way
+    out, so engines built later spawn their core as before."""
+    import vllm.envs
+
+    name = "VLLM_ENABLE_V1_MULTIPROCESSING"
+    saved = os.environ.get(name)
+    os.environ[name] = "0"
+    vllm.envs.disable_envs_cache()
+    try:
+        yield
+    finally:
+        os.environ.pop(name, None) if saved is None else os.environ.__setitem__(name, saved)
+        vllm.envs.disable_envs_cache()
 
 
 def start_llm(model: str, what: str, *, kv_cache_gib: float | None = None,

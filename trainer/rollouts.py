@@ -9,6 +9,7 @@ kept for the outcome check; `step_end` is the end of the sampled tokens before a
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -213,7 +214,7 @@ class VLLMEngine:
                  in_process: bool = False, per_rank: bool = False):
         import os
 
-        from repirl.vllm_setup import start_llm
+        from repirl.vllm_setup import engine_core_in_process, start_llm
 
         # collective_rpc with a function (the weight push, weight_sync.refresh_cpu_gemm) needs it; this engine is
         # private to the trainer process.
@@ -225,23 +226,15 @@ class VLLMEngine:
         # processed_logprobs: the log-probs of the distribution actually sampled from (after temperature, and top-p
         # when top_p < 1), so the trainer's log-prob check covers the temperature (raw ones are at T=1)
         extra = {"enable_sleep_mode": True} if self.sleep_level else {}
-        # in_process: vLLM decides where its engine core runs from this variable when the engine is built
-        saved = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
         self.per_rank = per_rank
         in_process = in_process or per_rank
-        if in_process:
-            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-        try:
+        with engine_core_in_process() if in_process else nullcontext():
             self.llm = start_llm(policy_dir, "the rollout policy", kv_cache_gib=kv_cache_gib,
                                  dtype=dtype if on_gpu else "float32", enforce_eager=not on_gpu,
                                  max_model_len=max_model_len, seed=seed, max_num_batched_tokens=32768,
                                  logprobs_mode="processed_logprobs",
                                  **({"distributed_executor_backend": "external_launcher"} if per_rank else {}),
                                  **extra)
-        finally:
-            if in_process:
-                os.environ.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None) if saved is None else \
-                    os.environ.__setitem__("VLLM_ENABLE_V1_MULTIPROCESSING", saved)
         self.last_sync: dict = {}
         self._source, self._stale = policy_dir, False  # what the engine's weights came from (a folder or a model)
 
