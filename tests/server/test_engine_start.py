@@ -1,13 +1,12 @@
-"""How `repirl serve` starts its engines (server/app.py `build_engines`): the PRMs and the policy side by side, and
-nothing left running when one of them fails.
+"""How `repirl serve` starts its engines (server/app.py `build_engines`): nothing left running when one of them
+fails.
 
-The engines here are stand-ins that record their calls: what is under test is the order and the clean-up, and a
-real failing vLLM start costs half a minute. The real engines start through the same function in every service test
+The engines here are stand-ins that count their closes: what is under test is the clean-up, and a real failing vLLM
+start costs half a minute. The real engines start through the same function in every service test
 (`python -m server`: tests/server/conftest.py `vllm_server` starts a vLLM PRM and a vLLM policy with it)."""
 
 from __future__ import annotations
 
-import threading
 from types import SimpleNamespace
 
 import pytest
@@ -40,38 +39,17 @@ def _settings(prm_dirs, policy: bool = True):
                          policy=f"hf:{prm_dirs[0]}" if policy else None)
 
 
-def test_the_prms_and_the_policy_start_side_by_side(prm_dirs, monkeypatch):
-    """Each stand-in waits until the other has begun: one after the other, the first would wait in vain."""
-    began = {"prms": threading.Event(), "policy": threading.Event()}
+def test_a_policy_that_fails_closes_the_prms(prm_dirs, monkeypatch):
+    prms = {"a": Engine("a"), "b": Engine("b")}
 
-    def start(mine: str, other: str, result):
-        began[mine].set()
-        assert began[other].wait(10), f"{mine} started alone: {other} had not begun"
-        return result
+    def load_policies(settings):
+        raise RuntimeError("the policy did not start")
 
-    monkeypatch.setattr(server_app, "build_scorers", lambda s: start("prms", "policy", {"a": Engine("a")}))
-    monkeypatch.setattr(server_app, "load_policies", lambda s: start("policy", "prms", {"policy": Engine("p")}))
-    scorers, policies = server_app.build_engines(_settings(prm_dirs))
-    assert list(scorers) == ["a"] and list(policies) == ["policy"]
-
-
-@pytest.mark.parametrize("failing", ["policy", "prms"])
-def test_when_one_side_fails_the_other_sides_engines_are_closed(prm_dirs, monkeypatch, failing):
-    built = {"a": Engine("a"), "b": Engine("b"), "policy": Engine("policy")}
-
-    def side(name: str, result: dict):
-        def run(settings):
-            if name == failing:
-                raise RuntimeError(f"{name} did not start")
-            return result
-        return run
-
-    monkeypatch.setattr(server_app, "build_scorers", side("prms", {"a": built["a"], "b": built["b"]}))
-    monkeypatch.setattr(server_app, "load_policies", side("policy", {"policy": built["policy"]}))
-    with pytest.raises(RuntimeError, match=f"{failing} did not start"):
+    monkeypatch.setattr(server_app, "build_scorers", lambda settings: prms)
+    monkeypatch.setattr(server_app, "load_policies", load_policies)
+    with pytest.raises(RuntimeError, match="the policy did not start"):
         server_app.build_engines(_settings(prm_dirs))
-    survivors = ["policy"] if failing == "prms" else ["a", "b"]
-    assert {name: e.closed for name, e in built.items()} == {name: int(name in survivors) for name in built}
+    assert [e.closed for e in prms.values()] == [1, 1]
 
 
 def test_a_prm_that_fails_closes_the_prms_started_before_it(prm_dirs, monkeypatch):
