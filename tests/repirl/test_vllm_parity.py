@@ -13,7 +13,7 @@ def test_token_rewards_match_transformers(tiny_prm_dir):
     from transformers import AutoModelForTokenClassification
     from vllm import PoolingParams
 
-    from repirl.vllm_setup import engine_core_in_process, start_llm
+    from repirl.vllm_setup import start_llm
 
     # A random head, so the rewards are far from zero and differ per token.
     prm = AutoModelForTokenClassification.from_pretrained(tiny_prm_dir).eval()
@@ -22,19 +22,8 @@ def test_token_rewards_match_transformers(tiny_prm_dir):
     with torch.no_grad():
         expected = [prm(input_ids=torch.tensor([p])).logits[0, :, 0].tolist() for p in prompts]
 
-    import os
-
-    import vllm.envs
-
-    saved = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
-    with engine_core_in_process():  # the model code is the same in a spawned core (tests/conftest.py)
-        llm = start_llm(tiny_prm_dir, "the parity PRM", runner="pooling", dtype="float32", enforce_eager=True,
-                        max_model_len=256)
-        assert vllm.envs._is_envs_cache_enabled()  # what the in-process core did: vllm.envs frozen at "0"
-    # engines built after this one spawn their core again: the variable and vLLM's cache of it are restored (before,
-    # the trainer's in-process rollouts restored the variable only, and every later engine of the process stayed in it)
-    assert os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == saved
-    assert vllm.envs.VLLM_ENABLE_V1_MULTIPROCESSING is (saved in (None, "1"))
+    llm = start_llm(tiny_prm_dir, "the parity PRM", runner="pooling", dtype="float32", enforce_eager=True,
+                    max_model_len=256)
     try:
         outs = llm.encode([{"prompt_token_ids": p} for p in prompts], pooling_task="token_classify",
                           pooling_params=PoolingParams(use_activation=False), use_tqdm=False)
