@@ -171,11 +171,19 @@ def engine_core_in_process():
     mode: no spawned process that imports vLLM again; start and close about 20 s shorter on 2 CPU cores). vLLM reads
     the variable when an engine is built, and an in-process engine core then freezes vllm.envs at what it read
     (vllm/v1/engine/core.py calls `enable_envs_cache()`): the variable and that cache are both restored on the way
-    out, so engines built later spawn their core as before."""
+    out, so engines built later spawn their core as before.
+
+    vLLM's CPU worker also replaces `torch.set_num_threads` for the whole process with a function that only warns
+    (vllm/v1/worker/cpu_worker.py, `CPUWorker.init_device`: it binds its threads once). In its own process that is
+    harmless; in ours every later call was skipped: a training run's `threads` setting and the one-thread fixtures
+    silently kept the count they found, so a run after an in-process engine computed other sums than the same run
+    without one. Restored here too, with the thread count it found."""
+    import torch
     import vllm.envs
 
     name = "VLLM_ENABLE_V1_MULTIPROCESSING"
     saved = os.environ.get(name)
+    set_threads, threads = torch.set_num_threads, torch.get_num_threads()
     os.environ[name] = "0"
     vllm.envs.disable_envs_cache()
     try:
@@ -183,6 +191,9 @@ def engine_core_in_process():
     finally:
         os.environ.pop(name, None) if saved is None else os.environ.__setitem__(name, saved)
         vllm.envs.disable_envs_cache()
+        torch.set_num_threads = set_threads
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
 
 
 def start_llm(model: str, what: str, *, kv_cache_gib: float | None = None,

@@ -24,11 +24,17 @@ settings.load_profile("repirl")
 
 def assert_vllm_matches_hf(prm_dir, items, **vllm_kwargs):
     """Score `items` on the transformers engine and on the vLLM engine: step rewards (and token rewards, where the
-    format has them) must agree to 1e-4. Returns (vLLM scores, the closed vLLM scorer) for further checks."""
+    format has them) must agree to 1e-4. Returns (vLLM scores, the closed vLLM scorer) for further checks.
+
+    The vLLM engine runs its engine core in this process (`engine_core_in_process`): the same model code, scheduler
+    and pooler as a spawned core, about 20 s less per engine here; the spawned core, as the service runs it, is
+    covered by the service's tests (tests/server/test_vllm_service.py and the others on `vllm_server`)."""
     from repirl.scoring.loader import load_scorer
+    from repirl.vllm_setup import engine_core_in_process
 
     want = load_scorer(prm_dir, engine="hf", kv_cache_tokens=0).score(items)
-    engine = load_scorer(prm_dir, engine="vllm", **{"max_model_len": 256, **vllm_kwargs})
+    with engine_core_in_process():
+        engine = load_scorer(prm_dir, engine="vllm", **{"max_model_len": 256, **vllm_kwargs})
     try:
         got = engine.score(items)
     finally:

@@ -67,10 +67,12 @@ def test_vllm_prefix_reuse_agrees_with_hf_and_computes_only_new_blocks(tmp_path_
     again in full (same scores). And plain
     vLLM with prefix caching on (vLLM's own pooling params) reads none of it: num_cached_tokens 0."""
     from repirl.scoring.loader import load_scorer
+    from repirl.vllm_setup import engine_core_in_process
 
     prm = build_tiny_prm(tmp_path_factory.mktemp("vllm_reuse") / "tr", "token-reward")
     hf = load_scorer(prm, engine="hf", kv_cache_tokens=0)
-    engine = load_scorer(prm, engine="vllm", max_model_len=512)
+    with engine_core_in_process():  # as in assert_vllm_matches_hf (tests/conftest.py)
+        engine = load_scorer(prm, engine="vllm", max_model_len=512)
     try:
         assert engine.reuse_prefixes and engine.blocks is not None and engine.blocks.block_size == 32
         base = _long_items(3, "a")
@@ -100,7 +102,8 @@ def test_vllm_prefix_reuse_agrees_with_hf_and_computes_only_new_blocks(tmp_path_
         assert again.tokens_computed == again.tokens_total
     finally:
         engine.close()
-    plain = load_scorer(prm, engine="vllm", max_model_len=512, reuse_prefixes=False, enable_prefix_caching=True)
+    with engine_core_in_process():
+        plain = load_scorer(prm, engine="vllm", max_model_len=512, reuse_prefixes=False, enable_prefix_caching=True)
     try:
         assert plain.llm.llm_engine.vllm_config.cache_config.enable_prefix_caching
         plain.score(base)
