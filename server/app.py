@@ -48,34 +48,29 @@ ROUTERS = [health_router, models_router, score_router, rerank_router, search_rou
 def build_scorers(settings: Settings) -> dict:
     """name -> StepScorer for every --prm (vLLM engines must be built in the main process: uvicorn's); when one
     fails, those already started are closed."""
+    from repirl.scoring.families import resolve_prm_config
+    from repirl.scoring.loader import resolve_engine
+
     scorers: dict = {}
     try:
-        _build_scorers(settings, scorers)
+        for name, path in settings.prm_entries():
+            cfg, _ = resolve_prm_config(path)  # prm.json, or a hub folder's detected layout (said by the pre-flight)
+            engine = resolve_engine(cfg.format, settings.engine)
+            if engine == "hf":
+                kwargs = {"kv_cache_tokens": settings.hf_kv_cache_tokens, "kv_cache_bytes": settings.hf_kv_cache_bytes,
+                          "max_batch_tokens": settings.limits.max_batch_tokens,
+                          "forward_tokens": settings.hf_forward_tokens, "device": settings.hf_device,
+                          "dtype": settings.hf_dtype}
+            else:
+                kwargs = settings.vllm_engine_kwargs(prm=True)
+            scorers[name] = load_scorer(path, engine=engine, name=name, config=cfg, **kwargs)
+            scorers[name].encoder.memo.resize(settings.encode_memo_bytes)  # the budget from settings, engine-neutral
+            log.info("loaded PRM %s from %s (format %s, engine %s, revision %s)", name, path,
+                     scorers[name].config.format, engine, scorers[name].revision)
     except BaseException:
         _close_all(scorers.values())
         raise
     return scorers
-
-
-def _build_scorers(settings: Settings, scorers: dict) -> None:
-    for name, path in settings.prm_entries():
-        kwargs = {}
-        from repirl.scoring.families import resolve_prm_config
-        from repirl.scoring.loader import resolve_engine
-
-        cfg, _ = resolve_prm_config(path)  # prm.json, or a hub folder's detected layout (said by the pre-flight)
-        engine = resolve_engine(cfg.format, settings.engine)
-        if engine == "hf":
-            kwargs = {"kv_cache_tokens": settings.hf_kv_cache_tokens, "kv_cache_bytes": settings.hf_kv_cache_bytes,
-                      "max_batch_tokens": settings.limits.max_batch_tokens,
-                      "forward_tokens": settings.hf_forward_tokens, "device": settings.hf_device,
-                      "dtype": settings.hf_dtype}
-        else:
-            kwargs = settings.vllm_engine_kwargs(prm=True)
-        scorers[name] = load_scorer(path, engine=engine, name=name, config=cfg, **kwargs)
-        scorers[name].encoder.memo.resize(settings.encode_memo_bytes)  # the budget from settings, engine-neutral
-        log.info("loaded PRM %s from %s (format %s, engine %s, revision %s)", name, path,
-                 scorers[name].config.format, engine, scorers[name].revision)
 
 
 def build_engines(settings: Settings) -> tuple[dict, dict]:

@@ -17,10 +17,10 @@ from server.settings import load_settings
 
 
 class Engine:
-    """A started engine as build_engines sees it: what `_build_scorers` reads of a scorer, and `close`."""
+    """A started engine as build_engines sees it: what `build_scorers` reads of a scorer, and `close`."""
 
-    def __init__(self, name: str):
-        self.name, self.closed, self.revision = name, 0, "r"
+    def __init__(self):
+        self.closed, self.revision = 0, "r"
         self.encoder = SimpleNamespace(memo=SimpleNamespace(resize=lambda n: None))
         self.config = SimpleNamespace(format="token-reward")
 
@@ -40,7 +40,7 @@ def _settings(prm_dirs, policy: bool = True):
 
 
 def test_a_policy_that_fails_closes_the_prms(prm_dirs, monkeypatch):
-    prms = {"a": Engine("a"), "b": Engine("b")}
+    prms = {"a": Engine(), "b": Engine()}
 
     def load_policies(settings):
         raise RuntimeError("the policy did not start")
@@ -55,7 +55,7 @@ def test_a_policy_that_fails_closes_the_prms(prm_dirs, monkeypatch):
 def test_a_prm_that_fails_closes_the_prms_started_before_it(prm_dirs, monkeypatch):
     """Before, build_engines closed the PRMs only when the policy failed: a second PRM failing left the first one's
     engine running (for a vLLM PRM, its engine-core processes) until the interpreter exited."""
-    first = Engine("a")
+    first = Engine()
 
     def load_scorer(path, name, **kwargs):
         if name == "b":
