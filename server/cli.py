@@ -54,6 +54,9 @@ def serve(
     engine: Annotated[Optional[str], typer.Option(help="PRM engine: auto | vllm | hf")] = None,
     config: Annotated[Optional[Path], typer.Option("--config", help="YAML settings file (REPIRL_* env vars "
                                                    "and flags override it)")] = None,
+    trust_request_chat_template: Annotated[bool, typer.Option(
+        "--trust-request-chat-template", help="render chat templates that /pooling and /classify requests send "
+        "(vLLM's flag; off: a 400). A template is code: only for clients you trust")] = False,
 ) -> None:
     """Serve PRMs over HTTP: /v1/score, /v1/rerank, /v1/models, /livez, /readyz, /metrics."""
     from repirl.vllm_setup import quiet_logs
@@ -67,7 +70,8 @@ def serve(
     config = config or (Path(os.environ["REPIRL_CONFIG"]) if os.environ.get("REPIRL_CONFIG") else None)
     try:
         settings = load_settings(config, prm=prm or None, policy=policy, host=host, port=port, redis_url=redis_url,
-                                 api_key_file=str(api_key_file) if api_key_file else None, engine=engine)
+                                 api_key_file=str(api_key_file) if api_key_file else None, engine=engine,
+                                 trust_request_chat_template=trust_request_chat_template or None)
     except FileNotFoundError as e:
         _fail(str(e))
     except ValidationError as e:

@@ -118,6 +118,10 @@ class Settings(BaseSettings):
     # rebinding) cannot drive a keyless local service from a browser; otherwise any host
     allowed_hosts: list[str] | None = None
     drain_timeout_s: float = Field(30.0, ge=0)
+    # vLLM's --trust-request-chat-template, with its default: a chat template sent with a /pooling or /classify
+    # request (`chat_template`, or `chat_template_kwargs.chat_template`) is code the service runs, and one with two
+    # nested loops held every text-work thread for good (no other request was answered); untrusted, it is a 400
+    trust_request_chat_template: bool = False
     openapi_docs: bool = Field(True, description="serve /openapi.json and /docs (behind the API key when keys are set)")
     log_level: str = Field("warning", description="uvicorn and library logs (info shows every request)")
     limits: Limits = Field(default_factory=Limits)

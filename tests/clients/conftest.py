@@ -48,7 +48,9 @@ def _sdk_service_started(toy_policy, tmp_path_factory):
         f"limits:\n  max_items: {MAX_ITEMS}\n  max_candidates: 16\n  max_steps: 8\n  max_chars: 400\n"
         "  max_search_samples: 256\n  max_body_bytes: 200000\n")
     srv = ServerProc(["--config", str(d / "config.yaml"), "--api-key-file", str(d / "keys.txt"),
-                      "--prm", f"tr={prm}", "--policy", f"hf:{toy_policy}"], log=d / "server.log")
+                      "--prm", f"tr={prm}", "--policy", f"hf:{toy_policy}",
+                      "--trust-request-chat-template"],  # the SDK's pooling tests send vLLM's chat form with one
+                     log=d / "server.log")
     srv.log_path = d / "server.log"
     yield srv
     srv.stop()

@@ -98,8 +98,10 @@ def test_livez_answers_while_the_worst_body_is_parsed(default_limits_server, nam
 
 @pytest.mark.slow
 def test_a_small_request_is_not_queued_behind_a_flood_of_large_bodies(default_limits_server):
-    """16 clients each send a ~900 KB /pooling input (about a second of tokenizing each, then a 413): a 100-byte
-    /v1/score sent while they wait is answered before they are. Before server/text_work.py every route tokenized on
+    """16 clients each send a /pooling request of 64 texts, each just short of what the PRM's context could hold
+    (~390 KB; every text is tokenized, ~0.3 s in all, then a 413): a 100-byte /v1/score sent while they wait is
+    answered before they are. (A single text over that size is refused on its length without tokenizing:
+    repirl/token_bounds.py; this was a ~900 KB text, about a second of tokenizing each.) Before server/text_work.py every route tokenized on
     asyncio's default executor (6 threads here, one FIFO): the small request waited behind the queue (24 such
     clients: p50 11.0 s against 11 ms alone; now 27 ms: docs/service.md). Counted, not timed: how many of the large
     requests were answered before the small one (FIFO: 13 of the 16 in a run with the turns turned off; in turns: at
@@ -107,7 +109,13 @@ def test_a_small_request_is_not_queued_behind_a_flood_of_large_bodies(default_li
     from tests.server.conftest import metric, poll
 
     url = default_limits_server.url
-    body = _fill(lambda s: {"model": "tr", "input": s}, "12 + 3 = 15\n\n")
+    from repirl.token_bounds import longest_token_bytes
+    from transformers import AutoTokenizer
+
+    models = httpx.get(url + "/v1/models").json()["data"]
+    context = next(m for m in models if m["id"] == "tr")["max_model_len"]
+    short_of_the_bound = context * longest_token_bytes(AutoTokenizer.from_pretrained(models[0]["root"])) - 64
+    body = {"model": "tr", "input": [("12 + 3 = 15\n\n" * context)[:short_of_the_bound]] * 64}
     size = len(json.dumps(body).encode())
     answered: list[int] = []
 

@@ -175,3 +175,65 @@ def test_classify_without_a_step_tag_is_400_and_pooling_gives_no_rows(http):
     assert http.post("/pooling", json={"model": "qwen", "input": "no tag here"}).json()["data"][0]["data"] == []
     r = http.post("/classify", json={"model": "qwen", "input": "no tag here"})
     assert r.status_code == 400 and r.json()["error"]["param"] == "input"
+
+
+@pytest.mark.parametrize("body, param, message", [
+    # far over the context: refused on its length, before tokenizing (repirl.token_bounds); "at least" says so
+    ({"model": "qwen", "input": "x" * 200_000 + TAG}, "input", "at least"),
+    ({"model": "qwen", "input": ["x" + TAG, "x" * 200_000 + TAG]}, "input[1]", "at least"),
+    ({"model": "qwen", "messages": [{"role": "user", "content": "x" * 200_000}]}, "messages", "at least"),
+    ({"model": "qwen", "input": ["x" + TAG] * 65}, "input", "65 inputs exceeds the limit of 64"),
+])
+def test_long_and_many_inputs_are_413_naming_the_field(http, body, param, message):
+    r = http.post("/pooling", json=body)
+    assert r.status_code == 413, r.text
+    assert r.json()["error"]["param"] == param and message in r.json()["error"]["message"], r.text
+
+
+def test_over_long_and_too_many_inputs_are_refused_before_anything_is_tokenized(prms):
+    """Before, /pooling tokenized every input (a 1 MB text: 1.2 s of CPU with the demo PRM's tokenizer) and then
+    refused it with a 413: the count of a list of texts, and each text's length, are checked first now."""
+    from types import SimpleNamespace
+
+    from server.api.pooling.protocol import PoolingRequest
+    from server.api.pooling.serving import token_ids
+    from server.errors import LimitExceeded
+
+    class Counting:  # the PRM's tokenizer, counting what it tokenizes
+        def __init__(self, tok):
+            self.tok, self.encoded = tok, 0
+
+        def __getattr__(self, name):
+            return getattr(self.tok, name)
+
+        def encode(self, text, **kwargs):
+            self.encoded += 1
+            return self.tok.encode(text, **kwargs)
+
+    tok = Counting(_tokenizer(prms["qwen"]))
+    runtime = SimpleNamespace(name="qwen", max_tokens=512, scorer=SimpleNamespace(encoder=SimpleNamespace(tokenizer=tok)))
+    for body in ({"input": "x" * 1_000_000}, {"input": ["x"] * 65}, {"input": ["x", "x" * 100_000]},
+                 {"messages": [{"role": "user", "content": "x" * 100_000}]}):
+        with pytest.raises(LimitExceeded):
+            token_ids(runtime, PoolingRequest(model="qwen", **body), max_items=64)
+    assert tok.encoded == 1  # the short first text of the third body only
+    assert token_ids(runtime, PoolingRequest(model="qwen", input=["x" + TAG] * 2), max_items=64) == \
+        [tok.tok.encode("x" + TAG)] * 2 and tok.encoded == 3
+
+
+BOMB = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}x"  # 10^10 loop turns
+
+
+@pytest.mark.parametrize("extra, param", [({"chat_template": BOMB}, "chat_template"),
+                                          ({"chat_template_kwargs": {"chat_template": BOMB}}, "chat_template_kwargs")])
+def test_a_chat_template_sent_with_the_request_is_refused_unless_trusted(http, extra, param):
+    """vLLM refuses request chat templates unless `--trust-request-chat-template` is set
+    (vllm/entrypoints/pooling/base/io_processor.py `_validate_chat_template`); repirl rendered them. Eight requests
+    with this template held every text-work thread for good: a /v1/score sent 3 s later timed out after 20 s
+    (scratch script on the previous commit). Now a 400 naming the field, and the service answers the next request.
+    (Rendering a sent template with the flag on: tests/clients/test_sdk_pooling.py.)"""
+    msgs = [{"role": "user", "content": "x"}]
+    r = http.post("/pooling", json={"model": "qwen", "messages": msgs, **extra}, timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+    assert "--trust-request-chat-template" in r.json()["error"]["message"]
+    assert http.post("/pooling", json={"model": "qwen", "messages": msgs}, timeout=30).status_code == 200

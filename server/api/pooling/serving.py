@@ -27,12 +27,13 @@ import numpy as np
 
 from repirl.scoring.aggregate import aggregate
 from repirl.scoring.formats import format_facts
+from repirl.token_bounds import fewest_tokens
 from repirl.trajectory import TrajectoryIds
 from server.api.limits import check_count
 from server.api.pooling.protocol import (ClassificationData, ClassificationRequest, ClassificationResponse,
                                          PoolingRequest, PoolingResponse, PoolingResponseData, UsageInfo)
 from server.deps import AppState, get_runtime
-from server.errors import APIError
+from server.errors import APIError, LimitExceeded
 from server.runtime import ItemScore, PRMRuntime
 
 _DTYPES = {"float32": np.float32, "float16": np.float16}
@@ -47,6 +48,17 @@ def find_runtime(state: AppState, model: str | None) -> PRMRuntime:
     return get_runtime(state, model)
 
 
+def _untrusted_template(state: AppState, req: PoolingRequest) -> None:
+    """vLLM's check (vllm/entrypoints/pooling/base/io_processor.py `_validate_chat_template`), as a 400 naming the
+    field: rendering a template runs it, and a template's loops are not bounded by anything the service sets."""
+    sent = req.chat_template is not None or (req.chat_template_kwargs or {}).get("chat_template") is not None
+    if sent and not state.settings.trust_request_chat_template:
+        raise APIError(400, "a chat template sent with the request is refused: the service renders only its PRMs' "
+                            "own templates unless it runs with --trust-request-chat-template (vLLM's flag; "
+                            "trust_request_chat_template in the settings)",
+                       "chat_template" if req.chat_template is not None else "chat_template_kwargs")
+
+
 def _unsupported(req: PoolingRequest) -> None:
     # vLLM's two request forms (a union there); one model here, so the check names the field
     if (req.input is None) == (req.messages is None):
@@ -59,9 +71,22 @@ def _unsupported(req: PoolingRequest) -> None:
             raise APIError(400, f"{name} is not supported by repirl's pooling API", name)
 
 
-def token_ids(runtime: PRMRuntime, req: PoolingRequest) -> list[list[int]]:
+TOKENS = "tokens (the PRM's max_model_len)"
+
+
+def _text_ids(runtime: PRMRuntime, text: str, special: bool, param: str) -> list[int]:
+    """`text`'s ids; a text that cannot fit whatever its tokens (repirl.token_bounds) is a 413 before tokenizing."""
+    tok = runtime.scorer.encoder.tokenizer
+    fewest = fewest_tokens(tok, text)
+    if fewest > runtime.max_tokens:
+        raise LimitExceeded(param, fewest, runtime.max_tokens, TOKENS, at_least=True)
+    return tok.encode(text, add_special_tokens=special)
+
+
+def token_ids(runtime: PRMRuntime, req: PoolingRequest, max_items: int) -> list[list[int]]:
     """Each input's token ids, as vLLM forms them (text tokenized with `add_special_tokens`, default true; a chat
-    rendered by the tokenizer's template and tokenized without adding special tokens, by default)."""
+    rendered by the tokenizer's template and tokenized without adding special tokens, by default). Counts and
+    lengths are checked before anything is tokenized."""
     tok = runtime.scorer.encoder.tokenizer
     if req.messages is not None:
         template = req.chat_template or getattr(tok, "chat_template", None)
@@ -74,18 +99,19 @@ def token_ids(runtime: PRMRuntime, req: PoolingRequest) -> list[list[int]]:
                                            add_generation_prompt=req.add_generation_prompt,
                                            continue_final_message=req.continue_final_message,
                                            **(req.chat_template_kwargs or {}))
-            return [tok.encode(text, add_special_tokens=bool(req.add_special_tokens))]
         except Exception as e:  # a template error is the request's (jinja raises many types; text parts are any JSON)
             raise APIError(400, f"the chat template cannot render these messages: {type(e).__name__}", "messages") from None
+        return [_text_ids(runtime, text, bool(req.add_special_tokens), "messages")]
     raw = req.input
     special = True if req.add_special_tokens is None else req.add_special_tokens
     if isinstance(raw, str):
-        return [tok.encode(raw, add_special_tokens=special)]
+        return [_text_ids(runtime, raw, special, "input")]
     if raw and all(isinstance(x, int) for x in raw):
         seqs = [list(raw)]
-    elif raw and all(isinstance(x, str) for x in raw):
-        return [tok.encode(x, add_special_tokens=special) for x in raw]
     else:
+        check_count("input", len(raw), max_items, "inputs")
+        if raw and all(isinstance(x, str) for x in raw):
+            return [_text_ids(runtime, x, special, "input" if len(raw) == 1 else f"input[{i}]") for i, x in enumerate(raw)]
         seqs = [list(x) for x in raw]
     vocab = len(tok)
     for i, ids in enumerate(seqs):
@@ -118,16 +144,17 @@ def to_trajectory(runtime: PRMRuntime, ids: list[int]) -> TrajectoryIds:
 
 def _prepare(runtime: PRMRuntime, req: PoolingRequest, max_items: int):
     """The request's token ids, each one's name in errors, and its trajectory (steps cut at tags or separators)."""
-    seqs = token_ids(runtime, req)
-    check_count("input", len(seqs), max_items, "inputs")
-    params = ["input" if len(seqs) == 1 else f"input[{i}]" for i in range(len(seqs))]
+    seqs = token_ids(runtime, req, max_items)
+    params = (["messages"] if req.messages is not None
+              else ["input" if len(seqs) == 1 else f"input[{i}]" for i in range(len(seqs))])
     for ids, param in zip(seqs, params):  # the whole input, tags or not, is what vLLM would take
-        check_count(param, len(ids), runtime.max_tokens, "tokens (the PRM's max_model_len)")
+        check_count(param, len(ids), runtime.max_tokens, TOKENS)
     return seqs, params, [to_trajectory(runtime, ids) for ids in seqs]
 
 
 async def _score(state: AppState, req: PoolingRequest) -> tuple[PRMRuntime, list[list[int]], list[ItemScore]]:
     _unsupported(req)
+    _untrusted_template(state, req)
     runtime = find_runtime(state, req.model)
     # chat templates and tokenization are CPU work on user text: off the event loop (issue 22.1)
     seqs, params, trajs = await runtime.off_loop(_prepare, runtime, req, state.settings.limits.max_items)
