@@ -211,7 +211,8 @@ def test_over_long_and_too_many_inputs_are_refused_before_anything_is_tokenized(
             return self.tok.encode(text, **kwargs)
 
     tok = Counting(_tokenizer(prms["qwen"]))
-    runtime = SimpleNamespace(name="qwen", max_tokens=512, scorer=SimpleNamespace(encoder=SimpleNamespace(tokenizer=tok)))
+    runtime = SimpleNamespace(name="qwen", max_tokens=512,
+                              scorer=SimpleNamespace(encoder=SimpleNamespace(tokenizer=tok)))
     for body in ({"input": "x" * 1_000_000}, {"input": ["x"] * 65}, {"input": ["x", "x" * 100_000]},
                  {"messages": [{"role": "user", "content": "x" * 100_000}]}):
         with pytest.raises(LimitExceeded):

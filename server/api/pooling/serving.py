@@ -85,8 +85,8 @@ def _text_ids(runtime: PRMRuntime, text: str, special: bool, param: str) -> list
 
 def token_ids(runtime: PRMRuntime, req: PoolingRequest, max_items: int) -> list[list[int]]:
     """Each input's token ids, as vLLM forms them (text tokenized with `add_special_tokens`, default true; a chat
-    rendered by the tokenizer's template and tokenized without adding special tokens, by default). Counts and
-    lengths are checked before anything is tokenized."""
+    rendered by the tokenizer's template and tokenized without adding special tokens, by default). The count of
+    inputs is checked before any is tokenized, and each text's length before it is."""
     tok = runtime.scorer.encoder.tokenizer
     if req.messages is not None:
         template = req.chat_template or getattr(tok, "chat_template", None)
@@ -111,7 +111,8 @@ def token_ids(runtime: PRMRuntime, req: PoolingRequest, max_items: int) -> list[
     else:
         check_count("input", len(raw), max_items, "inputs")
         if raw and all(isinstance(x, str) for x in raw):
-            return [_text_ids(runtime, x, special, "input" if len(raw) == 1 else f"input[{i}]") for i, x in enumerate(raw)]
+            return [_text_ids(runtime, x, special, "input" if len(raw) == 1 else f"input[{i}]")
+                    for i, x in enumerate(raw)]
         seqs = [list(x) for x in raw]
     vocab = len(tok)
     for i, ids in enumerate(seqs):
