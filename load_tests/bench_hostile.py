@@ -11,9 +11,13 @@ fairness: a light key's single-item /v1/score latency alone, then while a heavy 
   throughput (items and computed tokens answered per second) alone and while the light key runs. One server per
   `--fair-quantum-ms` value (0: no time quantum, the batcher before it), one after the other on the same machine.
 textflood: a small /v1/score's latency alone, then while `--flood-clients` clients (no API keys: one caller) send
-  the largest /pooling input the 1 MB limit allows, over and over (a second or so of tokenizing each, then a 413):
-  p50/p99 and the ratio (server/text_work.py; before it the small request queued behind the flood's tokenizing:
-  p50 11.0 s with 24).
+  the /pooling body that costs the most tokenizing before its 413, over and over (64 texts each just short of what
+  could fit: tests/server/test_hostile_parsing.py `costliest_pooling_body`; until 2026-12-07 it was one text as long
+  as the 1 MB limit allows, about a second of tokenizing, now refused on its length): p50/p99 and the ratio
+  (server/text_work.py; before it the small request queued behind the flood's tokenizing: p50 11.0 s with 24).
+refusals: how long the service takes to refuse the largest /pooling text the 1 MB limit allows (refused on its
+  length, repirl/token_bounds.py), against tokenizing that text here with the PRM's tokenizer (what the service did
+  before it refused it), and the costliest body above; median of `--light-requests` each.
 
 The service runs as in the tests (`python -m server`, transformers engines, tiny random models, torch_threads 1),
 on this machine's shared CPU: figures move with its load; both sides of each ratio come from the same run."""
@@ -39,7 +43,7 @@ from tests.server.conftest import ServerProc, metric, poll  # noqa: E402
 from tests.server.test_abandoned_work import ABANDONED, LONG, NORMAL  # noqa: E402
 from tests.server.test_cancellation import Victim  # noqa: E402
 from tests.server.test_fairness import HEAVY, HEAVY_CLIENTS, LIGHT, items  # noqa: E402
-from tests.server.test_hostile_parsing import _fill  # noqa: E402
+from tests.server.test_hostile_parsing import _fill, costliest_pooling_body  # noqa: E402
 
 
 def _timed(c: httpx.Client, path: str, body: dict) -> float:
@@ -189,7 +193,7 @@ def textflood(root: Path, n: int, clients: int) -> None:
     if not prm.exists():
         build_tiny_prm(prm, "token-reward")
     srv = ServerProc(["--engine", "hf", "--prm", f"tr={prm}"], log=root / "textflood.log").wait_ready()
-    body = _fill(lambda s: {"model": "tr", "input": s}, "12 + 3 = 15\n\n")  # the largest under the 1 MB limit
+    body = costliest_pooling_body(srv.url)
     small = {"question": "What is 2+3?", "steps": ["2+3 = 5", "Answer: 5"]}
     stop, flooded = threading.Event(), []
 
@@ -218,10 +222,47 @@ def textflood(root: Path, n: int, clients: int) -> None:
         srv.stop()
 
 
+def refusals(root: Path, n: int) -> None:
+    from transformers import AutoTokenizer
+
+    prm = root / "prm"
+    if not prm.exists():
+        build_tiny_prm(prm, "token-reward")
+    srv = ServerProc(["--engine", "hf", "--prm", f"tr={prm}"], log=root / "refusals.log").wait_ready()
+    largest = _fill(lambda s: {"model": "tr", "input": s}, "12 + 3 = 15\n\n")  # the largest under the 1 MB limit
+    try:
+        with httpx.Client(base_url=srv.url, timeout=600) as c:
+            costliest = costliest_pooling_body(srv.url)
+            timed = {}
+            for name, body in (("largest text", largest), ("costliest list", costliest)):
+                times = []
+                for _ in range(n):
+                    t0 = time.perf_counter()
+                    r = c.post("/pooling", json=body)
+                    times.append(time.perf_counter() - t0)
+                    assert r.status_code == 413, r.text
+                timed[name] = statistics.median(times)
+        tok = AutoTokenizer.from_pretrained(prm)
+        tokenize = []
+        for _ in range(max(3, n // 10)):
+            t0 = time.perf_counter()
+            tok.encode(largest["input"])
+            tokenize.append(time.perf_counter() - t0)
+        before = statistics.median(tokenize)
+        size = len(largest["input"].encode()) / 1e6
+        print(f"[refusals] a {size:.2f} MB /pooling text: 413 in {timed['largest text'] * 1000:.0f} ms over HTTP; "
+              f"tokenizing it here (the service's cost before its 413, before repirl/token_bounds.py): "
+              f"{before * 1000:.0f} ms ({before / timed['largest text']:.0f}x the refusal)")
+        print(f"[refusals] 64 texts just short of the bound ({len(costliest['input'][0])} characters each): 413 in "
+              f"{timed['costliest list'] * 1000:.0f} ms (every text tokenized first)")
+    finally:
+        srv.stop()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--part", choices=["abandoned", "fairness", "textflood", "both"], default="both",
-                    help="both: abandoned and fairness (textflood runs alone)")
+    ap.add_argument("--part", choices=["abandoned", "fairness", "textflood", "refusals", "both"], default="both",
+                    help="both: abandoned and fairness (textflood and refusals run alone)")
     ap.add_argument("--flood-clients", type=int, default=24)
     ap.add_argument("--light-requests", type=int, default=50)
     # a light request waits for the engine call in flight: its size bounds the light key's latency under load
@@ -238,6 +279,8 @@ def main() -> None:
                 fairness(Path(d), args.light_requests, args.max_batch_tokens, quantum_ms, args.heavy_seconds)
         if args.part == "textflood":
             textflood(Path(d), args.light_requests, args.flood_clients)
+        if args.part == "refusals":
+            refusals(Path(d), args.light_requests)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,20 @@ def _fill(make_body, unit: str) -> dict:
     return make_body(unit * lo)
 
 
+def costliest_pooling_body(url: str, model: str = "tr") -> dict:
+    """The /pooling body that costs the service the most tokenizing before its 413 (at the default limits): 64 texts
+    (max_items), each just short of what could fit the PRM's context (repirl/token_bounds.py: longer ones are
+    refused on their length), all tokenized before the first is refused."""
+    from transformers import AutoTokenizer
+
+    from repirl.token_bounds import longest_token_bytes
+
+    card = next(m for m in httpx.get(url + "/v1/models").json()["data"] if m["id"] == model)
+    context = card["max_model_len"]
+    short_of_the_bound = context * longest_token_bytes(AutoTokenizer.from_pretrained(card["root"])) - 64
+    return {"model": model, "input": [("12 + 3 = 15\n\n" * context)[:short_of_the_bound]] * 64}
+
+
 HOSTILE = {
     "openrlhf prompt of unclosed user turns": ("/v1/openrlhf/reward", lambda s: {"query": ["x"], "prompts": [s]},
                                                CHATML_USER),
@@ -109,13 +123,7 @@ def test_a_small_request_is_not_queued_behind_a_flood_of_large_bodies(default_li
     from tests.server.conftest import metric, poll
 
     url = default_limits_server.url
-    from repirl.token_bounds import longest_token_bytes
-    from transformers import AutoTokenizer
-
-    models = httpx.get(url + "/v1/models").json()["data"]
-    context = next(m for m in models if m["id"] == "tr")["max_model_len"]
-    short_of_the_bound = context * longest_token_bytes(AutoTokenizer.from_pretrained(models[0]["root"])) - 64
-    body = {"model": "tr", "input": [("12 + 3 = 15\n\n" * context)[:short_of_the_bound]] * 64}
+    body = costliest_pooling_body(url)
     size = len(json.dumps(body).encode())
     answered: list[int] = []
 
