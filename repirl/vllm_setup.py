@@ -177,7 +177,8 @@ def engine_core_in_process():
     (vllm/v1/worker/cpu_worker.py, `CPUWorker.init_device`: it binds its threads once). In its own process that is
     harmless; in ours every later call was skipped: a training run's `threads` setting and the one-thread fixtures
     silently kept the count they found, so a run after an in-process engine computed other sums than the same run
-    without one. Restored here too, with the thread count it found."""
+    without one. Restored here too, with the thread count it found. (The worker also seeds Python's, NumPy's and
+    torch's global generators with the engine's seed; left so: the trainer seeds its own every iteration.)"""
     import torch
     import vllm.envs
 
