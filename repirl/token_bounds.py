@@ -19,7 +19,6 @@ Rust backend, there is no bound (0), and the text is tokenized as before.
 
 from __future__ import annotations
 
-import json
 import weakref
 
 from repirl.tiny import byte_level_symbols
@@ -34,24 +33,25 @@ def _bounded_model(backend, vocab: dict) -> bool:
         return False
     if model.byte_fallback or model.unk_token is not None:
         return True
-    pre = backend.pre_tokenizer
-    byte_level = pre is not None and '"ByteLevel"' in json.dumps(json.loads(pre.__getstate__()))
+    pre = backend.pre_tokenizer  # its JSON names every pre-tokenizer of a Sequence
+    byte_level = pre is not None and b'"ByteLevel"' in pre.__getstate__()
     return byte_level and all(sym in vocab for sym in byte_level_symbols())
 
 
 def longest_token_bytes(tokenizer) -> int | None:
-    """The most UTF-8 bytes any one token of `tokenizer` (vocabulary and added tokens) is spelled with, >= 4; None
-    when its tokens can stand for texts of any length (module doc) or it has no Rust backend."""
+    """The most UTF-8 bytes any one token of `tokenizer` is spelled with (`get_vocab()`: the added and special
+    tokens included), >= 4; None when its tokens can stand for texts of any length (module doc) or it has no Rust
+    backend."""
     try:
         return _LONGEST[tokenizer]
     except (KeyError, TypeError):
         pass
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    vocab = tokenizer.get_vocab()
     longest = None
-    if backend is not None and _bounded_model(backend, vocab):
-        longest = max([4, *(len(t.encode("utf-8")) for t in vocab),
-                       *(len(str(t).encode("utf-8")) for t in getattr(tokenizer, "all_special_tokens", []))])
+    if backend is not None:
+        vocab = tokenizer.get_vocab()
+        if _bounded_model(backend, vocab):
+            longest = max([4, *(len(t.encode("utf-8")) for t in vocab)])
     try:
         _LONGEST[tokenizer] = longest
     except TypeError:  # not weak-referenceable: computed again next time
