@@ -34,17 +34,18 @@ def _fill(make_body, unit: str) -> dict:
 
 
 def costliest_pooling_body(url: str, model: str = "tr") -> dict:
-    """The /pooling body that costs the service the most tokenizing before its 413 (at the default limits): 64 texts
-    (max_items), each just short of what could fit the PRM's context (repirl/token_bounds.py: longer ones are
-    refused on their length), all tokenized before the first is refused."""
+    """The /pooling body that costs the service the most tokenizing before its 413 (at the default limits): as many
+    texts as `max_items` allows, each just short of what could fit the PRM's context (repirl/token_bounds.py: longer
+    ones are refused on their length), all tokenized before the first is refused."""
     from transformers import AutoTokenizer
 
     from repirl.token_bounds import longest_token_bytes
+    from server.settings import Limits
 
     card = next(m for m in httpx.get(url + "/v1/models").json()["data"] if m["id"] == model)
     context = card["max_model_len"]
     short_of_the_bound = context * longest_token_bytes(AutoTokenizer.from_pretrained(card["root"])) - 64
-    return {"model": model, "input": [("12 + 3 = 15\n\n" * context)[:short_of_the_bound]] * 64}
+    return {"model": model, "input": [("12 + 3 = 15\n\n" * context)[:short_of_the_bound]] * Limits().max_items}
 
 
 HOSTILE = {
@@ -115,11 +116,11 @@ def test_a_small_request_is_not_queued_behind_a_flood_of_large_bodies(default_li
     """16 clients each send a /pooling request of 64 texts, each just short of what the PRM's context could hold
     (~390 KB; every text is tokenized, ~0.3 s in all, then a 413): a 100-byte /v1/score sent while they wait is
     answered before they are. (A single text over that size is refused on its length without tokenizing:
-    repirl/token_bounds.py; this was a ~900 KB text, about a second of tokenizing each.) Before server/text_work.py every route tokenized on
-    asyncio's default executor (6 threads here, one FIFO): the small request waited behind the queue (24 such
-    clients: p50 11.0 s against 11 ms alone; now 27 ms: docs/service.md). Counted, not timed: how many of the large
-    requests were answered before the small one (FIFO: 13 of the 16 in a run with the turns turned off; in turns: at
-    most the 3 running on the large threads)."""
+    repirl/token_bounds.py; this was a ~900 KB text, about a second of tokenizing each.) Before
+    server/text_work.py every route tokenized on asyncio's default executor (6 threads here, one FIFO): the small
+    request waited behind the queue (24 such clients: p50 11.0 s against 11 ms alone; now 27 ms: docs/service.md).
+    Counted, not timed: how many of the large requests were answered before the small one (FIFO: 13 of the 16 in a
+    run with the turns turned off; in turns: at most the 3 running on the large threads)."""
     from tests.server.conftest import metric, poll
 
     url = default_limits_server.url
